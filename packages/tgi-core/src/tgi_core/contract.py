@@ -1,0 +1,267 @@
+"""The contract between the scheduler, the model runner and the server.
+
+The scheduler decides *what* runs, the runner decides *how*. One engine step is::
+
+    plan = scheduler.schedule()          # StepPlan
+    output = runner.execute(plan)        # StepOutput
+    events = scheduler.update(plan, output)
+
+Everything here is plain data (frozen ``msgspec.Struct``), so it crosses process boundaries
+(ZeroMQ, shard processes) as cheaply as it crosses function calls. Nothing here imports
+torch: the scheduler never sees a tensor, the runner never sees a request queue.
+
+Sequences are identified by ``seq_id`` (the engine uses the request id). A sequence's full
+data travels once, in a ``PrefillItem``; while it decodes, only the last token, its position
+and its block table travel (``DecodeItem``). The runner keeps whatever per-sequence device
+state it needs (sampling parameters, seeded generators, penalty counts) keyed by ``seq_id``
+and drops it when the id appears in ``StepPlan.released``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeAlias, runtime_checkable
+
+import msgspec
+
+__all__ = [
+    "DecodeItem",
+    "DecodeShape",
+    "FinishReason",
+    "GenerationRequest",
+    "ModelRunner",
+    "PrefillItem",
+    "PrefillShape",
+    "RequestEvent",
+    "RequestFailed",
+    "SamplingParams",
+    "SequenceOutput",
+    "Shape",
+    "StepOutput",
+    "StepPlan",
+    "TokenEvent",
+    "TopToken",
+    "WarmupProgress",
+    "WarmupReport",
+]
+
+
+class SamplingParams(msgspec.Struct, frozen=True, gc=False):
+    """Per-sequence sampling parameters, already validated and resolved.
+
+    ``do_sample`` is the final decision (TGI samples when ``do_sample`` is set or any warper
+    is non-neutral); when it is False every warper is ignored and the token is the argmax of
+    the penalised logits. ``seed`` makes sampling reproducible: the same seed and the same
+    token history give the same token, whatever else shares the batch.
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    seed: int = 0
+    top_n_tokens: int = 0
+    watermark: bool = False
+
+
+class PrefillShape(msgspec.Struct, frozen=True, gc=False, tag="prefill"):
+    """The padded shape of a prefill step.
+
+    ``seq_len`` is the padded number of new tokens per sequence. ``num_blocks`` is the padded
+    width of the block tables the attention reads: 0 when no sequence in the batch reuses
+    cached KV (plain prefill attends only over its own tokens), otherwise the bucketed number
+    of KV blocks covering cached prefix + new tokens.
+    """
+
+    batch_size: int
+    seq_len: int
+    num_blocks: int = 0
+
+
+class DecodeShape(msgspec.Struct, frozen=True, gc=False, tag="decode"):
+    """The padded shape of a decode step: batch size and block-table width (in blocks)."""
+
+    batch_size: int
+    num_blocks: int
+
+
+Shape: TypeAlias = PrefillShape | DecodeShape
+
+
+class PrefillItem(msgspec.Struct, frozen=True, gc=False):
+    """A sequence to prefill: its full data, sent once (again after a preemption).
+
+    ``token_ids`` is the whole history (prompt, then tokens generated before a preemption);
+    the first ``num_cached_tokens`` of them already have KV in the cache (prefix-cache hit) and
+    must not be recomputed. ``num_prompt_tokens`` tells the runner where the prompt ends, so
+    that seeded sampling continues at the right step after a preemption. ``block_table``
+    covers every token in ``token_ids`` plus the slot of the token this step generates.
+    """
+
+    seq_id: int
+    token_ids: tuple[int, ...]
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    block_table: tuple[int, ...]
+    sampling: SamplingParams
+    prompt_logprobs: bool = False
+
+
+class DecodeItem(msgspec.Struct, frozen=True, gc=False):
+    """A running sequence's next step: its last token at ``position`` (0-based)."""
+
+    seq_id: int
+    token_id: int
+    position: int
+    block_table: tuple[int, ...]
+
+
+class StepPlan(msgspec.Struct, frozen=True, gc=False):
+    """What one engine step runs: either prefills or decodes, never both.
+
+    ``shape`` is the padded bucket the step runs at; it is always one of the shapes the
+    scheduler enumerated for warmup. ``released`` lists sequences whose runner-side state can
+    be dropped (finished, aborted or preempted since the previous plan); the runner handles
+    them before the items of this plan. A plan may carry no items (only releases).
+    """
+
+    step_id: int
+    shape: Shape | None
+    prefill: tuple[PrefillItem, ...] = ()
+    decode: tuple[DecodeItem, ...] = ()
+    released: tuple[int, ...] = ()
+
+    @property
+    def is_prefill(self) -> bool:
+        return bool(self.prefill)
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.prefill) + len(self.decode)
+
+
+class TopToken(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    token_id: int
+    logprob: float
+
+
+class SequenceOutput(msgspec.Struct, frozen=True, gc=False):
+    """The token a step produced for one sequence.
+
+    ``logprob`` is the log-probability of ``token_id`` under the distribution after penalties
+    and temperature (what TGI reports). ``top_tokens`` has ``top_n_tokens`` entries when the
+    sequence asked for them. ``prompt_logprobs`` is set on a prefill output when the item
+    asked for it: one value per prompt token, ``None`` for the first.
+    """
+
+    seq_id: int
+    token_id: int
+    logprob: float
+    top_tokens: tuple[TopToken, ...] = ()
+    prompt_logprobs: tuple[float | None, ...] | None = None
+
+
+class StepOutput(msgspec.Struct, frozen=True, gc=False):
+    """The runner's answer to a StepPlan: one output per item, in plan order."""
+
+    step_id: int
+    outputs: tuple[SequenceOutput, ...]
+
+
+class WarmupProgress(Protocol):
+    def __call__(self, done: int, total: int, shape: Shape) -> None: ...
+
+
+class WarmupReport(msgspec.Struct, frozen=True):
+    """What warmup did: the shapes it ran, how long it took, the KV capacity it settled on."""
+
+    num_shapes: int
+    seconds: float
+    num_kv_blocks: int
+    num_graphs: int = 0
+
+
+@runtime_checkable
+class ModelRunner(Protocol):
+    """Executes plans on a device. Implemented by tgi_hpu_kernels; faked by tgi_scheduler.testing."""
+
+    @property
+    def num_kv_blocks(self) -> int:
+        """How many KV blocks of ``block_size`` tokens the cache holds."""
+        ...
+
+    @property
+    def block_size(self) -> int: ...
+
+    @property
+    def num_unwarmed_shapes(self) -> int:
+        """Shapes executed after warmup that warmup never ran (should stay 0)."""
+        ...
+
+    def warmup(
+        self, shapes: Sequence[Shape], progress: WarmupProgress | None = None
+    ) -> WarmupReport: ...
+
+    def execute(self, plan: StepPlan) -> StepOutput: ...
+
+
+# ---------------------------------------------------------------------------------------
+# Engine-level messages: what the server sends in and what comes back, per request.
+
+
+class FinishReason(str, enum.Enum):
+    """TGI's finish reasons (``details.finish_reason``)."""
+
+    LENGTH = "length"
+    EOS_TOKEN = "eos_token"
+    STOP_SEQUENCE = "stop_sequence"
+
+
+class GenerationRequest(msgspec.Struct, frozen=True, gc=False):
+    """A validated, tokenized request, as the engine receives it.
+
+    ``max_new_tokens`` is the full target; the scheduler may run it in chunks.
+    ``stop_sequences`` are matched on decoded text by the engine's stop checker.
+    """
+
+    request_id: int
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    stop_sequences: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    prompt_logprobs: bool = False
+    adapter_id: str | None = None
+
+
+class TokenEvent(msgspec.Struct, frozen=True, gc=False, tag="token"):
+    """One generated token of a request; the last one carries ``finish_reason``.
+
+    ``queue_seconds`` (first event only) is how long the request waited before its prefill.
+    ``prompt_logprobs`` (first event only) is set when the request asked for them.
+    """
+
+    request_id: int
+    token_id: int
+    logprob: float
+    top_tokens: tuple[TopToken, ...] = ()
+    finish_reason: FinishReason | None = None
+    queue_seconds: float | None = None
+    prompt_logprobs: tuple[float | None, ...] | None = None
+
+
+class RequestFailed(msgspec.Struct, frozen=True, gc=False, tag="failed"):
+    """The engine could not finish a request (TGI answers 424 ``generation``)."""
+
+    request_id: int
+    message: str
+
+
+RequestEvent: TypeAlias = TokenEvent | RequestFailed
+
+StopChecker: TypeAlias = Callable[[int], bool]
+"""Fed each generated token id; returns True once a stop sequence has appeared in the text."""

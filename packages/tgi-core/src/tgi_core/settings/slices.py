@@ -1,0 +1,88 @@
+"""The slices of the settings that each component receives.
+
+The full ``Settings`` object (built from CLI flags and environment variables in this package)
+hands each consumer only its slice: the scheduler gets ``SchedulerSettings``, the runner
+``RunnerSettings``, the server ``ServerSettings``. Tests build slices directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+QueuePolicy = Literal["priority", "fifo"]
+DeviceName = Literal["auto", "cpu", "cuda", "hpu"]
+DType = Literal["bfloat16", "float32", "float16"]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    """Limits and buckets of the continuous-batching scheduler (TGI's router + Gaudi buckets)."""
+
+    max_concurrent_requests: int = 128
+    max_batch_size: int = 32
+    max_batch_prefill_tokens: int = 4096
+    max_batch_total_tokens: int | None = None
+    max_input_tokens: int = 4095
+    max_total_tokens: int = 4096
+    waiting_served_ratio: float = 0.3
+    max_waiting_tokens: int = 20
+    batch_bucket_size: int = 8
+    prefill_batch_bucket_size: int = 4
+    pad_sequence_to_multiple_of: int = 128
+    block_size: int = 128
+    queue_threshold_ms: int = 120
+    queue_policy: QueuePolicy = "priority"
+    prefix_caching: bool = True
+    max_generation_chunk: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSettings:
+    """torch.profiler schedule (TGI-Gaudi's PROF_* variables). ``active_steps`` 0 = off."""
+
+    wait_steps: int = 0
+    warmup_steps: int = 0
+    active_steps: int = 0
+    path: str = "/tmp/hpu_profile"
+    ranks: tuple[int, ...] = (0,)
+    record_shapes: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.active_steps > 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    """What the model runner needs: the model, the device, the shapes and the Gaudi switches."""
+
+    model_id: str = ""
+    revision: str | None = None
+    dtype: DType = "bfloat16"
+    device: DeviceName = "auto"
+    block_size: int = 128
+    max_batch_size: int = 32
+    max_input_tokens: int = 4095
+    max_total_tokens: int = 4096
+    max_batch_total_tokens: int | None = None
+    num_kv_blocks: int | None = None
+    memory_fraction: float = 1.0
+    enable_hpu_graph: bool = True
+    limit_hpu_graph: bool = True
+    use_flash_attention: bool = True
+    flash_attention_recompute: bool = True
+    warmup_enabled: bool = True
+    quant_config: str | None = None
+    kv_cache_dtype: str | None = None
+    trust_remote_code: bool = False
+    hf_token: str | None = None
+    huggingface_hub_cache: str | None = None
+    num_shard: int = 1
+    rank: int = 0
+    master_addr: str = "localhost"
+    master_port: int = 29500
+    num_threads: int | None = None
+    rope_scaling: str | None = None
+    rope_factor: float | None = None
+    profile: ProfileSettings = field(default_factory=ProfileSettings)
