@@ -1,0 +1,41 @@
+"""The layering contract holds, and the checker really catches a violation."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    src_dirs = [str(p) for p in sorted((root / "packages").glob("*/src"))]
+    return subprocess.run(
+        [LINT_IMPORTS, "--no-cache", "--config", str(root / "pyproject.toml")],
+        cwd=root,
+        env={"PYTHONPATH": ":".join(src_dirs), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_contract_holds_on_the_tree() -> None:
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "BROKEN" not in result.stdout
+
+
+def test_contract_fails_when_core_imports_torch(tmp_path: Path) -> None:
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "packages", copy / "packages", ignore=shutil.ignore_patterns("tests"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    offender = copy / "packages/tgi-core/src/tgi_core/contract.py"
+    offender.write_text("import torch  # noqa\n" + offender.read_text())
+    result = _lint_imports(copy)
+    assert result.returncode != 0
+    assert "tgi_core and tgi_scheduler import no torch" in result.stdout
+    assert "BROKEN" in result.stdout
