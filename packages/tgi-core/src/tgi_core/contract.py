@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
@@ -38,6 +38,7 @@ __all__ = [
     "SamplingParams",
     "SequenceOutput",
     "Shape",
+    "StopChecker",
     "StepOutput",
     "StepPlan",
     "TokenEvent",
@@ -187,7 +188,7 @@ class WarmupReport(msgspec.Struct, frozen=True):
 
 @runtime_checkable
 class ModelRunner(Protocol):
-    """Executes plans on a device. Implemented by tgi_hpu_kernels; faked by tgi_scheduler.testing."""
+    """Runs plans on a device; tgi_hpu_kernels implements it, tgi_scheduler.testing fakes it."""
 
     @property
     def num_kv_blocks(self) -> int:
@@ -255,10 +256,16 @@ class TokenEvent(msgspec.Struct, frozen=True, gc=False, tag="token"):
 
 
 class RequestFailed(msgspec.Struct, frozen=True, gc=False, tag="failed"):
-    """The engine could not finish a request (TGI answers 424 ``generation``)."""
+    """The engine refused or could not finish a request.
+
+    ``error_type`` is TGI's: ``overloaded`` (429, refused at admission because
+    max_concurrent_requests are in flight; ``message`` is "Model is overloaded") or
+    ``generation`` (424, the step failed).
+    """
 
     request_id: int
     message: str
+    error_type: Literal["generation", "overloaded"] = "generation"
 
 
 RequestEvent: TypeAlias = TokenEvent | RequestFailed
