@@ -86,3 +86,42 @@ class RunnerSettings:
     rope_scaling: str | None = None
     rope_factor: float | None = None
     profile: ProfileSettings = field(default_factory=ProfileSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationLimits:
+    """The request limits validation enforces (TGI router's Validation)."""
+
+    max_best_of: int = 2
+    max_stop_sequences: int = 4
+    max_top_n_tokens: int = 5
+    max_input_tokens: int = 4095
+    max_total_tokens: int = 4096
+    max_client_batch_size: int = 4
+    max_generation_chunk: int = 1024
+    disable_grammar_support: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What the HTTP front end and the launcher need."""
+
+    model_id: str = ""
+    hostname: str = "0.0.0.0"
+    port: int = 3000
+    prometheus_port: int = 9000
+    workers: int = 1
+    api_key: str | None = None
+    cors_allow_origin: tuple[str, ...] = ()
+    payload_limit: int = 2_000_000
+    json_output: bool = False
+    log_level: str = "info"
+    graceful_termination_timeout: int = 90
+    max_concurrent_requests: int = 128
+    validation_workers: int = 2
+    tokenizer_config_path: str | None = None
+    skip_tokenizer_in_tgi: bool = False
+    compute_type: str = "cpu+optimized"
+    revision: str | None = None
+    hf_token: str | None = None
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
