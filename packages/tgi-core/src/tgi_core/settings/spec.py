@@ -1,0 +1,77 @@
+"""``Spec``: the description of one setting, and the sections that group them.
+
+The table itself is in ``fields.py`` (flags) and ``env_fields.py`` (environment-only
+variables); nothing here knows a particular setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tgi_core.settings.kinds import Kind
+
+__all__ = [
+    "BATCHING",
+    "GAUDI",
+    "HARDWARE",
+    "LIMITS",
+    "MODEL",
+    "PROFILING",
+    "SECTIONS",
+    "SERVER",
+    "Spec",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One setting. ``flag=False`` makes it environment-only (the Gaudi variables)."""
+
+    name: str
+    section: str
+    kind: Kind
+    default: object
+    help: str
+    flag: bool = True
+    short: str | None = None
+    envs: tuple[str, ...] | None = None
+    repeatable: bool = False
+    default_doc: str | None = None
+    secret: bool = False
+    stored: bool = True  # False: read, then folded into another setting (legacy alias)
+
+    @property
+    def long(self) -> str | None:
+        return "--" + self.name.replace("_", "-") if self.flag else None
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        return self.envs if self.envs is not None else (self.name.upper(),)
+
+    @property
+    def display(self) -> str:
+        """clap's name of the argument: ``--port <PORT>``, ``--json-output`` or ``BLOCK_SIZE``."""
+        if self.long is None:
+            return self.env_names[0]
+        if not self.kind.takes_value:
+            return self.long
+        return f"{self.long} <{self.name.upper()}>"
+
+    @property
+    def default_text(self) -> str:
+        """The default as the docs and ``--help`` show it ("" when there is none)."""
+        if self.default_doc is not None:
+            return self.default_doc
+        if self.default is None:
+            return ""
+        return self.kind.format(self.default)
+
+
+MODEL = "Model"
+HARDWARE = "Hardware and sharding"
+LIMITS = "Request limits"
+BATCHING = "Batching and scheduling"
+GAUDI = "Gaudi buckets and graphs"
+PROFILING = "Profiling"
+SERVER = "HTTP server and logging"
+SECTIONS = (MODEL, HARDWARE, LIMITS, BATCHING, GAUDI, PROFILING, SERVER)
