@@ -1,0 +1,142 @@
+"""The engine step loop: a scheduler and a runner, one plan at a time.
+
+``Engine.step()`` is the whole algorithm::
+
+    plan = scheduler.schedule()
+    output = runner.execute(plan)
+    events = scheduler.update(plan, output)
+
+plus the refusals of requests that found ``max_concurrent_requests`` in flight (TGI's 429,
+reported among the next step's events) and the failure of a plan the runner could not run
+(TGI's 424 for that plan's requests; the others carry on). The engine is single-threaded:
+call ``add_request``, ``abort`` and ``step`` from one thread (the server's engine loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from tgi_core.contract import (
+    GenerationRequest,
+    ModelRunner,
+    RequestEvent,
+    RequestFailed,
+    Shape,
+    WarmupProgress,
+    WarmupReport,
+)
+from tgi_core.settings.slices import SchedulerSettings
+from tgi_scheduler.block_allocator import BlockAllocator
+from tgi_scheduler.buckets import all_shapes
+from tgi_scheduler.limits import check_limits
+from tgi_scheduler.scheduler import Scheduler, StopCheckerFactory
+from tgi_scheduler.stats import SchedulerStats
+
+__all__ = ["GENERATION_ERROR_PREFIX", "OVERLOADED_MESSAGE", "Engine"]
+
+logger = logging.getLogger(__name__)
+
+OVERLOADED_MESSAGE = "Model is overloaded"
+GENERATION_ERROR_PREFIX = "Request failed during generation: Server error: "
+
+
+class Engine:
+    """Drives a ``Scheduler`` and a ``ModelRunner`` (see the module docstring)."""
+
+    def __init__(self, scheduler: Scheduler, runner: ModelRunner) -> None:
+        if runner.block_size != scheduler.settings.block_size:
+            raise ValueError(
+                f"the runner's KV blocks hold {runner.block_size} tokens, "
+                f"the scheduler's {scheduler.settings.block_size}"
+            )
+        self._scheduler = scheduler
+        self._runner = runner
+        self._refusals: list[RequestEvent] = []
+        self._warmed: frozenset[Shape] | None = None
+
+    @classmethod
+    def create(
+        cls,
+        settings: SchedulerSettings,
+        runner: ModelRunner,
+        *,
+        eos_token_ids: Sequence[int],
+        stop_checker_factory: StopCheckerFactory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Engine:
+        """An engine over ``runner`` with a KV block pool of the runner's size."""
+        allocator = BlockAllocator(
+            runner.num_kv_blocks, runner.block_size, enable_prefix_caching=settings.prefix_caching
+        )
+        scheduler = Scheduler(
+            settings,
+            allocator,
+            eos_token_ids=eos_token_ids,
+            stop_checker_factory=stop_checker_factory,
+            clock=clock,
+        )
+        return cls(scheduler, runner)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._scheduler
+
+    @property
+    def runner(self) -> ModelRunner:
+        return self._runner
+
+    def add_request(self, request: GenerationRequest) -> None:
+        """Queue a request; a refusal comes back as ``RequestFailed(overloaded)`` next step."""
+        if not self._scheduler.add_request(request):
+            refusal = RequestFailed(request.request_id, OVERLOADED_MESSAGE, "overloaded")
+            self._refusals.append(refusal)
+
+    def abort(self, request_id: int) -> None:
+        """Drop a request whose client went away; it gets no further event."""
+        if not self._scheduler.abort(request_id):
+            self._refusals = [e for e in self._refusals if e.request_id != request_id]
+
+    def has_unfinished(self) -> bool:
+        return bool(self._refusals) or self._scheduler.has_unfinished()
+
+    def step(self) -> list[RequestEvent]:
+        """Run one plan; return the events of this step (tokens, finishes, failures)."""
+        events, self._refusals = self._refusals, []
+        plan = self._scheduler.schedule()
+        if plan is None:
+            return events
+        if self._warmed is not None and plan.shape is not None and plan.shape not in self._warmed:
+            self._scheduler.counters.num_unwarmed_shapes += 1
+            logger.warning("step %d runs shape %s, which warmup did not", plan.step_id, plan.shape)
+        try:
+            output = self._runner.execute(plan)
+        except Exception as exc:
+            logger.exception("step %d failed; failing its requests", plan.step_id)
+            self._scheduler.counters.num_failed_steps += 1
+            message = GENERATION_ERROR_PREFIX + (str(exc) or type(exc).__name__)
+            events.extend(self._scheduler.fail(plan, message))
+            return events
+        events.extend(self._scheduler.update(plan, output))
+        return events
+
+    def warmup(self, progress: WarmupProgress | None = None) -> WarmupReport:
+        """Run every shape of ``all_shapes(settings)`` on the runner, then adopt its KV size.
+
+        Raises:
+            ValueError: the KV capacity warmup settled on cannot hold one sequence of
+                ``max_total_tokens`` (TGI's "Not enough memory to handle ...").
+        """
+        settings = self._scheduler.settings
+        shapes = all_shapes(settings)
+        report = self._runner.warmup(shapes, progress)
+        allocator = self._scheduler.allocator
+        if report.num_kv_blocks and report.num_kv_blocks != allocator.num_blocks:
+            allocator.resize(report.num_kv_blocks)
+            check_limits(settings, allocator)
+        self._warmed = frozenset(shapes)
+        return report
+
+    def stats(self) -> SchedulerStats:
+        return self._scheduler.stats()
