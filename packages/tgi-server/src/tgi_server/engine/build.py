@@ -1,0 +1,149 @@
+"""Builds a ready engine from ``Settings``: tokenizer, model runner, scheduler, warmup.
+
+``build_engine`` is what the engine process (and an embedder's ``InProcessEngine``) runs
+before serving: it loads the tokenizer (EOS ids, stop-sequence checkers), builds the
+``TorchModelRunner`` from the runner's settings slice, the ``BlockAllocator`` + ``Scheduler``
++ ``Engine`` from the scheduler's slice, runs warmup with its progress logged, and describes
+the result in an ``EngineInfo`` (the ready message). It serves nothing itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import NamedTuple
+
+from tgi_core.contract import GenerationRequest, ModelRunner, Shape, StopChecker, WarmupReport
+from tgi_core.settings import Settings
+from tgi_core.tokenization import TokenizerLike, load_tokenizer, make_stop_checker
+from tgi_scheduler import Engine
+from tgi_scheduler.limits import token_budget
+from tgi_server.ipc.messages import EngineInfo
+
+__all__ = ["ReadyEngine", "build_engine", "describe_engine", "make_stop_checker_factory"]
+
+logger = logging.getLogger(__name__)
+
+
+class ReadyEngine(NamedTuple):
+    """A warmed-up engine and the ``EngineInfo`` that describes it."""
+
+    engine: Engine
+    info: EngineInfo
+
+
+def make_stop_checker_factory(
+    tokenizer: TokenizerLike,
+) -> Callable[[GenerationRequest], StopChecker | None]:
+    """Stop-sequence checkers for the scheduler: one per request that has stop sequences."""
+
+    def factory(request: GenerationRequest) -> StopChecker | None:
+        if not request.stop_sequences:
+            return None
+        return make_stop_checker(tokenizer, request.stop_sequences, prompt_ids=request.prompt_ids)
+
+    return factory
+
+
+def describe_engine(
+    engine: Engine,
+    report: WarmupReport | None,
+    *,
+    model_id: str,
+    eos_token_ids: tuple[int, ...] = (),
+    model_dtype: str = "",
+    model_device_type: str = "",
+) -> EngineInfo:
+    """The ``EngineInfo`` of ``engine``, as TGI's warmup reports its capacity.
+
+    ``max_supported_total_tokens`` is the usable KV capacity in tokens; it is also
+    ``max_batch_total_tokens`` unless the settings cap it lower.
+    """
+    settings = engine.scheduler.settings
+    allocator = engine.scheduler.allocator
+    capacity = allocator.num_usable_blocks * allocator.block_size
+    return EngineInfo(
+        model_id=model_id,
+        pid=os.getpid(),
+        block_size=allocator.block_size,
+        num_kv_blocks=allocator.num_blocks,
+        max_supported_total_tokens=capacity,
+        max_input_tokens=settings.max_input_tokens,
+        max_total_tokens=settings.max_total_tokens,
+        max_batch_total_tokens=min(capacity, token_budget(settings)),
+        max_concurrent_requests=settings.max_concurrent_requests,
+        eos_token_ids=eos_token_ids,
+        warmup=report,
+        model_dtype=model_dtype,
+        model_device_type=model_device_type,
+    )
+
+
+def build_engine(
+    settings: Settings,
+    *,
+    runner: ModelRunner | None = None,
+    tokenizer: TokenizerLike | None = None,
+) -> ReadyEngine:
+    """Load, build and warm up the engine ``settings`` describe (rank 0's runner).
+
+    Args:
+        settings: the whole configuration; the scheduler and runner get their slices.
+        runner: a runner to use instead of ``TorchModelRunner(settings.runner(0))``.
+        tokenizer: a tokenizer to use instead of loading ``settings.model_id``'s.
+
+    Raises:
+        TokenizerLoadError, the loader's errors, ValueError: the model cannot be served.
+    """
+    if tokenizer is None:
+        tokenizer = load_tokenizer(
+            settings.model_id,
+            revision=settings.revision,
+            hf_token=settings.hf_token,
+            tokenizer_config_path=settings.tokenizer_config_path,
+        )
+    dtype = device_type = ""
+    if runner is None:
+        from tgi_hpu_kernels import TorchModelRunner
+
+        torch_runner = TorchModelRunner(settings.runner(rank=0))
+        dtype = str(torch_runner.dtype).removeprefix("torch.")
+        device_type = torch_runner.device.name
+        runner_eos_ids = torch_runner.eos_token_ids
+        runner = torch_runner
+    else:
+        runner_eos_ids = ()
+    # The tokenizer's EOS (generation_config included) first, then any the model config adds.
+    eos_token_ids = tuple(dict.fromkeys((*tokenizer.eos_token_ids, *runner_eos_ids)))
+    engine = Engine.create(
+        settings.scheduler(),
+        runner,
+        eos_token_ids=eos_token_ids,
+        stop_checker_factory=make_stop_checker_factory(tokenizer),
+    )
+    logger.info("warming up %s", settings.model_id)
+    report = engine.warmup(_log_warmup_progress)
+    logger.info(
+        "warmup done: %d shapes in %.1f s, %d KV blocks",
+        report.num_shapes,
+        report.seconds,
+        report.num_kv_blocks,
+    )
+    info = describe_engine(
+        engine,
+        report,
+        model_id=settings.model_id,
+        eos_token_ids=eos_token_ids,
+        model_dtype=dtype,
+        model_device_type=device_type,
+    )
+    return ReadyEngine(engine, info)
+
+
+def _log_warmup_progress(done: int, total: int, shape: Shape) -> None:
+    # About ten lines per warmup, whatever the number of shapes.
+    if done == total or done % max(1, total // 10) == 0:
+        logger.info("warmup %d/%d shapes (%s)", done, total, shape)
+    else:
+        logger.debug("warmup %d/%d shapes (%s)", done, total, shape)
