@@ -1,0 +1,166 @@
+"""``create_app``: the Falcon ASGI application that serves TGI's HTTP API in one worker.
+
+It wires the pieces, nothing more: the validation pool and the request ``Pipeline``
+(``generation``), the metrics (``metrics``), the error table (``http_errors``), the
+middleware (``middleware``) and one resource per route (``resources``). Each Gunicorn
+worker builds its own app, with its own engine client; ``tgi_server.asgi``-style entry
+points call ``create_app`` with what the launcher prepared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import falcon.asgi
+
+from tgi_core.api import Info, encode_json
+from tgi_core.contract import WarmupReport
+from tgi_core.settings.slices import ServerSettings
+from tgi_core.tokenization import TokenIdsTokenizer, TokenizerLike
+from tgi_server.__about__ import __version__
+from tgi_server.engine_client import EngineClient
+from tgi_server.generation import Pipeline, ValidationWorkers
+from tgi_server.http_errors import register_error_handlers
+from tgi_server.ipc.messages import EngineInfo
+from tgi_server.metrics import ServerMetrics
+from tgi_server.middleware import ApiKey, Cors, EngineLifespan, JsonBody
+from tgi_server.openapi import build_openapi
+from tgi_server.resources import Served
+from tgi_server.resources.chat import ChatCompletions
+from tgi_server.resources.completions import Completions
+from tgi_server.resources.docs import OPENAPI_PATH, OpenApiDocument, SwaggerUi
+from tgi_server.resources.generate import CompatGenerate, Generate, GenerateStream
+from tgi_server.resources.health import Health
+from tgi_server.resources.info import InfoResource, Models
+from tgi_server.resources.invocations import Invocations
+from tgi_server.resources.metrics import MetricsResource
+from tgi_server.resources.tokenize import ChatTokenize, Tokenize
+from tgi_server.resources.vertex import Vertex
+from tgi_server.streaming import App
+
+__all__ = ["ModelInfo", "create_app"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelInfo:
+    """What the API reports about the served model beyond the settings.
+
+    ``model_pipeline_tag`` None (a local model) or ``"text-generation"`` makes ``POST /``
+    return the full text by default, as in TGI. ``warmup`` feeds the warmup metrics (when
+    None, the engine's report is taken when the worker connects to it).
+    ``model_dtype``, ``model_device_type`` and ``max_supported_total_tokens`` describe the
+    engine (TGI's shard info; logged, not part of ``/info``).
+    """
+
+    model_id: str
+    model_sha: str | None = None
+    model_pipeline_tag: str | None = None
+    docker_label: str | None = None
+    model_dtype: str = ""
+    model_device_type: str = ""
+    max_supported_total_tokens: int | None = None
+    warmup: WarmupReport | None = None
+
+    @classmethod
+    def from_engine_info(cls, info: EngineInfo, *, model_id: str | None = None) -> ModelInfo:
+        """From the engine's ready message (``model_id`` overrides the engine's, e.g. to
+        report the ``--model-id`` given rather than the resolved path)."""
+        return cls(
+            model_id=info.model_id if model_id is None else model_id,
+            model_dtype=info.model_dtype,
+            model_device_type=info.model_device_type,
+            max_supported_total_tokens=info.max_supported_total_tokens,
+            warmup=info.warmup,
+        )
+
+
+def create_app(
+    settings: ServerSettings,
+    engine: EngineClient,
+    tokenizer: TokenizerLike,
+    model_info: ModelInfo,
+    *,
+    metrics_dir: str | None = None,
+) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
+    """The ASGI app of one HTTP worker.
+
+    Args:
+        settings: the server's settings slice (limits, API key, CORS, payload limit, ...).
+        engine: this worker's engine client; the app connects it at ASGI lifespan startup
+            (closing it is the caller's business).
+        tokenizer: the model's tokenizer; with ``skip_tokenizer_in_tgi`` it is wrapped in a
+            ``TokenIdsTokenizer`` (inputs are token ids, ids come back as text).
+        model_info: what ``/info``, ``/v1/models`` and the OpenAI routes report.
+        metrics_dir: prometheus-client's multiprocess directory when several workers
+            serve (see ``tgi_server.metrics``); None for one process.
+
+    Raises:
+        ValueError: ``metrics_dir`` is given but prometheus-client is not in
+            multiprocess mode.
+    """
+    if settings.skip_tokenizer_in_tgi and not tokenizer.is_transparent:
+        tokenizer = TokenIdsTokenizer.wrapping(tokenizer)
+    metrics = ServerMetrics(settings.limits, multiprocess_dir=metrics_dir)
+    workers = ValidationWorkers(settings.validation_workers)
+    pipeline = Pipeline(engine, tokenizer, settings.limits, metrics, workers)
+    served = Served(
+        model_id=model_info.model_id,
+        compute_type=settings.compute_type,
+        system_fingerprint=f"{__version__}-{model_info.docker_label or 'native'}",
+        default_return_full_text=model_info.model_pipeline_tag in (None, "text-generation"),
+    )
+    middleware: list[Any] = [Cors(settings.cors_allow_origin)]
+    if settings.api_key:
+        middleware.append(ApiKey(settings.api_key))
+    metrics_resource = MetricsResource(engine, metrics, model_info.warmup)
+    lifespan = EngineLifespan(engine, workers, on_connected=metrics_resource.adopt)
+    middleware += [JsonBody(settings.payload_limit), lifespan]
+    # Every response sets its own type; empty ones (health, 401/404/405) get none, as from
+    # axum. Falcon types media_type as str but skips the header when it is None.
+    app: App = App(middleware=middleware, media_type=None)  # type: ignore[call-overload]
+    register_error_handlers(app, metrics)
+
+    health = Health(engine)
+    compat = CompatGenerate(pipeline, served, health)
+    chat = ChatCompletions(pipeline, served)
+    completions = Completions(pipeline, served)
+    routes: dict[str, object] = {
+        "/": compat,
+        "/generate": Generate(pipeline, served),
+        "/generate_stream": GenerateStream(pipeline, served),
+        "/v1/chat/completions": chat,
+        "/v1/completions": completions,
+        "/vertex": Vertex(pipeline),
+        "/invocations": Invocations(compat, chat, completions),
+        "/tokenize": Tokenize(pipeline),
+        "/chat_tokenize": ChatTokenize(pipeline),
+        "/health": health,
+        "/ping": health,
+        "/info": InfoResource(_info(settings, model_info)),
+        "/v1/models": Models(model_info.model_id),
+        "/metrics": metrics_resource,
+        "/docs": SwaggerUi(),
+        OPENAPI_PATH: OpenApiDocument(encode_json(build_openapi(__version__))),
+    }
+    for path, resource in routes.items():
+        app.add_route(path, resource)
+    return app
+
+
+def _info(settings: ServerSettings, model_info: ModelInfo) -> Info:
+    limits = settings.limits
+    return Info(
+        model_id=model_info.model_id,
+        model_sha=model_info.model_sha,
+        model_pipeline_tag=model_info.model_pipeline_tag,
+        max_concurrent_requests=settings.max_concurrent_requests,
+        max_best_of=limits.max_best_of,
+        max_stop_sequences=limits.max_stop_sequences,
+        max_input_tokens=limits.max_input_tokens,
+        max_total_tokens=limits.max_total_tokens,
+        validation_workers=settings.validation_workers,
+        max_client_batch_size=limits.max_client_batch_size,
+        version=__version__,
+        docker_label=model_info.docker_label,
+    )

@@ -1,0 +1,249 @@
+"""The OpenAPI 3.1 document of the API (``/api-doc/openapi.json``), built from the msgspec types.
+
+Component schemas come from ``msgspec.json.schema_components`` over the request and
+response types of ``tgi_core.api``, so the document cannot drift from what the routes
+decode and encode. msgspec cannot express TGI's two untagged unions of structs
+(``/invocations``' generate | chat | completion body, and a ``/vertex`` instance: generate |
+chat), so those two schemas are written here as ``anyOf``. Paths are one table, TGI's route
+list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tgi_core.api import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    ChatTokenizeResponse,
+    CompatGenerateRequest,
+    Completion,
+    CompletionChunk,
+    CompletionRequest,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    Info,
+    ModelsList,
+    SimpleToken,
+    StreamResponse,
+    VertexInstance,
+    VertexResponse,
+)
+
+__all__ = ["TAG", "build_openapi"]
+
+TAG = "Text Generation Inference"
+_REF = "#/components/schemas/{name}"
+
+_TYPES: tuple[Any, ...] = (
+    CompatGenerateRequest,
+    GenerateRequest,
+    GenerateResponse,
+    StreamResponse,
+    ChatRequest,
+    ChatCompletion,
+    ChatCompletionChunk,
+    CompletionRequest,
+    Completion,
+    CompletionChunk,
+    Info,
+    ModelsList,
+    SimpleToken,
+    ChatTokenizeResponse,
+    VertexInstance,
+    VertexResponse,
+    ErrorResponse,
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
+def _hand_written() -> dict[str, Any]:
+    """The untagged unions msgspec cannot describe."""
+    return {
+        "SagemakerRequest": {
+            "title": "SagemakerRequest",
+            "description": "A generate request (``inputs``), else a chat request "
+            "(``messages``), else a completion request (``prompt``).",
+            "anyOf": [
+                _ref("CompatGenerateRequest"),
+                _ref("ChatRequest"),
+                _ref("CompletionRequest"),
+            ],
+        },
+        "VertexRequest": {
+            "title": "VertexRequest",
+            "type": "object",
+            "properties": {
+                "instances": {
+                    "type": "array",
+                    "items": {"anyOf": [_ref("VertexInstance"), _ref("ChatRequest")]},
+                }
+            },
+            "required": ["instances"],
+        },
+    }
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    descriptions = {
+        422: "Input validation error",
+        424: "Generation Error",
+        429: "Model is overloaded",
+        500: "Incomplete generation",
+        503: "Text generation inference is down",
+    }
+    return {
+        str(status): {"description": descriptions[status], "content": _json(_ref("ErrorResponse"))}
+        for status in statuses
+    }
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    *,
+    request: str | None = None,
+    ok: dict[str, Any] | None = None,
+    errors: tuple[int, ...] = (422, 424, 429, 500),
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "tags": [TAG],
+        "summary": summary,
+        "operationId": operation_id,
+        "responses": {"200": {"description": "OK", **({"content": ok} if ok else {})}},
+    }
+    if request is not None:
+        operation["requestBody"] = {"required": True, "content": _json(_ref(request))}
+    operation["responses"].update(_errors(*errors))
+    return operation
+
+
+def _stream_or_json(json_schema: dict[str, Any], event: str) -> dict[str, Any]:
+    return {**_json(json_schema), "text/event-stream": {"schema": _ref(event)}}
+
+
+def _paths() -> dict[str, Any]:
+    health = _operation("health", "Health check method", errors=(503,))
+    generating = {
+        "/generate": _operation(
+            "generate",
+            "Generate tokens",
+            request="GenerateRequest",
+            ok=_json(_ref("GenerateResponse")),
+        ),
+        "/generate_stream": _operation(
+            "generate_stream",
+            "Generate a stream of token using Server-Sent Events",
+            request="GenerateRequest",
+            ok={"text/event-stream": {"schema": _ref("StreamResponse")}},
+        ),
+        "/v1/chat/completions": _operation(
+            "chat_completions",
+            "Generate tokens (OpenAI chat completions)",
+            request="ChatRequest",
+            ok=_stream_or_json(_ref("ChatCompletion"), "ChatCompletionChunk"),
+        ),
+        "/v1/completions": _operation(
+            "completions",
+            "Generate tokens (OpenAI legacy completions)",
+            request="CompletionRequest",
+            ok=_stream_or_json(_ref("Completion"), "CompletionChunk"),
+        ),
+        "/vertex": _operation(
+            "vertex_compatibility",
+            "Generate tokens from a Vertex request",
+            request="VertexRequest",
+            ok=_json(_ref("VertexResponse")),
+        ),
+        "/invocations": _operation(
+            "sagemaker_compatibility",
+            "Generate tokens from a SageMaker request",
+            request="SagemakerRequest",
+            ok=_stream_or_json(_ref("GenerateResponse"), "StreamResponse"),
+        ),
+    }
+    tokens = {"type": "array", "items": _ref("SimpleToken")}
+    return {
+        "/": {
+            "get": health,
+            "post": _operation(
+                "compat_generate",
+                "Generate tokens if `stream == false` or a stream of token if `stream == true`",
+                request="CompatGenerateRequest",
+                ok=_stream_or_json(
+                    {"type": "array", "items": _ref("GenerateResponse")}, "StreamResponse"
+                ),
+            ),
+        },
+        **{path: {"post": operation} for path, operation in generating.items()},
+        "/tokenize": {
+            "post": _operation(
+                "tokenize",
+                "Tokenize inputs",
+                request="GenerateRequest",
+                ok=_json(tokens),
+                errors=(422,),
+            )
+        },
+        "/chat_tokenize": {
+            "post": _operation(
+                "get_chat_tokenize",
+                "Template and tokenize ChatRequest",
+                request="ChatRequest",
+                ok=_json(_ref("ChatTokenizeResponse")),
+                errors=(422,),
+            )
+        },
+        "/health": {"get": health},
+        "/ping": {"get": {**health, "operationId": "ping"}},
+        "/info": {
+            "get": _operation(
+                "get_model_info",
+                "Text Generation Inference endpoint info",
+                ok=_json(_ref("Info")),
+                errors=(),
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "metrics",
+                "Prometheus metrics scrape endpoint",
+                ok={"text/plain": {"schema": {"type": "string"}}},
+                errors=(),
+            )
+        },
+        "/v1/models": {
+            "get": _operation(
+                "openai_get_model_info", "Get model info", ok=_json(_ref("ModelsList")), errors=()
+            )
+        },
+    }
+
+
+def build_openapi(version: str) -> dict[str, Any]:
+    """The whole document (a JSON-ready dict) for API ``version``."""
+    _, components = msgspec.json.schema_components(_TYPES, ref_template=_REF)
+    components.update(_hand_written())
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Text Generation Inference",
+            "description": "Hugging Face Text Generation Inference API",
+            "license": {"name": "Apache 2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
+            "version": version,
+        },
+        "tags": [{"name": TAG, "description": "Hugging Face Text Generation Inference API"}],
+        "paths": _paths(),
+        "components": {"schemas": dict(sorted(components.items()))},
+    }
