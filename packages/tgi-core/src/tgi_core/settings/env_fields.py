@@ -229,6 +229,24 @@ _SERVER = (
         flag=False,
         default_doc="cpu+optimized on cpu, else gpu+optimized",
     ),
+    Spec(
+        "engine_socket",
+        SERVER,
+        TEXT,
+        None,
+        "Internal: the engine's ZeroMQ socket, set by the launcher for its HTTP workers.",
+        flag=False,
+        envs=("TGI_ENGINE_SOCKET",),
+    ),
+    Spec(
+        "metrics_dir",
+        SERVER,
+        TEXT,
+        None,
+        "Internal: prometheus-client's multiprocess folder, set by the launcher for its workers.",
+        flag=False,
+        envs=("PROMETHEUS_MULTIPROC_DIR",),
+    ),
 )
 
 ENV_FIELDS: tuple[Spec, ...] = _HUB + _SCHEDULING + _GAUDI + _PROFILING + _SERVER

@@ -125,6 +125,8 @@ class Settings:
     log_level: str
     graceful_termination_timeout: int
     compute_type: str
+    engine_socket: str | None
+    metrics_dir: str | None
     otlp_endpoint: str | None
     otlp_service_name: str
     ngrok: bool
@@ -273,6 +275,8 @@ class Settings:
             revision=self.revision,
             hf_token=self.hf_token,
             limits=self.validation_limits(),
+            engine_socket=self.engine_socket,
+            metrics_dir=self.metrics_dir,
         )
 
     def validation_limits(self) -> ValidationLimits:

@@ -135,3 +135,5 @@ class ServerSettings:
     revision: str | None = None
     hf_token: str | None = None
     limits: ValidationLimits = field(default_factory=ValidationLimits)
+    engine_socket: str | None = None
+    metrics_dir: str | None = None
