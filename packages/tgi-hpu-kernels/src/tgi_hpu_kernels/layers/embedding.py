@@ -1,0 +1,32 @@
+"""Token embeddings and the LM head (optionally tied to the embeddings)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["LMHead", "VocabEmbedding"]
+
+
+class VocabEmbedding(nn.Embedding):
+    """``[N]`` token ids -> ``[N, hidden]``."""
+
+    def __init__(self, vocab_size: int, hidden_size: int) -> None:
+        super().__init__(vocab_size, hidden_size)
+
+
+class LMHead(nn.Linear):
+    """Projects final hidden states to float32 vocabulary logits.
+
+    With ``tied_to`` the head shares the embedding matrix (one tensor, loaded once);
+    its parameter keeps the checkpoint name ``lm_head.weight`` otherwise.
+    """
+
+    def __init__(
+        self, hidden_size: int, vocab_size: int, *, tied_to: VocabEmbedding | None = None
+    ) -> None:
+        super().__init__(hidden_size, vocab_size, bias=False)
+        if tied_to is not None:
+            self.weight = tied_to.weight
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return super().forward(hidden).float()

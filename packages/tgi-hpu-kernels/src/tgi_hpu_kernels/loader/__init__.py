@@ -1,0 +1,129 @@
+"""Loading a model: find the checkpoint, read its config, build the family, fill the weights.
+
+``load_model`` is the entry point; the model is built on the meta device and materialised
+once on the target device in the target dtype (bfloat16 by default, as on Gaudi; float32
+for exact comparisons), so weights are never held twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.attention import AttentionBackend
+from tgi_hpu_kernels.layers.rotary import RopeConfig, RotaryEmbedding
+from tgi_hpu_kernels.loader.gguf_weights import gguf_config, iter_gguf_tensors, open_gguf
+from tgi_hpu_kernels.loader.safetensors_weights import iter_safetensors, read_hf_config
+from tgi_hpu_kernels.loader.source import (
+    EMBEDDED_MODEL_FILE,
+    ModelLoadError,
+    ModelSource,
+    embedded_model_path,
+    resolve_source,
+)
+from tgi_hpu_kernels.models.config import ModelConfig
+from tgi_hpu_kernels.models.llama import LlamaForCausalLM
+from tgi_hpu_kernels.models.registry import resolve_model_class
+
+__all__ = [
+    "EMBEDDED_MODEL_FILE",
+    "LoadedModel",
+    "ModelLoadError",
+    "ModelSource",
+    "embedded_model_path",
+    "load_model",
+    "read_model_config",
+    "resolve_source",
+    "torch_dtype",
+]
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to run, with what was loaded and from where."""
+
+    model: LlamaForCausalLM
+    config: ModelConfig
+    source: ModelSource
+    dtype: torch.dtype
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``"bfloat16"`` | ``"float32"`` | ``"float16"`` -> the torch dtype."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype {name!r} is not supported; use one of {sorted(_DTYPES)}") from None
+
+
+def _raw_config(source: ModelSource) -> dict[str, Any]:
+    if source.kind == "gguf":
+        return gguf_config(open_gguf(source.path))
+    return read_hf_config(source.path)
+
+
+def _rope_override(config: ModelConfig, settings: RunnerSettings) -> ModelConfig:
+    # --rope-scaling / --rope-factor (ROPE_SCALING / ROPE_FACTOR) replace the config's scaling.
+    if settings.rope_scaling is None:
+        return config
+    rope = RopeConfig(
+        rope_type=settings.rope_scaling,
+        theta=config.rope.theta,
+        factor=settings.rope_factor if settings.rope_factor is not None else 1.0,
+        original_max_position_embeddings=config.max_position_embeddings,
+    )
+    return config.with_rope(rope)
+
+
+def read_model_config(settings: RunnerSettings) -> tuple[ModelSource, ModelConfig]:
+    """Resolves the checkpoint and parses its config, without reading weights."""
+    source = resolve_source(settings)
+    raw = _raw_config(source)
+    config = resolve_model_class(raw).parse_config(raw)
+    return source, _rope_override(config, settings)
+
+
+def load_model(
+    settings: RunnerSettings, *, backend: AttentionBackend, device: torch.device
+) -> LoadedModel:
+    """Builds and fills the model ``settings.model_id`` names.
+
+    Args:
+        settings: model id, revision, dtype, hub token/cache, rope overrides, and
+            ``max_total_tokens`` (the rotary tables cover at least that many positions).
+        backend: the device's attention kernels.
+        device: where the weights live.
+
+    Raises:
+        ModelLoadError: the checkpoint cannot be found or read.
+        UnsupportedModelError: its architecture is not implemented.
+        ValueError: a bad dtype, an unsupported rope type, or weights that do not match.
+    """
+    dtype = torch_dtype(settings.dtype)
+    source = resolve_source(settings)
+    raw = _raw_config(source)
+    cls = resolve_model_class(raw)
+    config = _rope_override(cls.parse_config(raw), settings)
+    rotary = RotaryEmbedding(
+        config.rope,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings,
+        max_positions=max(config.max_position_embeddings, settings.max_total_tokens + 1),
+        dtype=dtype,
+        device=device,
+    )
+    with torch.device("meta"):
+        model = cls(config, backend=backend, rotary=rotary)
+    model = model.to(dtype).to_empty(device=device)
+    model.tie_weights()
+    if source.kind == "gguf":
+        model.load_weights(iter_gguf_tensors(open_gguf(source.path), raw))
+    else:
+        model.load_weights(iter_safetensors(source.path))
+    model.eval()
+    return LoadedModel(model=model, config=config, source=source, dtype=dtype)

@@ -1,0 +1,215 @@
+"""Llama (1, 2, 3.x, SmolLM, TinyLlama...): the decoder the Mistral and Qwen2 files extend.
+
+RMSNorm -> attention with rotary embeddings and grouped KV heads -> RMSNorm -> gated SiLU
+MLP, pre-norm residuals. Q/K/V and gate/up projections are merged into one matmul each
+(``packed_modules_mapping`` says how checkpoint tensors fill them). The model computes no
+sampling and knows no device: attention kernels come from the ``AttentionBackend`` it is
+built with, per-step metadata and the KV cache come in as arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from tgi_hpu_kernels.attention import AttentionBackend, AttentionMetadata, PagedAttention
+from tgi_hpu_kernels.kv_cache import KVCache
+from tgi_hpu_kernels.layers import (
+    GatedMLP,
+    LMHead,
+    RMSNorm,
+    RotaryEmbedding,
+    VocabEmbedding,
+    apply_rotary,
+)
+from tgi_hpu_kernels.models.config import ModelConfig, parse_common
+
+__all__ = ["LlamaAttention", "LlamaDecoderLayer", "LlamaForCausalLM", "LlamaModel"]
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        qkv_heads = self.num_heads + 2 * self.num_kv_heads
+        self.qkv_proj = nn.Linear(
+            config.hidden_size, qkv_heads * self.head_dim, bias=config.qkv_bias
+        )
+        self.o_proj = nn.Linear(
+            self.num_heads * self.head_dim, config.hidden_size, bias=config.o_bias
+        )
+        self.attn = PagedAttention(
+            layer_idx=layer_idx,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            sliding_window=config.sliding_window(layer_idx),
+            backend=backend,
+        )
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionMetadata, kv: KVCache
+    ) -> Tensor:
+        n = x.shape[0]
+        num_qk = self.num_heads + self.num_kv_heads
+        qkv = self.qkv_proj(x).view(n, num_qk + self.num_kv_heads, self.head_dim)
+        qk = apply_rotary(qkv[:, :num_qk], cos, sin)  # [N, heads + kv_heads, d]
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
+        v = qkv[:, num_qk:]  # [N, kv_heads, d]
+        out: Tensor = self.o_proj(self.attn(q, k, v, attn, kv))
+        return out
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, layer_idx, backend)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+
+    def forward(
+        self, hidden: Tensor, cos: Tensor, sin: Tensor, attn: AttentionMetadata, kv: KVCache
+    ) -> Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, attn, kv)
+        out: Tensor = hidden + self.mlp(self.post_attention_layernorm(hidden))
+        return out
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, i, backend) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        attn: AttentionMetadata,
+        kv: KVCache,
+    ) -> Tensor:
+        hidden = self.embed_tokens(input_ids)  # [N, hidden]
+        for layer in self.layers:
+            hidden = layer(hidden, cos, sin, attn, kv)
+        out: Tensor = self.norm(hidden)
+        return out
+
+
+class LlamaForCausalLM(nn.Module):
+    """The full model: ``forward`` -> final hidden states, ``compute_logits`` -> logits."""
+
+    # checkpoint projection -> (merged parameter, shard index)
+    packed_modules_mapping: ClassVar[dict[str, tuple[str, int]]] = {
+        "q_proj": ("qkv_proj", 0),
+        "k_proj": ("qkv_proj", 1),
+        "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(
+        self, config: ModelConfig, *, backend: AttentionBackend, rotary: RotaryEmbedding
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.rotary = rotary
+        self.model = LlamaModel(config, backend)
+        tied = self.model.embed_tokens if config.tie_word_embeddings else None
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, tied_to=tied)
+
+    def tie_weights(self) -> None:
+        """Makes the LM head share the embedding matrix again (materialising breaks sharing)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @classmethod
+    def parse_config(cls, raw: Mapping[str, Any]) -> ModelConfig:
+        """Llama's ``attention_bias`` covers q, k, v and o; ``mlp_bias`` the MLP."""
+        bias = bool(raw.get("attention_bias", False))
+        config = parse_common(raw)
+        return replace(
+            config, qkv_bias=bias, o_bias=bias, mlp_bias=bool(raw.get("mlp_bias", False))
+        )
+
+    def forward(
+        self, input_ids: Tensor, positions: Tensor, attn: AttentionMetadata, kv: KVCache
+    ) -> Tensor:
+        """``input_ids``/``positions`` ``[N]`` -> normed hidden states ``[N, hidden]``."""
+        cos, sin = self.rotary.lookup(positions)  # once per step, shared by every layer
+        hidden: Tensor = self.model(input_ids, cos, sin, attn, kv)
+        return hidden
+
+    def compute_logits(self, hidden: Tensor) -> Tensor:
+        """``[n, hidden]`` -> float32 ``[n, vocab]``."""
+        logits: Tensor = self.lm_head(hidden)
+        return logits
+
+    def _shard_sizes(self, packed: str) -> tuple[int, ...]:
+        c = self.config
+        if packed == "qkv_proj":
+            kv_size = c.num_key_value_heads * c.head_dim
+            return (c.num_attention_heads * c.head_dim, kv_size, kv_size)
+        return (c.intermediate_size, c.intermediate_size)
+
+    def _target(self, name: str) -> tuple[str, int | None]:
+        for source, (packed, shard) in self.packed_modules_mapping.items():
+            if f".{source}." in name:
+                return name.replace(f".{source}.", f".{packed}."), shard
+        return name, None
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> None:
+        """Copies checkpoint tensors (HF names) into the parameters, casting to their dtype.
+
+        Raises:
+            ValueError: an unknown name, a shape mismatch, or a parameter left unloaded.
+        """
+        params = dict(self.named_parameters())
+        loaded: set[tuple[str, int | None]] = set()
+        for name, tensor in weights:
+            if name.endswith("rotary_emb.inv_freq"):
+                continue
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue  # some tied checkpoints still store the (identical) head
+            target, shard = self._target(name)
+            param = params.get(target)
+            if param is None:
+                raise ValueError(f"checkpoint tensor {name!r} matches no model parameter")
+            destination = param.data
+            if shard is not None:
+                sizes = self._shard_sizes(target.split(".")[-2])
+                destination = destination.narrow(0, sum(sizes[:shard]), sizes[shard])
+            if destination.shape != tensor.shape:
+                raise ValueError(
+                    f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(destination.shape)}"
+                )
+            destination.copy_(tensor)
+            loaded.add((target, shard))
+        self._check_loaded(params, loaded)
+
+    def _check_loaded(
+        self, params: Mapping[str, Tensor], loaded: set[tuple[str, int | None]]
+    ) -> None:
+        missing = sorted(
+            {name for name in params for shard in self._shards(name) if (name, shard) not in loaded}
+        )
+        if missing:
+            raise ValueError(f"checkpoint is missing weights: {missing[:8]}")
+
+    def _shards(self, name: str) -> tuple[int | None, ...]:
+        packed = name.split(".")[-2]
+        if packed in ("qkv_proj", "gate_up_proj"):
+            return tuple(range(len(self._shard_sizes(packed))))
+        return (None,)

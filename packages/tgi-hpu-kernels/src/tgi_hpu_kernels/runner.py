@@ -1,0 +1,299 @@
+"""``TorchModelRunner``: the ModelRunner of tgi_core.contract, on HPU, CUDA or the CPU.
+
+One step: drop released sequences, register new prefills with the sampler, build the step's
+tensors (``step_inputs``), run the model through the device's step runner (graphs where the
+device has them), take the logits of each real sequence's last token, sample, and answer
+one ``SequenceOutput`` per item in plan order. The runner owns device tensors only (weights,
+KV cache, graphs); request bookkeeping stays in the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from tgi_core.contract import (
+    DecodeShape,
+    PrefillShape,
+    SamplingParams,
+    SequenceOutput,
+    Shape,
+    StepOutput,
+    StepPlan,
+    WarmupProgress,
+    WarmupReport,
+)
+from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.attention import AttentionMetadata
+from tgi_hpu_kernels.device import Device, select_device
+from tgi_hpu_kernels.kv_cache import KVCache
+from tgi_hpu_kernels.loader import load_model
+from tgi_hpu_kernels.memory import allocate_kv_cache
+from tgi_hpu_kernels.models.config import ModelConfig
+from tgi_hpu_kernels.models.llama import LlamaForCausalLM
+from tgi_hpu_kernels.profiling import StepProfiler
+from tgi_hpu_kernels.step_inputs import KVLayout, StepInputs, build_decode, build_prefill
+from tgi_hpu_kernels.warmup import DummySize, dummy_plan, dummy_sizes, run_warmup
+
+if TYPE_CHECKING:
+    from tgi_hpu_kernels.sampling import Sampler
+
+__all__ = ["TorchModelRunner"]
+
+logger = logging.getLogger(__name__)
+
+
+def _check_supported(settings: RunnerSettings) -> None:
+    if settings.num_shard > 1:
+        raise ValueError(
+            f"num_shard={settings.num_shard}: tensor parallelism is not implemented by "
+            "TorchModelRunner yet; run one shard"
+        )
+    for name in ("quant_config", "kv_cache_dtype"):
+        if getattr(settings, name) is not None:
+            logger.warning(
+                "%s=%r is not supported yet and is ignored", name, getattr(settings, name)
+            )
+
+
+class _StepModule(nn.Module):
+    """The graph-capturable part of a step: tokens in, final hidden states out."""
+
+    def __init__(self, model: LlamaForCausalLM, kv: KVCache) -> None:
+        super().__init__()
+        self.model = model
+        self.kv = kv
+
+    def forward(self, input_ids: Tensor, positions: Tensor, attn: AttentionMetadata) -> Tensor:
+        hidden: Tensor = self.model(input_ids, positions, attn, self.kv)
+        return hidden
+
+
+class TorchModelRunner:
+    """Runs StepPlans on one device (implements ``tgi_core.contract.ModelRunner``).
+
+    Args:
+        settings: the runner's settings slice (model, dtype, device, limits, Gaudi switches,
+            profiling).
+        device: a backend to use instead of ``select_device(settings.device, settings)``.
+        num_kv_blocks: the KV pool size, overriding ``settings.num_kv_blocks`` and sizing from
+            free memory (``memory.py``).
+
+    The KV pool is allocated here, so ``num_kv_blocks`` is known right after construction.
+    """
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        *,
+        device: Device | None = None,
+        num_kv_blocks: int | None = None,
+    ) -> None:
+        _check_supported(settings)
+        self._settings = settings
+        self._device = device or select_device(settings.device, settings)
+        loaded = load_model(settings, backend=self._device, device=self._device.torch_device)
+        self._model = loaded.model
+        self._config = c = loaded.config
+        self._dtype = loaded.dtype
+        self._kv = allocate_kv_cache(settings, self._device, c, loaded.dtype, num_kv_blocks)
+        self._layout = KVLayout(
+            settings.block_size, self._kv.num_blocks, c.num_key_value_heads, c.window
+        )
+        self._step = self._device.step_runner(_StepModule(self._model, self._kv))
+        self._profiler = StepProfiler(
+            settings.profile, rank=settings.rank, activities=self._device.profiler_activities()
+        )
+        self._sampler: Sampler | None = None
+        self._warmed: frozenset[Shape] | None = None
+        self._unwarmed: set[Shape] = set()
+        logger.info(
+            "model %s (%s, %s) on %s, %d KV blocks of %d tokens",
+            settings.model_id or loaded.source.path.name,
+            c.model_type,
+            settings.dtype,
+            self._device.describe(),
+            self._kv.num_blocks,
+            settings.block_size,
+        )
+
+    # -- ModelRunner protocol --------------------------------------------------------
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self._kv.num_blocks
+
+    @property
+    def block_size(self) -> int:
+        return self._kv.block_size
+
+    @property
+    def num_unwarmed_shapes(self) -> int:
+        """Distinct shapes executed after warmup that warmup did not run (should stay 0)."""
+        return len(self._unwarmed)
+
+    def warmup(
+        self, shapes: Sequence[Shape], progress: WarmupProgress | None = None
+    ) -> WarmupReport:
+        """Runs every shape once (see ``warmup.py``); skipped when ``warmup_enabled`` is off."""
+        if not self._settings.warmup_enabled:
+            logger.warning("Warmup is disabled (WARMUP_ENABLED=false): shapes compile on demand")
+            return WarmupReport(num_shapes=0, seconds=0.0, num_kv_blocks=self.num_kv_blocks)
+        sizes = dummy_sizes(shapes, static=self._device.needs_static_shapes)
+        report = run_warmup(
+            shapes,
+            lambda shape: self._warm_shape(shape, sizes[shape]),
+            progress=progress,
+            num_kv_blocks=self.num_kv_blocks,
+            num_graphs=lambda: self._step.num_graphs,
+        )
+        self._warmed = frozenset(shapes)
+        return report
+
+    @torch.inference_mode()
+    def execute(self, plan: StepPlan) -> StepOutput:
+        """Runs one plan: releases, then the prefill or decode items (see the module doc)."""
+        with self._profiler.step():
+            return self._execute(plan, record_shape=True)
+
+    # -- the rest of the public surface -----------------------------------------------
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._config
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return self._config.vocab_size
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self._config.eos_token_ids
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self._kv.num_bytes
+
+    @property
+    def unwarmed_shapes(self) -> frozenset[Shape]:
+        """Shapes run since warmup that warmup never ran (what ``num_unwarmed_shapes`` counts)."""
+        return frozenset(self._unwarmed)
+
+    @torch.inference_mode()
+    def compute_logits(self, plan: StepPlan) -> Tensor:
+        """Runs ``plan``'s forward pass (writing its KV) and returns float32 logits
+        ``[num_sequences, vocab]`` of each sequence's last token, without sampling."""
+        logits, _, _ = self._forward(plan)
+        return logits
+
+    # -- internals --------------------------------------------------------------------
+
+    def _sampler_for_step(self) -> Sampler:
+        if self._sampler is None:
+            from tgi_hpu_kernels.sampling import Sampler
+
+            self._sampler = Sampler(
+                self._config.vocab_size,
+                self._device.torch_device,
+                watermark_gamma=self._settings.watermark_gamma,
+                watermark_delta=self._settings.watermark_delta,
+            )
+        return self._sampler
+
+    def _record_shape(self, shape: Shape) -> None:
+        if self._warmed is not None and shape not in self._warmed and shape not in self._unwarmed:
+            self._unwarmed.add(shape)
+            logger.warning("shape %s was not warmed up (%d so far)", shape, len(self._unwarmed))
+
+    def _build(self, plan: StepPlan) -> StepInputs:
+        static = self._device.needs_static_shapes
+        device = self._device.torch_device
+        if plan.prefill:
+            if not isinstance(plan.shape, PrefillShape):
+                raise ValueError(f"a prefill plan needs a PrefillShape, got {plan.shape}")
+            return build_prefill(
+                plan.prefill, plan.shape, self._layout, static=static, device=device
+            )
+        if not isinstance(plan.shape, DecodeShape):
+            raise ValueError(f"a decode plan needs a DecodeShape, got {plan.shape}")
+        return build_decode(plan.decode, plan.shape, self._layout, static=static, device=device)
+
+    def _forward(self, plan: StepPlan) -> tuple[Tensor, Tensor, StepInputs]:
+        if plan.prefill and plan.decode:
+            raise ValueError("a plan holds prefills or decodes, never both")
+        inputs = self._build(plan)
+        self._model.rotary.ensure_length(inputs.max_seq_len)
+        args: tuple[Any, ...] = (inputs.input_ids, inputs.positions, inputs.attn)
+        hidden = self._step(args, is_prefill=plan.is_prefill)
+        logits = self._model.compute_logits(hidden.index_select(0, inputs.logits_index))
+        self._device.mark_step()
+        return logits, hidden, inputs
+
+    def _execute(self, plan: StepPlan, *, record_shape: bool) -> StepOutput:
+        sampler = self._sampler_for_step()
+        for seq_id in plan.released:
+            sampler.release(seq_id)
+        if not plan.num_sequences:
+            return StepOutput(step_id=plan.step_id, outputs=())
+        if plan.shape is None:
+            raise ValueError("a plan with sequences needs a shape")
+        if record_shape:
+            self._record_shape(plan.shape)
+        for item in plan.prefill:
+            sampler.add_sequence(item.seq_id, item.sampling, item.token_ids, item.num_prompt_tokens)
+        logits, hidden, inputs = self._forward(plan)
+        seq_ids = [item.seq_id for item in plan.prefill] or [item.seq_id for item in plan.decode]
+        result = sampler.sample(seq_ids, logits)
+        prompt_logprobs = self._prompt_logprobs(plan, hidden, inputs, sampler)
+        outputs = tuple(
+            SequenceOutput(
+                seq_id=seq_id,
+                token_id=result.token_ids[i],
+                logprob=result.logprobs[i],
+                top_tokens=result.top_tokens[i],
+                prompt_logprobs=prompt_logprobs[i],
+            )
+            for i, seq_id in enumerate(seq_ids)
+        )
+        return StepOutput(step_id=plan.step_id, outputs=outputs)
+
+    def _prompt_logprobs(
+        self, plan: StepPlan, hidden: Tensor, inputs: StepInputs, sampler: Sampler
+    ) -> list[tuple[float | None, ...] | None]:
+        """Per item: None, or one logprob per prompt token (None where no logits exist:
+        the first token, and tokens whose predecessor came from the prefix cache)."""
+        out: list[tuple[float | None, ...] | None] = [None] * plan.num_sequences
+        for i, item in enumerate(plan.prefill):
+            if not item.prompt_logprobs:
+                continue
+            start, cached = inputs.token_offsets[i], item.num_cached_tokens
+            new_tokens = item.token_ids[cached:]
+            logits = self._model.compute_logits(hidden[start : start + len(new_tokens)])
+            values = sampler.prompt_logprobs(logits, new_tokens)
+            out[i] = ((None,) * cached + tuple(values))[: item.num_prompt_tokens]
+        return out
+
+    @torch.inference_mode()
+    def _warm_shape(self, shape: Shape, size: DummySize) -> None:
+        plan = dummy_plan(
+            shape, block_size=self.block_size, num_kv_blocks=self.num_kv_blocks, size=size
+        )
+        sampler = self._sampler_for_step()
+        for item in plan.decode:  # dummy decodes need sampler state a prefill would have made
+            sampler.add_sequence(item.seq_id, SamplingParams(), (item.token_id,), 1)
+        self._execute(plan, record_shape=False)
+        for seq_id in [item.seq_id for item in plan.prefill] + [d.seq_id for d in plan.decode]:
+            sampler.release(seq_id)
+        self._device.synchronize()
