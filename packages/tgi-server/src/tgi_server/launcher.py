@@ -38,13 +38,13 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from tgi_core.settings import FIELDS, HelpRequested, Settings, SettingsError, render_help
+from tgi_core.settings import HelpRequested, Settings, SettingsError, render_help
 from tgi_server.__about__ import __version__
 from tgi_server.engine import EngineStartupError, start_engine_process, wait_until_ready
 from tgi_server.ipc import make_socket_dir, socket_path
 from tgi_server.logging_setup import configure_logging
 
-__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "Launcher", "child_environ", "main", "runtime_environment"]
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "Launcher", "main", "runtime_environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,23 +60,6 @@ _ENGINE_MIN_WAIT_S = 10.0  # the engine's drain after Gunicorn's: nothing left i
 
 class StartupError(RuntimeError):
     """The service could not start (a child exited or never became ready)."""
-
-
-def child_environ(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a child process: this one's, with every settings variable
-    replaced by the resolved ``settings`` (so the child rebuilds exactly them), plus
-    ``extra``.
-
-    The rest passes through untouched (PATH, HOME, HF_HOME, device variables...).
-    """
-    # Passed through to children, not read: the settings come from ``settings``.
-    environ = dict(os.environ)  # noqa: TID251
-    for spec in FIELDS:
-        for name in spec.env_names:
-            environ.pop(name, None)
-    environ.update(settings.to_environ())
-    environ.update(extra or {})
-    return environ
 
 
 def runtime_environment() -> str:
@@ -221,7 +204,7 @@ class Launcher:
             "no" if warmup is None else warmup.num_shapes,
         )
         extra = {"TGI_ENGINE_SOCKET": str(path), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-        self._start_webserver(child_environ(self.settings, extra))
+        self._start_webserver(self.settings.child_environ(extra))
         self._wait_for_http()
         logger.info("Connected")
 
@@ -235,7 +218,7 @@ class Launcher:
             )
         logger.info("Starting the engine (rank 0)")
         engine = Child(
-            "engine", start_engine_process(path, env=child_environ(self.settings)), group=False
+            "engine", start_engine_process(path, env=self.settings.child_environ()), group=False
         )
         self._children.append(engine)
         return engine

@@ -179,6 +179,21 @@ class Settings:
             environ[spec.env_names[0]] = spec.kind.format(value)
         return environ
 
+    def child_environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a child process (engine, HTTP workers): this process's, with
+        every settings variable replaced by these resolved settings, plus ``extra``.
+
+        The rest passes through untouched (PATH, HOME, HF_HOME, device variables...), so the
+        child rebuilds exactly these settings with ``Settings.from_process()``.
+        """
+        environ = dict(os.environ)
+        for spec in FIELDS:
+            for name in spec.env_names:
+                environ.pop(name, None)
+        environ.update(self.to_environ())
+        environ.update(extra or {})
+        return environ
+
     def scheduler(self) -> SchedulerSettings:
         """The scheduler's slice: limits, buckets, block size and queue policy."""
         return SchedulerSettings(

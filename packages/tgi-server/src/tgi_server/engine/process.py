@@ -40,6 +40,7 @@ from tgi_server.engine.build import build_engine
 from tgi_server.engine.loop import EngineLoop
 from tgi_server.ipc.messages import EngineInfo, Hello, HelloReply, decode_engine_message, encode
 from tgi_server.ipc.sockets import RouterTransport, endpoint, new_identity
+from tgi_server.logging_setup import configure_logging
 
 __all__ = [
     "EngineStartupError",
@@ -80,7 +81,7 @@ def serve_engine(
 
 def run_engine(settings: Settings, path: str | Path) -> None:
     """The engine process's body: build, warm up, then ``serve_engine`` (a 'spawn' target)."""
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, json_output=settings.json_output)
     ready = build_engine(settings)
     serve_engine(
         ready.engine,
@@ -179,12 +180,3 @@ def _stop_on_signals(loop: EngineLoop) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _configure_logging(level: str) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
