@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Build llama.cpp's `llama-server` (CPU, Release) from the llama.cpp source vendored in the
+# llama-cpp-python sdist, into .cache/peers/ (git-ignored). Idempotent: an existing working
+# binary is kept. No network at run time: curl, OpenSSL and the web-UI download are off.
+#
+#   bash benchmarks/peers/build_llama_server.sh          # -> .cache/peers/bin/llama-server
+#
+# Environment: LLAMA_CPP_PYTHON_VERSION (default: newest sdist on PyPI), JOBS (default: 2),
+# PYTHON (default: python3). The build runs under `nice -n 19`: the cores are shared.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+CACHE="$ROOT/.cache/peers"
+BIN="$CACHE/bin/llama-server"
+PYTHON="${PYTHON:-python3}"
+JOBS="${JOBS:-2}"
+
+if [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1; then
+  echo "llama-server already built: $BIN"
+  exit 0
+fi
+
+mkdir -p "$CACHE/sdist" "$CACHE/bin"
+SPEC="llama-cpp-python${LLAMA_CPP_PYTHON_VERSION:+==$LLAMA_CPP_PYTHON_VERSION}"
+PATTERN="llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION:-*}.tar.gz"
+# shellcheck disable=SC2086  # PATTERN is a glob on purpose
+if ! ls "$CACHE"/sdist/$PATTERN >/dev/null 2>&1; then
+  "$PYTHON" -m pip download --no-binary :all: --no-deps "$SPEC" -d "$CACHE/sdist"
+fi
+# shellcheck disable=SC2086
+SDIST="$(ls -t "$CACHE"/sdist/$PATTERN | head -n 1)"
+NAME="$(basename "$SDIST" .tar.gz)"
+SRC="$CACHE/$NAME/vendor/llama.cpp"
+if [[ ! -f "$SRC/CMakeLists.txt" ]]; then
+  tar -xzf "$SDIST" -C "$CACHE" "$NAME/vendor/llama.cpp"
+fi
+
+BUILD="$CACHE/build-$NAME"
+GENERATOR=()
+if command -v ninja >/dev/null 2>&1; then GENERATOR=(-G Ninja); fi
+# Static libraries make one self-contained binary; LLAMA_CURL is deprecated in recent
+# llama.cpp (ignored with a warning) but still honoured by older vendored copies.
+nice -n 19 cmake -S "$SRC" -B "$BUILD" "${GENERATOR[@]}" \
+  -DCMAKE_BUILD_TYPE=Release \
+  -DBUILD_SHARED_LIBS=OFF \
+  -DLLAMA_CURL=OFF \
+  -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_USE_PREBUILT_UI=OFF \
+  -DLLAMA_BUILD_UI=OFF \
+  -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_SERVER=ON \
+  -DGGML_NATIVE=ON
+nice -n 19 cmake --build "$BUILD" --config Release --target llama-server -j "$JOBS"
+
+cp "$BUILD/bin/llama-server" "$BIN.tmp"
+mv "$BIN.tmp" "$BIN"
+"$BIN" --version
+echo "built: $BIN"
