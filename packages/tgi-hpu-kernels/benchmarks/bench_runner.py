@@ -1,23 +1,27 @@
-"""Decode steps/s and prefill tokens/s of TorchModelRunner, beside transformers, by batch bucket.
+"""Decode and prefill speed of TorchModelRunner by batch bucket and thread count, beside
+transformers' forward at the same shapes, in one process on the same weights.
 
-Runs the embedded SmolLM2-135M-Instruct GGUF (or ``--model``) in bf16 on the CPU by default;
-both sides load the same weights and run the same shapes in the same process:
+Runs the embedded SmolLM2-135M-Instruct GGUF (or ``--model``) in bf16 on the CPU by default:
 
 - decode: ``batch`` sequences whose KV already holds ``--context`` tokens, one new token
   each per step (ours: ``execute`` with greedy sampling; transformers: ``model(...)`` on a
-  ``DynamicCache``, then argmax);
-- prefill: ``batch`` prompts of ``--prompt-len`` tokens (ours: ``execute``; transformers:
-  one forward without cache).
+  ``DynamicCache``, then argmax); reported as steps/s and tokens/s;
+- prefill: ``batch`` prompts of ``--prompt-lens`` tokens (drawn once, seeded; ours:
+  ``execute``, greedy first token included; transformers: one right-padded forward without
+  cache, its padding counted as work); reported as prompt tokens/s.
 
-Usage::
+Figures are wall-clock; the load average before and after is printed because the machine's
+other work moves them. Usage::
 
-    python packages/tgi-hpu-kernels/benchmarks/bench_runner.py --threads 1 --batches 1,8,32
+    python packages/tgi-hpu-kernels/benchmarks/bench_runner.py --threads 1,2
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,10 +45,11 @@ BLOCK_SIZE = 128
 
 @dataclass
 class Row:
+    threads: int
     phase: str
     batch: int
     shape: str
-    ours: float
+    ours: float  # steps/s (decode) or tokens/s (prefill)
     theirs: float | None
     unit: str
 
@@ -59,20 +64,31 @@ def _timed(fn: Callable[[int], None], steps: int, warmup: int = 2) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def _ours_decode(runner: TorchModelRunner, batch: int, context: int, steps: int) -> float:
-    per_seq = -(-(context + steps + 4) // BLOCK_SIZE)
-    tables = [tuple(range(i * per_seq, (i + 1) * per_seq)) for i in range(batch)]
-    prefill = tuple(
+def _blocks(tokens: int) -> int:
+    return -(-tokens // BLOCK_SIZE)
+
+
+def _prefill_items(
+    lengths: list[int], first_seq: int, per_seq: int, seed: int = 0
+) -> tuple[PrefillItem, ...]:
+    rng = random.Random(seed)
+    return tuple(
         PrefillItem(
-            seq_id=i,
-            token_ids=(1,) * context,
-            num_prompt_tokens=context,
+            seq_id=first_seq + i,
+            token_ids=tuple(rng.randrange(1, 40_000) for _ in range(length)),
+            num_prompt_tokens=length,
             num_cached_tokens=0,
-            block_table=tables[i],
+            block_table=tuple(range(i * per_seq, (i + 1) * per_seq)),
             sampling=SamplingParams(),
         )
-        for i in range(batch)
+        for i, length in enumerate(lengths)
     )
+
+
+def _ours_decode(runner: TorchModelRunner, batch: int, context: int, steps: int) -> float:
+    per_seq = _blocks(context + steps + 4)
+    tables = [tuple(range(i * per_seq, (i + 1) * per_seq)) for i in range(batch)]
+    prefill = _prefill_items([context] * batch, 0, per_seq)
     runner.execute(StepPlan(step_id=0, shape=PrefillShape(batch, context), prefill=prefill))
     shape = DecodeShape(batch, per_seq)
 
@@ -88,26 +104,17 @@ def _ours_decode(runner: TorchModelRunner, batch: int, context: int, steps: int)
     return 1.0 / seconds
 
 
-def _ours_prefill(runner: TorchModelRunner, batch: int, length: int, steps: int) -> float:
-    per_seq = -(-(length + 1) // BLOCK_SIZE)
+def _ours_prefill(runner: TorchModelRunner, lengths: list[int], steps: int) -> float:
+    per_seq = _blocks(max(lengths) + 1)
+    items = _prefill_items(lengths, 1000, per_seq)
+    released = tuple(item.seq_id for item in items)
+    shape = PrefillShape(len(lengths), max(lengths))
 
     def step(k: int) -> None:
-        prefill = tuple(
-            PrefillItem(
-                seq_id=1000 + i,
-                token_ids=(1,) * length,
-                num_prompt_tokens=length,
-                num_cached_tokens=0,
-                block_table=tuple(range(i * per_seq, (i + 1) * per_seq)),
-                sampling=SamplingParams(),
-            )
-            for i in range(batch)
-        )
-        released = tuple(range(1000, 1000 + batch))
-        runner.execute(StepPlan(step_id=k, shape=PrefillShape(batch, length), prefill=prefill))
+        runner.execute(StepPlan(step_id=k, shape=shape, prefill=items))
         runner.execute(StepPlan(step_id=k, shape=None, released=released))
 
-    return batch * length / _timed(step, steps, warmup=1)
+    return sum(lengths) / _timed(step, steps, warmup=1)
 
 
 def _theirs_decode(model: torch.nn.Module, batch: int, context: int, steps: int) -> float:
@@ -126,13 +133,15 @@ def _theirs_decode(model: torch.nn.Module, batch: int, context: int, steps: int)
         return 1.0 / _timed(step, steps)
 
 
-def _theirs_prefill(model: torch.nn.Module, batch: int, length: int, steps: int) -> float:
+def _theirs_prefill(model: torch.nn.Module, lengths: list[int], steps: int) -> float:
+    ids = torch.ones(len(lengths), max(lengths), dtype=torch.long)
+    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
     with torch.inference_mode():
 
         def step(k: int) -> None:
-            model(torch.ones(batch, length, dtype=torch.long), use_cache=False)
+            model(ids, attention_mask=mask, use_cache=False)
 
-        return batch * length / _timed(step, steps, warmup=1)
+        return sum(lengths) / _timed(step, steps, warmup=1)
 
 
 def _load_transformers(model_id: str, dtype: torch.dtype) -> torch.nn.Module | None:
@@ -147,24 +156,68 @@ def _load_transformers(model_id: str, dtype: torch.dtype) -> torch.nn.Module | N
     return model.to(dtype).eval()
 
 
+def _prompt_lengths(batch: int, low: int, high: int) -> list[int]:
+    rng = random.Random(batch)
+    return [rng.randint(low, high) for _ in range(batch)]
+
+
+def _measure(
+    runner: TorchModelRunner,
+    theirs: torch.nn.Module | None,
+    args: argparse.Namespace,
+    threads: int,
+) -> list[Row]:
+    torch.set_num_threads(threads)
+    rows = []
+    for batch in _ints(args.batches):
+        ours = _ours_decode(runner, batch, args.context, args.steps)
+        ref = _theirs_decode(theirs, batch, args.context, args.steps) if theirs else None
+        rows.append(Row(threads, "decode", batch, f"ctx {args.context}", ours, ref, "steps/s"))
+    low, high = _ints(args.prompt_lens)
+    for batch in _ints(args.prefill_batches):
+        lengths = _prompt_lengths(batch, low, high)
+        steps = max(2, args.steps // 5)
+        ours = _ours_prefill(runner, lengths, steps)
+        ref = _theirs_prefill(theirs, lengths, steps) if theirs else None
+        shape = f"{sum(lengths)} tokens"
+        rows.append(Row(threads, "prefill", batch, shape, ours, ref, "tokens/s"))
+    return rows
+
+
+def _ints(text: str) -> list[int]:
+    return [int(value) for value in text.split(",")]
+
+
+def _print(rows: list[Row]) -> None:
+    print("| threads | phase | batch | shape | ours | transformers | ours / transformers | unit |")
+    print("|---:|---|---:|---|---:|---:|---:|---|")
+    for r in rows:
+        ref = f"{r.theirs:.1f}" if r.theirs else "-"
+        ratio = f"{r.ours / r.theirs:.2f}x" if r.theirs else "-"
+        cells = f"{r.threads} | {r.phase} | {r.batch} | {r.shape}"
+        print(f"| {cells} | {r.ours:.1f} | {ref} | {ratio} | {r.unit} |")
+        if r.phase == "decode":
+            theirs_tokens = f"{r.theirs * r.batch:.0f}" if r.theirs else "-"
+            cells = f"{r.threads} | decode | {r.batch} |"
+            print(f"| {cells} | {r.ours * r.batch:.0f} | {theirs_tokens} | | tokens/s |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="", help="model id or path (default: embedded SmolLM2)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
-    parser.add_argument("--batches", default="1,8,16,32", help="decode batch buckets")
-    parser.add_argument("--prefill-batches", default="1,4", help="prefill batch buckets")
+    parser.add_argument("--threads", default="1", help="torch thread counts to run, e.g. 1,2")
+    parser.add_argument("--batches", default="1,8,16,32,64", help="decode batch buckets")
+    parser.add_argument("--prefill-batches", default="1,4,8", help="prompts per prefill")
+    parser.add_argument("--prompt-lens", default="50,200", help="prompt length range (low,high)")
     parser.add_argument("--context", type=int, default=256, help="KV tokens per decoding sequence")
-    parser.add_argument("--prompt-len", type=int, default=256, help="prefill length")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-transformers", action="store_true")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    batches = [int(b) for b in args.batches.split(",")]
-    prefill_batches = [int(b) for b in args.prefill_batches.split(",")]
-    max_total = max(args.context + args.steps + 8, args.prompt_len + 8)
+    batches = _ints(args.batches)
+    max_prompts = max(_ints(args.prefill_batches))
+    max_total = max(args.context + args.steps + 8, _ints(args.prompt_lens)[1] + 8)
     settings = RunnerSettings(
         model_id=args.model,
         dtype=args.dtype,
@@ -172,35 +225,21 @@ def main() -> None:
         block_size=BLOCK_SIZE,
         max_batch_size=max(batches),
         max_total_tokens=max_total,
-        num_threads=args.threads,
     )
-    blocks = max(*batches, *prefill_batches) * -(-max_total // BLOCK_SIZE)
+    blocks = max(*batches, max_prompts) * _blocks(max_total)
     runner = TorchModelRunner(settings, num_kv_blocks=blocks)
     theirs = None if args.no_transformers else _load_transformers(args.model, runner.dtype)
-
-    rows = []
-    for batch in batches:
-        ours = _ours_decode(runner, batch, args.context, args.steps)
-        ref = _theirs_decode(theirs, batch, args.context, args.steps) if theirs else None
-        rows.append(Row("decode", batch, f"ctx {args.context}", ours, ref, "steps/s"))
-    for batch in prefill_batches:
-        steps = max(2, args.steps // 5)
-        ours = _ours_prefill(runner, batch, args.prompt_len, steps)
-        ref = _theirs_prefill(theirs, batch, args.prompt_len, steps) if theirs else None
-        rows.append(Row("prefill", batch, f"len {args.prompt_len}", ours, ref, "tokens/s"))
-
+    load_before = os.getloadavg()[0]
+    rows = [
+        row for threads in _ints(args.threads) for row in _measure(runner, theirs, args, threads)
+    ]
+    c = runner.config
     print(
-        f"\n{runner.device.describe()}, {args.dtype}, {runner.config.model_type} "
-        f"({runner.config.num_hidden_layers} layers, hidden {runner.config.hidden_size})"
+        f"\n{runner.device.describe()}, {args.dtype}, {c.model_type} ({c.num_hidden_layers} "
+        f"layers, hidden {c.hidden_size}), torch {torch.__version__}; load average "
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     )
-    print("| phase | batch | shape | ours | transformers | ours / transformers | unit |")
-    print("|---|---:|---|---:|---:|---:|---|")
-    for r in rows:
-        ref = f"{r.theirs:.1f}" if r.theirs else "-"
-        ratio = f"{r.ours / r.theirs:.2f}x" if r.theirs else "-"
-        print(f"| {r.phase} | {r.batch} | {r.shape} | {r.ours:.1f} | {ref} | {ratio} | {r.unit} |")
-        if r.phase == "decode":
-            print(f"|  |  |  | {r.ours * r.batch:.0f} |  |  | tokens/s |")
+    _print(rows)
 
 
 if __name__ == "__main__":

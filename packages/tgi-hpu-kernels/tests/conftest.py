@@ -33,10 +33,18 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
 
 @pytest.fixture
 def make_runner() -> MakeRunner:
-    """``make_runner(folder, static=False, num_kv_blocks=64, **settings)`` on the CPU, float32."""
+    """``make_runner(folder, static=False, native=True, fused=True, num_kv_blocks=64,
+    **settings)`` on the CPU, float32 unless ``dtype`` says otherwise; ``native=False`` runs
+    torch ops only, ``fused=False`` the native kernels one op at a time."""
 
     def make(
-        folder: Path, *, static: bool = False, num_kv_blocks: int | None = 64, **settings: object
+        folder: Path,
+        *,
+        static: bool = False,
+        native: bool = True,
+        fused: bool = True,
+        num_kv_blocks: int | None = 64,
+        **settings: object,
     ) -> TorchModelRunner:
         values: dict[str, object] = {
             "model_id": str(folder),
@@ -48,7 +56,7 @@ def make_runner() -> MakeRunner:
         }
         return TorchModelRunner(
             RunnerSettings(**values),  # type: ignore[arg-type]
-            device=CpuDevice(static_shapes=static),
+            device=CpuDevice(static_shapes=static, use_native=native, use_fused=fused),
             num_kv_blocks=num_kv_blocks,
         )
 

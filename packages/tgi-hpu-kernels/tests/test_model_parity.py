@@ -1,9 +1,11 @@
 """Our logits against transformers' on tiny random models of every family, in float32.
 
 Sequences span many 4-token blocks scattered through the pool, prefill runs a batch of mixed
-lengths (packed on the CPU's default path, padded to the bucket on the static path that HPU
-and CUDA use), then 32 teacher-forced decode steps; a prefix-cache prefill reuses another
-sequence's blocks. Every logit must match transformers within 1e-4.
+lengths, then 32 teacher-forced decode steps; a prefix-cache prefill reuses another
+sequence's blocks. Three paths: packed rows with the CPU's native kernels (the default),
+packed rows with torch ops only (where no compiler exists), and the static path that HPU and
+CUDA use (padded to the bucket, torch-op prefill). Every logit must match transformers
+within 1e-4.
 """
 
 from __future__ import annotations
@@ -61,16 +63,24 @@ def _prefill_item(
     )
 
 
+# mode -> make_runner keywords
+MODES = {
+    "packed": {"static": False},
+    "torch-ops": {"static": False, "native": False},
+    "static": {"static": True},
+}
+
+
 def _decode_bucket(positions: list[int]) -> DecodeShape:
     needed = max(-(-(p + 1) // BLOCK_SIZE) for p in positions)
     return DecodeShape(batch_size=4, num_blocks=-(-needed // 4) * 4)
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["packed", "static"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_prefill_and_decode_match_transformers(tiny_checkpoint, make_runner, family, static):
+def test_prefill_and_decode_match_transformers(tiny_checkpoint, make_runner, family, mode):
     folder, hf_model = tiny_checkpoint(family)
-    runner = make_runner(folder, static=static, num_kv_blocks=NUM_KV_BLOCKS)
+    runner = make_runner(folder, num_kv_blocks=NUM_KV_BLOCKS, **MODES[mode])
     gen = torch.Generator().manual_seed(1)
     sequences = [
         torch.randint(3, 128, (p + NUM_DECODE,), generator=gen).tolist() for p in PROMPT_LENS
@@ -100,11 +110,11 @@ def test_prefill_and_decode_match_transformers(tiny_checkpoint, make_runner, fam
             )
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["packed", "static"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_prefix_cached_prefill_matches_transformers(tiny_checkpoint, make_runner, family, static):
+def test_prefix_cached_prefill_matches_transformers(tiny_checkpoint, make_runner, family, mode):
     folder, hf_model = tiny_checkpoint(family)
-    runner = make_runner(folder, static=static, num_kv_blocks=NUM_KV_BLOCKS)
+    runner = make_runner(folder, num_kv_blocks=NUM_KV_BLOCKS, **MODES[mode])
     gen = torch.Generator().manual_seed(2)
     first = torch.randint(3, 128, (14,), generator=gen).tolist()
     # `second` shares first's first 3 blocks (12 tokens) and adds 9 of its own.
@@ -139,3 +149,84 @@ def test_prefix_cached_prefill_matches_transformers(tiny_checkpoint, make_runner
             StepPlan(step_id=position, shape=DecodeShape(4, 8), decode=(item,))
         )
         torch.testing.assert_close(logits[0], reference[position], atol=ATOL, rtol=0)
+
+
+def _logits_of(runner, sequences: list[list[int]], num_decode: int) -> torch.Tensor:
+    """Prefill of ``PROMPT_LENS`` tokens of each sequence, then ``num_decode`` teacher-forced
+    decode steps; every step's logits, stacked."""
+    tables = _tables([len(s) for s in sequences])
+    prefill = tuple(
+        _prefill_item(i, s[:p], t)
+        for i, (s, p, t) in enumerate(zip(sequences, PROMPT_LENS, tables, strict=True))
+    )
+    steps = [runner.compute_logits(StepPlan(step_id=0, shape=PrefillShape(4, 24), prefill=prefill))]
+    for step in range(num_decode):
+        positions = [p + step for p in PROMPT_LENS]
+        decode = tuple(
+            DecodeItem(seq_id=i, token_id=sequences[i][pos], position=pos, block_table=tables[i])
+            for i, pos in enumerate(positions)
+        )
+        plan = StepPlan(step_id=step + 1, shape=_decode_bucket(positions), decode=decode)
+        steps.append(runner.compute_logits(plan))
+    return torch.stack(steps)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bfloat16_native_kernels_agree_with_torch_ops(tiny_checkpoint, make_runner, family):
+    """In bf16 the native linear, attention and fused elementwise kernels all run; their
+    logits stay within bf16 rounding of the torch-op path's."""
+    folder, _ = tiny_checkpoint(family)
+    gen = torch.Generator().manual_seed(4)
+    sequences = [torch.randint(3, 128, (p + 8,), generator=gen).tolist() for p in PROMPT_LENS]
+    logits = [
+        _logits_of(
+            make_runner(folder, dtype="bfloat16", native=native, num_kv_blocks=NUM_KV_BLOCKS),
+            sequences,
+            num_decode=8,
+        )
+        for native in (True, False)
+    ]
+    scale = float(logits[1].abs().max())
+    torch.testing.assert_close(logits[0], logits[1], atol=0.03 * scale, rtol=0)
+
+
+def test_bfloat16_fused_stack_gives_the_per_op_bits(tiny_checkpoint, make_runner):
+    """Decode steps (and prefills of up to 32 rows) run one native call per layer; the bits
+    are those of the native kernels called one by one."""
+    folder, _ = tiny_checkpoint("qwen2")  # biases and a sliding window
+    gen = torch.Generator().manual_seed(5)
+    sequences = [torch.randint(3, 128, (p + 6,), generator=gen).tolist() for p in PROMPT_LENS]
+    short = _prefill_item(9, sequences[2][:14], _tables([14], seed=7)[0])
+    results = []
+    for fused in (True, False):
+        runner = make_runner(folder, dtype="bfloat16", fused=fused, num_kv_blocks=NUM_KV_BLOCKS)
+        logits = _logits_of(runner, sequences, num_decode=6)
+        plan = StepPlan(step_id=9, shape=PrefillShape(1, 16), prefill=(short,))
+        results.append((logits, runner.compute_logits(plan)))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_bfloat16_decode_does_not_depend_on_the_batch(tiny_checkpoint, make_runner):
+    """Native decode kernels compute each row on its own: a sequence's logits are the same
+    bits alone or in a batch."""
+    folder, _ = tiny_checkpoint("llama")
+    runner = make_runner(folder, dtype="bfloat16", num_kv_blocks=NUM_KV_BLOCKS)
+    gen = torch.Generator().manual_seed(6)
+    sequences = [torch.randint(3, 128, (p + 1,), generator=gen).tolist() for p in PROMPT_LENS]
+    tables = _tables([len(s) for s in sequences])
+    for i, (s, p) in enumerate(zip(sequences, PROMPT_LENS, strict=True)):  # same KV either way
+        item = _prefill_item(i, s[:p], tables[i])
+        runner.compute_logits(StepPlan(step_id=0, shape=PrefillShape(1, 24), prefill=(item,)))
+    decode = [
+        DecodeItem(seq_id=i, token_id=s[p], position=p, block_table=tables[i])
+        for i, (s, p) in enumerate(zip(sequences, PROMPT_LENS, strict=True))
+    ]
+    batch = runner.compute_logits(
+        StepPlan(step_id=1, shape=_decode_bucket(PROMPT_LENS), decode=tuple(decode))
+    )
+    for i, item in enumerate(decode):
+        alone = runner.compute_logits(
+            StepPlan(step_id=2 + i, shape=_decode_bucket([item.position]), decode=(item,))
+        )
+        assert torch.equal(alone[0], batch[i])

@@ -81,6 +81,21 @@ def test_greedy_rows_take_the_argmax_over_the_real_vocabulary() -> None:
     assert result.top_tokens[1] == (TopToken(result.token_ids[1], result.logprobs[1]),)
 
 
+def test_plain_greedy_batch_reports_the_log_softmax_of_the_argmax() -> None:
+    vocab = 50
+    sampler = Sampler(vocab, CPU)
+    for seq_id in range(3):
+        sampler.add_sequence(seq_id, SamplingParams(), [1, 2], 2)
+    logits = _randn(3, vocab + 4)
+    logits[:, vocab:] = 100.0
+    result = sampler.sample([2, 0, 1], logits)
+    expected = logits[:, :vocab].log_softmax(-1)
+    assert result.token_ids == expected.argmax(-1).tolist()
+    chosen = expected.gather(1, expected.argmax(-1, keepdim=True))[:, 0].tolist()
+    assert result.logprobs == pytest.approx(chosen, abs=1e-5)
+    assert result.top_tokens == [(), (), ()]
+
+
 def test_bf16_logits_are_upcast() -> None:
     params = SamplingParams(do_sample=True, seed=3, top_n_tokens=2, repetition_penalty=1.2)
     logits = _randn(2, 40, seed=1).to(torch.bfloat16)

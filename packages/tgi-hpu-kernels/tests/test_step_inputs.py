@@ -91,3 +91,37 @@ def test_block_ids_outside_the_pool_are_refused():
     outside = DecodeItem(seq_id=0, token_id=1, position=1, block_table=(LAYOUT.scratch_block,))
     with pytest.raises(ValueError, match=r"leaves the pool \[0, 10\)"):
         build_decode([outside], DecodeShape(1, 1), LAYOUT, static=True, device=CPU)
+
+
+PAGED = KVLayout(block_size=4, scratch_block=10, num_kv_heads=2, paged=True)
+
+
+def test_paged_prefill_describes_sequences_instead_of_a_grid():
+    items = [_item(0, 3, (2,)), _item(1, 6, (5, 7), cached=4)]
+    inputs = build_prefill(items, PrefillShape(4, 8, num_blocks=2), PAGED, static=False, device=CPU)
+    assert inputs.input_ids.tolist() == [1, 2, 3, 5, 6]
+    assert inputs.attn.slots.tolist() == [8, 9, 10, 28, 29]
+    paged = inputs.attn.paged
+    assert paged.block_tables.tolist() == [[2, 10], [5, 7]]
+    assert paged.seq_lens.tolist() == [3, 6]
+    assert paged.query_starts.tolist() == [0, 3]
+    assert paged.query_lens.tolist() == [3, 2]
+    assert all(t.dtype == torch.int32 for t in paged)
+    attn = inputs.attn
+    assert attn.kv_rows is None and attn.mask is None and attn.grid_index is None
+    assert inputs.logits_index.tolist() == [2, 4]
+
+
+def test_paged_decode_pads_rows_with_one_scratch_key():
+    items = [DecodeItem(seq_id=0, token_id=7, position=5, block_table=(3, 4))]
+    inputs = build_decode(items, DecodeShape(2, 3), PAGED, static=True, device=CPU)
+    paged = inputs.attn.paged
+    assert paged.block_tables.tolist() == [[3, 4, 10], [10, 10, 10]]
+    assert paged.seq_lens.tolist() == [6, 1]
+    assert paged.query_starts.tolist() == [0, 1]
+    assert paged.query_lens.tolist() == [1, 1]
+    assert inputs.attn.slots.tolist() == [17, 40]
+    static_prefill = build_prefill(
+        [_item(0, 3, (2,))], PrefillShape(1, 4), PAGED, static=True, device=CPU
+    )
+    assert static_prefill.attn.paged is None  # padded grids keep the torch path

@@ -12,6 +12,10 @@ Three cases, decided by the metadata's shapes alone (so one graph serves one buc
   first, then every row's KV is gathered from its blocks and attended to under ``mask``;
 - decode (``q_len == 1``): the same gather, one query per row.
 
+Where the device reads the paged cache in place (the CPU's native kernel), the metadata
+carries ``paged`` instead (block tables, lengths and query rows per sequence) and every
+case above is one call over the packed token rows: no gather, no grid, no mask.
+
 The metadata is built once per step by the runner (``step_inputs.py``) and passed down
 explicitly; it is a NamedTuple of tensors so HPU/CUDA graphs can key and copy it.
 """
@@ -24,7 +28,24 @@ from torch import Tensor, nn
 
 from tgi_hpu_kernels.kv_cache import KVCache
 
-__all__ = ["AttentionBackend", "AttentionMetadata", "PagedAttention"]
+__all__ = ["AttentionBackend", "AttentionMetadata", "PagedAttention", "PagedRows"]
+
+
+class PagedRows(NamedTuple):
+    """Packed query rows and where their sequences' keys live (all int32, on the device).
+
+    Attributes:
+        block_tables: ``[n, width]`` block ids of each sequence (padding: the scratch block).
+        seq_lens: ``[n]`` keys of each sequence after this step (cached + new).
+        query_starts: ``[n]`` first token row of each sequence's queries.
+        query_lens: ``[n]`` query rows of each sequence (its new tokens); they sit at the
+            last ``query_lens`` positions, and each attends causally.
+    """
+
+    block_tables: Tensor
+    seq_lens: Tensor
+    query_starts: Tensor
+    query_lens: Tensor
 
 
 class AttentionMetadata(NamedTuple):
@@ -44,6 +65,8 @@ class AttentionMetadata(NamedTuple):
             causal over the grid.
         sliding_mask: the same for sliding-window layers (None when the model has none, or
             when causal attention is already exact because the window covers the grid).
+        paged: set (and ``kv_rows``, masks and grid indices None) when the device reads
+            the paged cache in place: the step's sequences as ``PagedRows``.
     """
 
     slots: Tensor
@@ -53,6 +76,7 @@ class AttentionMetadata(NamedTuple):
     kv_rows: Tensor | None
     mask: Tensor | None
     sliding_mask: Tensor | None
+    paged: PagedRows | None = None
 
 
 class AttentionBackend(Protocol):
@@ -64,6 +88,20 @@ class AttentionBackend(Protocol):
 
     def decode_attention(
         self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float
+    ) -> Tensor: ...
+
+    def paged_attention(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        key_cache: Tensor,
+        value_cache: Tensor,
+        slots: Tensor,
+        paged: PagedRows,
+        scale: float,
+        sliding_window: int | None,
     ) -> Tensor: ...
 
 
@@ -104,6 +142,18 @@ class PagedAttention(nn.Module):
 
         Side effect: writes ``key``/``value`` into the cache at ``attn.slots``.
         """
+        if attn.paged is not None:  # the device writes the new K/V and reads blocks in place
+            return self._backend.paged_attention(
+                query,
+                key,
+                value,
+                key_cache=kv.keys[self.layer_idx],
+                value_cache=kv.values[self.layer_idx],
+                slots=attn.slots,
+                paged=attn.paged,
+                scale=self.scale,
+                sliding_window=self.sliding_window,
+            )
         kv.write(self.layer_idx, key, value, attn.slots)
         mask = attn.sliding_mask if self.sliding_window is not None else attn.mask
         if mask is None and self.sliding_window is not None:

@@ -101,8 +101,18 @@ class TorchModelRunner:
         self._config = c = loaded.config
         self._dtype = loaded.dtype
         self._kv = allocate_kv_cache(settings, self._device, c, loaded.dtype, num_kv_blocks)
+        paged = self._device.reads_paged_kv(
+            loaded.dtype,
+            num_heads=c.num_attention_heads,
+            num_kv_heads=c.num_key_value_heads,
+            head_dim=c.head_dim,
+        )
         self._layout = KVLayout(
-            settings.block_size, self._kv.num_blocks, c.num_key_value_heads, c.window
+            settings.block_size,
+            self._kv.num_blocks,
+            c.num_key_value_heads,
+            c.window,
+            paged=paged,
         )
         self._step = self._device.step_runner(_StepModule(self._model, self._kv))
         self._profiler = StepProfiler(
@@ -236,8 +246,11 @@ class TorchModelRunner:
         inputs = self._build(plan)
         self._model.rotary.ensure_length(inputs.max_seq_len)
         args: tuple[Any, ...] = (inputs.input_ids, inputs.positions, inputs.attn)
-        hidden = self._step(args, is_prefill=plan.is_prefill)
-        logits = self._model.compute_logits(hidden.index_select(0, inputs.logits_index))
+        with self._device.matmul_context(inputs.input_ids.shape[0]):
+            hidden = self._step(args, is_prefill=plan.is_prefill)
+        rows = hidden.index_select(0, inputs.logits_index)
+        with self._device.matmul_context(rows.shape[0]):
+            logits = self._model.compute_logits(rows)
         self._device.mark_step()
         return logits, hidden, inputs
 

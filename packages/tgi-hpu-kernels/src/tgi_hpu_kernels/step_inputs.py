@@ -8,6 +8,9 @@ Padding rules (see ``attention.py`` for how attention reads them):
 - packed (the CPU): prefill token rows are the real tokens back to back (no padding
   compute) and attention regroups them into a ``[n, longest]`` grid; decode has one row per
   real sequence and block tables as wide as the longest sequence needs.
+- paged (``KVLayout.paged``, the CPU's native kernels): no grid, masks or gather rows at
+  all; ``PagedRows`` says where each sequence's queries and blocks are (decode steps, and
+  packed prefills; static prefills keep the grid).
 
 Everything is built on the host with a few vectorised ops per step (no per-token Python in
 the forward pass) and moved to the device once.
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor
 
 from tgi_core.contract import DecodeItem, DecodeShape, PrefillItem, PrefillShape
-from tgi_hpu_kernels.attention import AttentionMetadata
+from tgi_hpu_kernels.attention import AttentionMetadata, PagedRows
 
 __all__ = ["StepInputs", "build_decode", "build_prefill"]
 
@@ -47,6 +50,9 @@ class KVLayout:
     scratch_block: int
     num_kv_heads: int
     sliding_window: int | None = None
+    # Attention reads the paged cache in place (``PagedRows``): decode steps, and prefills
+    # when rows are packed; otherwise gather rows, masks and grid indices are built.
+    paged: bool = False
 
     @property
     def scratch_slot(self) -> int:
@@ -151,6 +157,44 @@ def _prefill_grid(
     return _PrefillGrid(valid, query_pos, lengths, tables, with_prefix)
 
 
+@dataclass(frozen=True, slots=True)
+class _TokenRows:
+    """A prefill's token rows: ids, positions, KV slots, and how they map to the grid."""
+
+    input_ids: Tensor
+    positions: Tensor
+    slots: Tensor
+    row_starts: Tensor  # first token row of each item
+    grid_index: Tensor | None
+    token_index: Tensor | None
+
+
+def _prefill_rows(
+    items: Sequence[PrefillItem], grid: _PrefillGrid, layout: KVLayout, static: bool
+) -> _TokenRows:
+    valid, query_pos, lengths, bs = grid.valid, grid.query_pos, grid.lengths, layout.block_size
+    slots = grid.tables.gather(1, query_pos // bs) * bs + query_pos % bs
+    slots = torch.where(valid, slots, layout.scratch_slot)
+    new_ids = torch.tensor(
+        [t for it in items for t in it.token_ids[it.num_cached_tokens :]], dtype=torch.int64
+    )
+    if static:  # token rows are the padded grid itself
+        input_ids = torch.zeros(valid.shape, dtype=torch.int64)
+        input_ids[valid] = new_ids
+        row_starts = torch.arange(len(items)) * valid.shape[1]
+        return _TokenRows(
+            input_ids.flatten(), query_pos.flatten(), slots.flatten(), row_starts, None, None
+        )
+    # Token rows are the real tokens; grid attention regroups them when lengths differ.
+    offsets = torch.cumsum(lengths, 0) - lengths
+    grid_index = token_index = None
+    if not layout.paged and bool((lengths < valid.shape[1]).any()):
+        j = torch.arange(valid.shape[1])[None, :]
+        grid_index = torch.where(valid, offsets[:, None] + j, 0).flatten()
+        token_index = valid.flatten().nonzero().squeeze(1)
+    return _TokenRows(new_ids, query_pos[valid], slots[valid], offsets, grid_index, token_index)
+
+
 def build_prefill(
     items: Sequence[PrefillItem],
     shape: PrefillShape,
@@ -165,47 +209,38 @@ def build_prefill(
         ValueError: the items do not fit the bucket, or a block table is too short.
     """
     grid = _prefill_grid(items, shape, layout, static)
-    valid, query_pos, lengths, bs = grid.valid, grid.query_pos, grid.lengths, layout.block_size
-    slots = grid.tables.gather(1, query_pos // bs) * bs + query_pos % bs
-    slots = torch.where(valid, slots, layout.scratch_slot)
-    new_ids = torch.tensor(
-        [t for it in items for t in it.token_ids[it.num_cached_tokens :]], dtype=torch.int64
-    )
-    offsets = torch.cumsum(lengths, 0) - lengths
-    grid_index = token_index = None
-    if static:  # token rows are the padded grid itself
-        input_ids = torch.zeros(valid.shape, dtype=torch.int64)
-        input_ids[valid] = new_ids
-        row_starts = torch.arange(len(items)) * valid.shape[1]
-        input_ids, positions, slots = input_ids.flatten(), query_pos.flatten(), slots.flatten()
-    else:  # token rows are the real tokens; attention regroups them when lengths differ
-        input_ids, positions, slots = new_ids, query_pos[valid], slots[valid]
-        row_starts = offsets
-        if bool((lengths < valid.shape[1]).any()):
-            j = torch.arange(valid.shape[1])[None, :]
-            grid_index = torch.where(valid, offsets[:, None] + j, 0).flatten()
-            token_index = valid.flatten().nonzero().squeeze(1)
-    # Keys: whole bucket blocks when shapes are static, else just the longest context.
-    k_len = None
-    if grid.with_prefix:
-        k_len = grid.tables.shape[1] * bs if static else max(len(it.token_ids) for it in items)
-    mask, sliding = _prefill_masks(query_pos, k_len, layout)
-    attn = AttentionMetadata(
-        slots=slots,
-        query_positions=query_pos,
-        grid_index=grid_index,
-        token_index=token_index,
-        kv_rows=_kv_rows(grid.tables, layout, k_len) if k_len is not None else None,
-        mask=mask,
-        sliding_mask=sliding,
-    )
+    rows = _prefill_rows(items, grid, layout, static)
+    total_lens = [len(it.token_ids) for it in items]
+    if layout.paged and not static:
+        paged = PagedRows(
+            block_tables=grid.tables.to(torch.int32),
+            seq_lens=torch.tensor(total_lens, dtype=torch.int32),
+            query_starts=rows.row_starts.to(torch.int32),
+            query_lens=grid.lengths.to(torch.int32),
+        )
+        attn = _paged_metadata(rows.slots, grid.query_pos, paged)
+    else:
+        # Keys: whole bucket blocks when shapes are static, else just the longest context.
+        k_len = None
+        if grid.with_prefix:
+            k_len = grid.tables.shape[1] * layout.block_size if static else max(total_lens)
+        mask, sliding = _prefill_masks(grid.query_pos, k_len, layout)
+        attn = AttentionMetadata(
+            slots=rows.slots,
+            query_positions=grid.query_pos,
+            grid_index=rows.grid_index,
+            token_index=rows.token_index,
+            kv_rows=_kv_rows(grid.tables, layout, k_len) if k_len is not None else None,
+            mask=mask,
+            sliding_mask=sliding,
+        )
     return _to_device(
-        input_ids,
-        positions,
+        rows.input_ids,
+        rows.positions,
         attn,
-        logits_index=row_starts + lengths - 1,
-        token_offsets=tuple(int(x) for x in row_starts),
-        max_seq_len=max(len(it.token_ids) for it in items),
+        logits_index=rows.row_starts + grid.lengths - 1,
+        token_offsets=tuple(int(x) for x in rows.row_starts),
+        max_seq_len=max(total_lens),
         device=device,
     )
 
@@ -249,19 +284,28 @@ def build_decode(
     tables = _block_table_tensor(
         [it.block_table for it in items], rows, width, layout.scratch_block
     )
-    k_len = width * bs if static else max(it.position for it in items) + 1
-    key_pos = torch.arange(k_len)[None, :]
     query_pos = positions[:, None]  # [rows, 1]
-    window = layout.sliding_window
-    attn = AttentionMetadata(
-        slots=slots,
-        query_positions=query_pos,
-        grid_index=None,
-        token_index=None,
-        kv_rows=_kv_rows(tables, layout, k_len),
-        mask=_visible(query_pos, key_pos, None)[:, None, None, :],
-        sliding_mask=_visible(query_pos, key_pos, window)[:, None, None, :] if window else None,
-    )
+    if layout.paged:  # padded rows attend to one scratch key
+        paged = PagedRows(
+            block_tables=tables.to(torch.int32),
+            seq_lens=(positions + 1).to(torch.int32),
+            query_starts=torch.arange(rows, dtype=torch.int32),
+            query_lens=torch.ones(rows, dtype=torch.int32),
+        )
+        attn = _paged_metadata(slots, query_pos, paged)
+    else:
+        k_len = width * bs if static else max(it.position for it in items) + 1
+        key_pos = torch.arange(k_len)[None, :]
+        window = layout.sliding_window
+        attn = AttentionMetadata(
+            slots=slots,
+            query_positions=query_pos,
+            grid_index=None,
+            token_index=None,
+            kv_rows=_kv_rows(tables, layout, k_len),
+            mask=_visible(query_pos, key_pos, None)[:, None, None, :],
+            sliding_mask=_visible(query_pos, key_pos, window)[:, None, None, :] if window else None,
+        )
     return _to_device(
         input_ids,
         positions,
@@ -270,6 +314,19 @@ def build_decode(
         token_offsets=tuple(range(n)),
         max_seq_len=max(it.position + 1 for it in items),
         device=device,
+    )
+
+
+def _paged_metadata(slots: Tensor, query_pos: Tensor, paged: PagedRows) -> AttentionMetadata:
+    return AttentionMetadata(
+        slots=slots,
+        query_positions=query_pos,
+        grid_index=None,
+        token_index=None,
+        kv_rows=None,
+        mask=None,
+        sliding_mask=None,
+        paged=paged,
     )
 
 
@@ -286,7 +343,19 @@ def _to_device(
     def move(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(device, non_blocking=True)
 
-    moved = AttentionMetadata._make(move(t) for t in attn)
+    paged = None
+    if attn.paged is not None:
+        paged = PagedRows._make(t.to(device, non_blocking=True) for t in attn.paged)
+    moved = AttentionMetadata(
+        slots=attn.slots.to(device, non_blocking=True),
+        query_positions=attn.query_positions.to(device, non_blocking=True),
+        grid_index=move(attn.grid_index),
+        token_index=move(attn.token_index),
+        kv_rows=move(attn.kv_rows),
+        mask=move(attn.mask),
+        sliding_mask=move(attn.sliding_mask),
+        paged=paged,
+    )
     return StepInputs(
         input_ids=input_ids.to(device, non_blocking=True),
         positions=positions.to(device, non_blocking=True),

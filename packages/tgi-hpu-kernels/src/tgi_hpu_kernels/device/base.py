@@ -7,6 +7,7 @@ holds the interface and the defaults written with plain torch; it imports no ven
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -17,11 +18,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
+from tgi_hpu_kernels.attention import PagedRows
+from tgi_hpu_kernels.layers.kernels import TorchLayerKernels
+
 __all__ = [
     "Device",
     "MemoryInfo",
     "StepRunner",
     "decode_attention_bmm",
+    "paged_attention_gather",
     "prefill_attention_bmm",
     "sdpa_attention",
 ]
@@ -108,6 +113,47 @@ def decode_attention_bmm(
     return out.view(b, num_heads, 1, head_dim)
 
 
+def paged_attention_gather(
+    query: Tensor,
+    key_cache: Tensor,
+    value_cache: Tensor,
+    paged: PagedRows,
+    *,
+    scale: float,
+    sliding_window: int | None,
+) -> Tensor:
+    """``Device.paged_attention`` with torch ops: every query row gathers its sequence's
+    keys and attends as a decode row (``decode_attention_bmm``). Memory grows with rows x
+    keys: the reference the native kernels are tested against, not a fast path.
+
+    Args:
+        query: ``[rows, heads, head_dim]``.
+        key_cache, value_cache: ``[blocks, block_size, kv_heads, head_dim]``.
+        paged: block tables, lengths and query rows of each sequence.
+        sliding_window: a query attends to its last ``sliding_window`` keys only (None: all).
+
+    Returns:
+        ``[rows, heads * head_dim]``.
+    """
+    rows, heads, head_dim = query.shape
+    _, block_size, kv_heads, _ = key_cache.shape
+    lens = paged.query_lens.long()
+    seq_of_row = torch.repeat_interleave(torch.arange(lens.shape[0], device=query.device), lens)
+    first = (paged.seq_lens.long() - lens)[seq_of_row]
+    offset = torch.arange(rows, device=query.device) - paged.query_starts.long()[seq_of_row]
+    position = (first + offset)[:, None]  # [rows, 1]
+    key_pos = torch.arange(int(paged.seq_lens.max()), device=query.device)
+    tables = paged.block_tables.long()[seq_of_row]
+    slots = tables[:, key_pos // block_size] * block_size + key_pos % block_size
+    keys = key_cache.view(-1, kv_heads, head_dim)[slots].transpose(1, 2)
+    values = value_cache.view(-1, kv_heads, head_dim)[slots].transpose(1, 2)
+    mask = key_pos[None, :] <= position
+    if sliding_window is not None:
+        mask &= key_pos[None, :] > position - sliding_window
+    out = decode_attention_bmm(query[:, :, None], keys, values, mask[:, None, None], scale)
+    return out.reshape(rows, heads * head_dim)
+
+
 def prefill_attention_bmm(
     query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float
 ) -> Tensor:
@@ -130,8 +176,11 @@ def prefill_attention_bmm(
     return out.view(b, num_heads, q_len, head_dim)
 
 
-class Device(ABC):
-    """A compute backend. Subclasses set the class attributes and override what differs."""
+class Device(TorchLayerKernels, ABC):
+    """A compute backend. Subclasses set the class attributes and override what differs.
+
+    It is also what models are built with: its attention methods and, inherited from
+    ``TorchLayerKernels``, the elementwise kernels of a decoder layer."""
 
     name: str = ""
     collective_backend: str = ""
@@ -161,10 +210,10 @@ class Device(ABC):
         free = self.memory_info().free_bytes
         return int(free * self.kv_memory_fraction * memory_fraction)
 
-    def mark_step(self) -> None:  # noqa: B027 (a no-op on purpose where there is no lazy mode)
+    def mark_step(self) -> None:
         """Ends a lazy-mode graph (HPU); a no-op elsewhere."""
 
-    def empty_cache(self) -> None:  # noqa: B027 (a no-op on purpose without a caching allocator)
+    def empty_cache(self) -> None:
         """Returns cached allocator blocks to the device."""
 
     def prefill_attention(
@@ -178,6 +227,42 @@ class Device(ABC):
     ) -> Tensor:
         """Attention of one query per sequence over its gathered KV blocks."""
         return sdpa_attention(query, key, value, mask, scale)
+
+    def reads_paged_kv(
+        self, dtype: torch.dtype, *, num_heads: int, num_kv_heads: int, head_dim: int
+    ) -> bool:
+        """Whether attention reads the paged cache in place (``paged_attention``) instead of
+        gathering rows (decode, cached prefixes) or regrouping tokens into a padded grid
+        (prefill); the runner then builds ``PagedRows`` for its packed steps."""
+        return False
+
+    def paged_attention(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        key_cache: Tensor,
+        value_cache: Tensor,
+        slots: Tensor,
+        paged: PagedRows,
+        scale: float,
+        sliding_window: int | None,
+    ) -> Tensor:
+        """Writes the step's keys/values at ``slots``, then causal attention of the packed
+        query rows over the paged cache (see ``paged_attention_gather``)."""
+        kv_heads, head_dim = key_cache.shape[2:]
+        key_cache.view(-1, kv_heads, head_dim).index_copy_(0, slots, key)
+        value_cache.view(-1, kv_heads, head_dim).index_copy_(0, slots, value)
+        return paged_attention_gather(
+            query, key_cache, value_cache, paged, scale=scale, sliding_window=sliding_window
+        )
+
+    def matmul_context(self, num_rows: int) -> contextlib.AbstractContextManager[None]:
+        """Wraps work whose matmuls have ``num_rows``-row activations (a step's forward, the
+        LM head): where a device's library has a better kernel for that size, this is where
+        it switches to it. A no-op by default."""
+        return contextlib.nullcontext()
 
     def step_runner(self, module: nn.Module) -> StepRunner:
         """Wraps the step module for graph capture/replay where the device has graphs."""

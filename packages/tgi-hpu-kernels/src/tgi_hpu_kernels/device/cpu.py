@@ -1,4 +1,5 @@
-"""The CPU backend: batched matmuls or SDPA for attention, oneDNN for bf16 matmuls.
+"""The CPU backend: native kernels (``cpu_native.py``, ``cpu_fused.py``) where a C compiler
+built them, torch ops otherwise (batched matmuls or SDPA for attention, oneDNN matmuls).
 
 The CPU needs no static shapes: by default the runner packs prefill tokens without padding
 (a 30-token prompt in a 128 bucket costs 30 tokens, not 128) and sizes decode block tables
@@ -9,11 +10,14 @@ which the tests use to cover that path without an accelerator.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from tgi_hpu_kernels.attention import AttentionMetadata, PagedRows
 from tgi_hpu_kernels.device.base import (
     Device,
     MemoryInfo,
@@ -21,10 +25,20 @@ from tgi_hpu_kernels.device.base import (
     prefill_attention_bmm,
     sdpa_attention,
 )
+from tgi_hpu_kernels.device.cpu_fused import FUSED_MAX_ROWS, FusedStack
+from tgi_hpu_kernels.device.cpu_native import (
+    NATIVE_DTYPES,
+    NATIVE_MAX_HIDDEN,
+    NativeKernels,
+    native_kernels,
+)
+from tgi_hpu_kernels.kv_cache import KVCache
+from tgi_hpu_kernels.layers.kernels import DecoderLayerSpec
 
 __all__ = ["CpuDevice"]
 
 _MEMINFO = Path("/proc/meminfo")
+NATIVE_LINEAR_MAX_ROWS = 32
 _BMM_PREFILL_CELLS = 512 * 512
 
 
@@ -39,7 +53,17 @@ def _meminfo_bytes(field: str) -> int | None:
 
 
 class CpuDevice(Device):
-    """Runs on host memory; bf16 matmuls go through oneDNN where the CPU has AVX512-BF16/AMX."""
+    """Runs on host memory. With a C compiler at hand, attention, the elementwise kernels and
+    decode-sized bf16 matmuls run on the native kernels (``cpu_native.py``), and bf16 decode
+    steps of up to 32 rows run each layer in one native call (``cpu_fused.py``); otherwise
+    torch ops (oneDNN for bf16 matmuls).
+
+    Args:
+        static_shapes: pad to the buckets as HPU and CUDA do (tests of that path).
+        num_threads: torch's (and the native kernels') thread count.
+        use_native: use the native kernels when they build (False: torch ops only).
+        use_fused: run bf16 decode steps through the fused decoder stack.
+    """
 
     name = "cpu"
     collective_backend = "gloo"
@@ -47,11 +71,30 @@ class CpuDevice(Device):
     kv_memory_fraction = 0.5
     caps_kv_pool = True
 
-    def __init__(self, *, static_shapes: bool = False, num_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        static_shapes: bool = False,
+        num_threads: int | None = None,
+        use_native: bool = True,
+        use_fused: bool = True,
+    ) -> None:
         super().__init__(torch.device("cpu"))
         self.needs_static_shapes = static_shapes
         if num_threads is not None:
             torch.set_num_threads(num_threads)
+        self._native: NativeKernels | None = native_kernels() if use_native else None
+        native = self._native
+        self._fused = (
+            FusedStack(native.library.decoder_layer_bf16)
+            if native is not None and native.fast_bf16 and use_fused
+            else None
+        )
+
+    @property
+    def native(self) -> NativeKernels | None:
+        """The native kernels in use (None: torch ops only)."""
+        return self._native
 
     def synchronize(self) -> None:
         """Nothing to wait for: CPU ops run synchronously."""
@@ -79,6 +122,150 @@ class CpuDevice(Device):
     ) -> Tensor:
         return decode_attention_bmm(query, key, value, mask, scale)
 
+    @contextmanager
+    def matmul_context(self, num_rows: int) -> Iterator[None]:
+        # Without the native linear kernel: at one row torch's own bf16 GEMV streams weights
+        # at ~23 GB/s, oneDNN's at ~14 GB/s (1.6x faster batch-1 decode); from two rows on,
+        # oneDNN's GEMM wins by far.
+        native = self._native is not None and self._native.fast_bf16
+        if num_rows != 1 or native or not torch.backends.mkldnn.enabled:
+            yield
+            return
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a ContextProp
+        try:
+            yield
+        finally:
+            torch.backends.mkldnn.enabled = True  # type: ignore[assignment]
+
+    def reads_paged_kv(
+        self, dtype: torch.dtype, *, num_heads: int, num_kv_heads: int, head_dim: int
+    ) -> bool:
+        native = self._native
+        return native is not None and native.supports(
+            dtype, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim
+        )
+
+    def paged_attention(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        key_cache: Tensor,
+        value_cache: Tensor,
+        slots: Tensor,
+        paged: PagedRows,
+        scale: float,
+        sliding_window: int | None,
+    ) -> Tensor:
+        # One native call writes the new K/V and reads each sequence's blocks in place: no
+        # per-layer gather copy, no padded grid, no materialised scores.
+        call = self._native.paged_attention if self._native is not None else super().paged_attention
+        return call(
+            query,
+            key,
+            value,
+            key_cache=key_cache,
+            value_cache=value_cache,
+            slots=slots,
+            paged=paged,
+            scale=scale,
+            sliding_window=sliding_window,
+        )
+
+    # -- layer kernels: one native pass each instead of several torch ops ----------------
+
+    def decoder_stack(
+        self,
+        layers: Sequence[DecoderLayerSpec],
+        hidden: Tensor,
+        rope: tuple[Tensor, Tensor],
+        attn: AttentionMetadata,
+        kv: KVCache,
+    ) -> tuple[Tensor, Tensor] | None:
+        # Decode-sized bf16 steps: one native call per layer instead of a dozen (a third of
+        # a small batch's step was Python and per-call argument handling).
+        fused = self._fused
+        if (
+            fused is None
+            or attn.paged is None
+            or hidden.dtype != torch.bfloat16
+            or hidden.shape[0] > FUSED_MAX_ROWS
+            or kv.keys[0].dtype != torch.bfloat16
+            or not fused.supports(layers, hidden)
+        ):
+            return None
+        return fused.run(layers, hidden, rope, attn, kv)
+
+    def _native_for(self, x: Tensor) -> NativeKernels | None:
+        native = self._native
+        return native if native is not None and x.dtype in NATIVE_DTYPES else None
+
+    def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        native = self._native_for(x)
+        if native is None or not _norm_rows(x, weight):
+            return super().rms_norm(x, weight, eps)
+        return native.rms_norm(x, weight, eps)
+
+    def add_rms_norm(
+        self, x: Tensor, residual: Tensor, weight: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor]:
+        native = self._native_for(x)
+        if (
+            native is None
+            or not _norm_rows(x, weight)
+            or x.shape != residual.shape
+            or not residual.is_contiguous()
+        ):
+            return super().add_rms_norm(x, residual, weight, eps)
+        return native.rms_norm(x, weight, eps, residual), residual
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        native = self._native
+        if native is None or not _native_linear(native, x, weight):
+            return super().linear(x, weight, bias)
+        return native.linear(x, weight, bias)
+
+    def silu_and_mul(self, x: Tensor) -> Tensor:
+        native = self._native_for(x)
+        if native is None or x.dim() != 2 or not x.is_contiguous():
+            return super().silu_and_mul(x)
+        return native.silu_and_mul(x)
+
+    def rotary(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+        native = self._native_for(x)
+        if native is None or cos.dtype != x.dtype or cos.shape[0] != x.shape[0]:
+            return super().rotary(x, cos, signed_sin)
+        return native.rotary_(x, cos, signed_sin)
+
     def describe(self) -> str:
         mode = "static shapes" if self.needs_static_shapes else "packed prefill"
-        return f"cpu ({torch.get_num_threads()} threads, {mode})"
+        kernels = "native kernels" if self._native is not None else "torch ops"
+        return f"cpu ({torch.get_num_threads()} threads, {mode}, {kernels})"
+
+
+def _norm_rows(x: Tensor, weight: Tensor) -> bool:
+    """What the native RMSNorm takes: ``[rows, hidden]`` rows (last dimension contiguous) of
+    the weight's dtype, ``hidden`` within its limit."""
+    return (
+        x.dim() == 2
+        and x.stride(1) == 1
+        and weight.dtype == x.dtype
+        and x.shape[1] <= NATIVE_MAX_HIDDEN
+    )
+
+
+def _native_linear(native: NativeKernels, x: Tensor, weight: Tensor) -> bool:
+    """Decode-sized bf16 matmuls: up to 32 rows the native kernel streams the weights at the
+    memory bandwidth (2x oneDNN at 1-8 rows, 1.4x at 16, even at 32); beyond, oneDNN's GEMM
+    is as fast or faster."""
+    return (
+        native.fast_bf16
+        and x.dtype == torch.bfloat16
+        and weight.dtype == torch.bfloat16
+        and x.dim() == 2
+        and x.shape[0] <= NATIVE_LINEAR_MAX_ROWS
+        and x.stride(1) == 1
+        and x.shape[1] % 32 == 0
+        and weight.is_contiguous()
+    )

@@ -1,16 +1,23 @@
-"""Building blocks shared by the model families: norm, rotary, MLP, embeddings, LM head."""
+"""Building blocks shared by the model families: norm, rotary, MLP, embeddings, LM head, and
+the elementwise kernels they call through the device (``kernels.py``)."""
 
 from tgi_hpu_kernels.layers.embedding import LMHead, VocabEmbedding
+from tgi_hpu_kernels.layers.kernels import DecoderLayerSpec, LayerKernels, TorchLayerKernels
+from tgi_hpu_kernels.layers.linear import Linear
 from tgi_hpu_kernels.layers.mlp import GatedMLP
 from tgi_hpu_kernels.layers.norm import RMSNorm
 from tgi_hpu_kernels.layers.rotary import RopeConfig, RotaryEmbedding, apply_rotary
 
 __all__ = [
+    "DecoderLayerSpec",
     "GatedMLP",
     "LMHead",
+    "LayerKernels",
+    "Linear",
     "RMSNorm",
     "RopeConfig",
     "RotaryEmbedding",
+    "TorchLayerKernels",
     "VocabEmbedding",
     "apply_rotary",
 ]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from tgi_hpu_kernels.layers.kernels import LayerKernels
+from tgi_hpu_kernels.layers.linear import Linear
+
 __all__ = ["LMHead", "VocabEmbedding"]
 
 
@@ -14,7 +17,7 @@ class VocabEmbedding(nn.Embedding):
         super().__init__(vocab_size, hidden_size)
 
 
-class LMHead(nn.Linear):
+class LMHead(Linear):
     """Projects final hidden states to float32 vocabulary logits.
 
     With ``tied_to`` the head shares the embedding matrix (one tensor, loaded once);
@@ -22,11 +25,16 @@ class LMHead(nn.Linear):
     """
 
     def __init__(
-        self, hidden_size: int, vocab_size: int, *, tied_to: VocabEmbedding | None = None
+        self,
+        hidden_size: int,
+        vocab_size: int,
+        *,
+        tied_to: VocabEmbedding | None = None,
+        kernels: LayerKernels | None = None,
     ) -> None:
-        super().__init__(hidden_size, vocab_size, bias=False)
+        super().__init__(hidden_size, vocab_size, bias=False, kernels=kernels)
         if tied_to is not None:
             self.weight = tied_to.weight
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        return super().forward(hidden).float()
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x).float()

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from tgi_core.settings.slices import RunnerSettings
-from tgi_hpu_kernels.attention import AttentionBackend
 from tgi_hpu_kernels.layers.rotary import RopeConfig, RotaryEmbedding
 from tgi_hpu_kernels.loader.gguf_weights import gguf_config, iter_gguf_tensors, open_gguf
 from tgi_hpu_kernels.loader.safetensors_weights import iter_safetensors, read_hf_config
@@ -25,7 +24,7 @@ from tgi_hpu_kernels.loader.source import (
     resolve_source,
 )
 from tgi_hpu_kernels.models.config import ModelConfig
-from tgi_hpu_kernels.models.llama import LlamaForCausalLM
+from tgi_hpu_kernels.models.llama import LlamaForCausalLM, ModelBackend
 from tgi_hpu_kernels.models.registry import resolve_model_class
 
 __all__ = [
@@ -89,14 +88,14 @@ def read_model_config(settings: RunnerSettings) -> tuple[ModelSource, ModelConfi
 
 
 def load_model(
-    settings: RunnerSettings, *, backend: AttentionBackend, device: torch.device
+    settings: RunnerSettings, *, backend: ModelBackend, device: torch.device
 ) -> LoadedModel:
     """Builds and fills the model ``settings.model_id`` names.
 
     Args:
         settings: model id, revision, dtype, hub token/cache, rope overrides, and
             ``max_total_tokens`` (the rotary tables cover at least that many positions).
-        backend: the device's attention kernels.
+        backend: the device's attention and elementwise kernels.
         device: where the weights live.
 
     Raises:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -19,30 +19,42 @@ from torch import Tensor, nn
 from tgi_hpu_kernels.attention import AttentionBackend, AttentionMetadata, PagedAttention
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.layers import (
+    DecoderLayerSpec,
     GatedMLP,
+    LayerKernels,
+    Linear,
     LMHead,
     RMSNorm,
     RotaryEmbedding,
     VocabEmbedding,
-    apply_rotary,
 )
 from tgi_hpu_kernels.models.config import ModelConfig, parse_common
 
-__all__ = ["LlamaAttention", "LlamaDecoderLayer", "LlamaForCausalLM", "LlamaModel"]
+__all__ = [
+    "LlamaAttention",
+    "LlamaDecoderLayer",
+    "LlamaForCausalLM",
+    "LlamaModel",
+    "ModelBackend",
+]
+
+
+class ModelBackend(AttentionBackend, LayerKernels, Protocol):
+    """What a model is built with: the device's attention and elementwise kernels."""
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int, backend: AttentionBackend) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int, backend: ModelBackend) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         qkv_heads = self.num_heads + 2 * self.num_kv_heads
-        self.qkv_proj = nn.Linear(
-            config.hidden_size, qkv_heads * self.head_dim, bias=config.qkv_bias
+        self.qkv_proj = Linear(
+            config.hidden_size, qkv_heads * self.head_dim, bias=config.qkv_bias, kernels=backend
         )
-        self.o_proj = nn.Linear(
-            self.num_heads * self.head_dim, config.hidden_size, bias=config.o_bias
+        self.o_proj = Linear(
+            self.num_heads * self.head_dim, config.hidden_size, bias=config.o_bias, kernels=backend
         )
         self.attn = PagedAttention(
             layer_idx=layer_idx,
@@ -52,6 +64,7 @@ class LlamaAttention(nn.Module):
             sliding_window=config.sliding_window(layer_idx),
             backend=backend,
         )
+        self._kernels = backend
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, attn: AttentionMetadata, kv: KVCache
@@ -59,7 +72,7 @@ class LlamaAttention(nn.Module):
         n = x.shape[0]
         num_qk = self.num_heads + self.num_kv_heads
         qkv = self.qkv_proj(x).view(n, num_qk + self.num_kv_heads, self.head_dim)
-        qk = apply_rotary(qkv[:, :num_qk], cos, sin)  # [N, heads + kv_heads, d]
+        qk = self._kernels.rotary(qkv[:, :num_qk], cos, sin)  # [N, heads + kv_heads, d]
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         v = qkv[:, num_qk:]  # [N, kv_heads, d]
         out: Tensor = self.o_proj(self.attn(q, k, v, attn, kv))
@@ -67,29 +80,75 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int, backend: AttentionBackend) -> None:
+    """Pre-norm residual block. The residual stream is carried beside the layer output so
+    each norm runs fused with the add before it: ``(mlp_out, residual)`` go to the next."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int, backend: ModelBackend) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        size, eps = config.hidden_size, config.rms_norm_eps
+        self.input_layernorm = RMSNorm(size, eps, backend)
         self.self_attn = LlamaAttention(config, layer_idx, backend)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.post_attention_layernorm = RMSNorm(size, eps, backend)
+        self.mlp = GatedMLP(size, config.intermediate_size, bias=config.mlp_bias, kernels=backend)
 
     def forward(
-        self, hidden: Tensor, cos: Tensor, sin: Tensor, attn: AttentionMetadata, kv: KVCache
-    ) -> Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, attn, kv)
-        out: Tensor = hidden + self.mlp(self.post_attention_layernorm(hidden))
-        return out
+        self,
+        hidden: Tensor,
+        residual: Tensor | None,
+        rope: tuple[Tensor, Tensor],
+        attn: AttentionMetadata,
+        kv: KVCache,
+    ) -> tuple[Tensor, Tensor]:
+        """``rope`` is the step's (cos, signed_sin) rows, shared by every layer."""
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm.add_norm(hidden, residual)
+        hidden = self.self_attn(hidden, *rope, attn, kv)
+        hidden, residual = self.post_attention_layernorm.add_norm(hidden, residual)
+        return self.mlp(hidden), residual
+
+    def spec(self) -> DecoderLayerSpec:
+        """This layer's parameters for a device's fused decoder stack."""
+        attn, mlp = self.self_attn, self.mlp
+        return DecoderLayerSpec(
+            layer_idx=attn.attn.layer_idx,
+            input_norm=self.input_layernorm.weight,
+            qkv_weight=attn.qkv_proj.weight,
+            qkv_bias=attn.qkv_proj.bias,
+            o_weight=attn.o_proj.weight,
+            o_bias=attn.o_proj.bias,
+            post_norm=self.post_attention_layernorm.weight,
+            gate_up_weight=mlp.gate_up_proj.weight,
+            gate_up_bias=mlp.gate_up_proj.bias,
+            down_weight=mlp.down_proj.weight,
+            down_bias=mlp.down_proj.bias,
+            eps=self.input_layernorm.eps,
+            num_heads=attn.num_heads,
+            num_kv_heads=attn.num_kv_heads,
+            head_dim=attn.head_dim,
+            scale=attn.attn.scale,
+            sliding_window=attn.attn.sliding_window,
+        )
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(self, config: ModelConfig, backend: ModelBackend) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, i, backend) for i in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
+        self._kernels = backend
+        self._specs: list[DecoderLayerSpec] = []
+
+    def _layer_specs(self) -> list[DecoderLayerSpec]:
+        """The layers' specs, rebuilt when the parameters were replaced (``.to()`` etc.)."""
+        layers = [cast(LlamaDecoderLayer, layer) for layer in self.layers]
+        if not self._specs or self._specs[0].qkv_weight is not layers[0].self_attn.qkv_proj.weight:
+            self._specs = [layer.spec() for layer in layers]
+        return self._specs
 
     def forward(
         self,
@@ -100,10 +159,16 @@ class LlamaModel(nn.Module):
         kv: KVCache,
     ) -> Tensor:
         hidden = self.embed_tokens(input_ids)  # [N, hidden]
-        for layer in self.layers:
-            hidden = layer(hidden, cos, sin, attn, kv)
-        out: Tensor = self.norm(hidden)
-        return out
+        if not len(self.layers):
+            out: Tensor = self.norm(hidden)
+            return out
+        fused = self._kernels.decoder_stack(self._layer_specs(), hidden, (cos, sin), attn, kv)
+        if fused is None:
+            residual = hidden
+            for i, layer in enumerate(self.layers):
+                hidden, residual = layer(hidden, residual if i else None, (cos, sin), attn, kv)
+            fused = hidden, residual
+        return self.norm.add_norm(*fused)[0]
 
 
 class LlamaForCausalLM(nn.Module):
@@ -119,14 +184,14 @@ class LlamaForCausalLM(nn.Module):
     }
 
     def __init__(
-        self, config: ModelConfig, *, backend: AttentionBackend, rotary: RotaryEmbedding
+        self, config: ModelConfig, *, backend: ModelBackend, rotary: RotaryEmbedding
     ) -> None:
         super().__init__()
         self.config = config
         self.rotary = rotary
         self.model = LlamaModel(config, backend)
         tied = self.model.embed_tokens if config.tie_word_embeddings else None
-        self.lm_head = LMHead(config.hidden_size, config.vocab_size, tied_to=tied)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, tied_to=tied, kernels=backend)
 
     def tie_weights(self) -> None:
         """Makes the LM head share the embedding matrix again (materialising breaks sharing)."""

@@ -1,0 +1,145 @@
+"""The kernels a decoder layer calls through its backend, and their torch versions.
+
+Linear layers, RMSNorm (optionally fused with the residual add that precedes it),
+SiLU-and-mul of the merged gate/up projection, rotary embeddings, and optionally a whole
+stack of standard decoder layers (``DecoderLayerSpec``) in one fused path. A model gets
+them from the device it is built for (``tgi_hpu_kernels.device.Device`` implements
+``LayerKernels``): the base device runs the torch functions below (and has no fused stack),
+the CPU replaces them with native kernels where it has them. The layers in this package
+never ask which one they got."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from torch import Tensor
+from torch.nn import functional as nnf
+
+from tgi_hpu_kernels.layers.rotary import apply_rotary
+
+if TYPE_CHECKING:
+    from tgi_hpu_kernels.attention import AttentionMetadata
+    from tgi_hpu_kernels.kv_cache import KVCache
+
+__all__ = [
+    "DecoderLayerSpec",
+    "LayerKernels",
+    "TorchLayerKernels",
+    "add_rms_norm_torch",
+    "rms_norm_torch",
+    "silu_and_mul_torch",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class DecoderLayerSpec:
+    """One pre-norm decoder layer as a fused kernel sees it: RMSNorm, merged QKV projection,
+    rotary, attention, output projection, RMSNorm, merged gate/up projection, SiLU-and-mul,
+    down projection, with residual adds (Llama, Mistral, Qwen2). Tensors are the layer's own
+    parameters; biases are None where the layer has none."""
+
+    layer_idx: int
+    input_norm: Tensor
+    qkv_weight: Tensor
+    qkv_bias: Tensor | None
+    o_weight: Tensor
+    o_bias: Tensor | None
+    post_norm: Tensor
+    gate_up_weight: Tensor
+    gate_up_bias: Tensor | None
+    down_weight: Tensor
+    down_bias: Tensor | None
+    eps: float
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scale: float
+    sliding_window: int | None
+
+
+class LayerKernels(Protocol):
+    def decoder_stack(
+        self,
+        layers: Sequence[DecoderLayerSpec],
+        hidden: Tensor,
+        rope: tuple[Tensor, Tensor],
+        attn: AttentionMetadata,
+        kv: KVCache,
+    ) -> tuple[Tensor, Tensor] | None:
+        """Runs every layer on ``hidden`` (the embeddings) in one fused path and returns the
+        last layer's (output, residual), or None where the device has no such path for this
+        step (the model then runs its layers one by one)."""
+        ...
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``x @ weight.T + bias`` (``nn.functional.linear``)."""
+        ...
+
+    def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        """``x / sqrt(mean(x^2) + eps) * weight`` over the last dimension."""
+        ...
+
+    def add_rms_norm(
+        self, x: Tensor, residual: Tensor, weight: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor]:
+        """``(rms_norm(x + residual), x + residual)``; may update ``residual`` in place and
+        return it as the sum."""
+        ...
+
+    def silu_and_mul(self, x: Tensor) -> Tensor:
+        """``[N, 2I]`` (gate then up) -> ``silu(gate) * up`` ``[N, I]``."""
+        ...
+
+    def rotary(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+        """Rotates ``x`` ``[N, heads, head_dim]`` by ``cos``/``signed_sin`` ``[N, 1, head_dim]``;
+        may work in place on ``x`` (a view into its projection) and return it."""
+        ...
+
+
+def rms_norm_torch(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    return nnf.rms_norm(x, weight.shape, weight, eps)
+
+
+def add_rms_norm_torch(
+    x: Tensor, residual: Tensor, weight: Tensor, eps: float
+) -> tuple[Tensor, Tensor]:
+    total = x + residual
+    return nnf.rms_norm(total, weight.shape, weight, eps), total
+
+
+def silu_and_mul_torch(x: Tensor) -> Tensor:
+    gate, up = x.chunk(2, dim=-1)
+    return nnf.silu(gate) * up
+
+
+class TorchLayerKernels:
+    """``LayerKernels`` with plain torch ops (any device); no fused stack."""
+
+    def decoder_stack(
+        self,
+        layers: Sequence[DecoderLayerSpec],
+        hidden: Tensor,
+        rope: tuple[Tensor, Tensor],
+        attn: AttentionMetadata,
+        kv: KVCache,
+    ) -> tuple[Tensor, Tensor] | None:
+        return None
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return nnf.linear(x, weight, bias)
+
+    def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        return rms_norm_torch(x, weight, eps)
+
+    def add_rms_norm(
+        self, x: Tensor, residual: Tensor, weight: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor]:
+        return add_rms_norm_torch(x, residual, weight, eps)
+
+    def silu_and_mul(self, x: Tensor) -> Tensor:
+        return silu_and_mul_torch(x)
+
+    def rotary(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+        return apply_rotary(x, cos, signed_sin)
