@@ -1,7 +1,8 @@
 """The benchmark against real peers: llama.cpp's llama-server and the transformers baseline.
 
-Slow: each test starts a real server on the embedded SmolLM2 GGUF. The llama.cpp tests are
-skipped only when ``benchmarks/peers/build_llama_server.sh`` has not built the binary.
+Slow: each test starts a real server on the embedded SmolLM2 GGUF. The llama.cpp tests build
+``llama-server`` with ``benchmarks/peers/build_llama_server.sh`` when it is not built yet
+(about 5 minutes on 2 cores, once: the binary is cached under ``.cache/peers``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ from tgi_server.benchmark.runner import LoadSpec, run_load_sync
 
 ROOT = Path(__file__).resolve().parents[3]
 LLAMA_SERVER = ROOT / ".cache" / "peers" / "bin" / "llama-server"
-needs_llama_server = pytest.mark.skipif(
-    not LLAMA_SERVER.exists(), reason="run benchmarks/peers/build_llama_server.sh first"
-)
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Path:
+    """The llama-server binary, built from the llama-cpp-python sdist on first use."""
+    script = ROOT / "benchmarks" / "peers" / "build_llama_server.sh"
+    subprocess.run(["bash", str(script)], check=True, timeout=1800, capture_output=True)
+    assert LLAMA_SERVER.exists()
+    return LLAMA_SERVER
 
 
 def _compare() -> ModuleType:
@@ -58,12 +65,11 @@ def _generate(url: str, api: Api, num_tokens: int, concurrency: int) -> list[Req
 
 
 @pytest.mark.slow
-@needs_llama_server
 def test_llama_server_streams_exactly_max_tokens(
-    compare: ModuleType, gguf: Path, tmp_path: Path
+    compare: ModuleType, gguf: Path, tmp_path: Path, llama_server: Path
 ) -> None:
     port = compare.free_port()
-    command = [str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+    command = [str(llama_server), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                "-t", "2", "-np", "2", "-c", "2048", "--cont-batching", "--no-webui"]  # fmt: skip
     with compare.child_server(command, port, tmp_path / "llama.log", 120.0) as (url, _):
         records = _generate(url, "chat", 16, 2) + _generate(url, "completions", 16, 2)
@@ -94,8 +100,9 @@ def test_transformers_baseline_streams_one_request_at_a_time(
 
 
 @pytest.mark.slow
-@needs_llama_server
-def test_compare_writes_reports_and_stops_its_children(compare: ModuleType, tmp_path: Path) -> None:
+def test_compare_writes_reports_and_stops_its_children(
+    compare: ModuleType, tmp_path: Path, llama_server: Path
+) -> None:
     argv = ["--peers", "llama.cpp", "--concurrency", "2", "--num-requests", "2",
             "--max-tokens", "4", "--skip-limits", "--out", str(tmp_path)]  # fmt: skip
     assert compare.main(argv) == 0
