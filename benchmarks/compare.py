@@ -59,6 +59,7 @@ class Peer:
     api: Api
     extra_body: dict[str, Any] = field(default_factory=dict)
     slots_per_level: bool = False  # also start one server per level with slots = clients
+    env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
 
 
 PEERS: dict[str, Peer] = {
@@ -73,11 +74,11 @@ PEERS: dict[str, Peer] = {
          "--threads", "{threads}"),
         api="chat", extra_body={"ignore_eos": True},
     ),
-    # TGI's /generate_stream has no ignore_eos: compare actual output tokens.
+    # TGI's /generate_stream has no ignore_eos field; TGI's benchmark mode is this variable.
     "ours": Peer(
         ("text-generation-launcher", "--hostname", "127.0.0.1", "--port", "{port}",
          "--max-batch-size", "{slots}"),
-        api="tgi",
+        api="tgi", env={"TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN": "true"},
     ),
 }  # fmt: skip
 
@@ -96,13 +97,17 @@ def _executable(name: str) -> str | None:
 
 @contextlib.contextmanager
 def child_server(
-    command: list[str], port: int, log: Path, ready_s: float
+    command: list[str], port: int, log: Path, ready_s: float, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, int]]:
     """Runs ``command`` until the block ends; yields its base URL, once /health answers 200,
     and its PID (which is also its session id: every process it starts shares it)."""
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
         try:
             url = f"http://127.0.0.1:{port}"
@@ -303,7 +308,7 @@ def run_peer(name: str, peer: Peer, plan: Plan) -> Outcome:
         print(f"== {label}: {shlex.join(command)}", flush=True)
         log = plan.logs / f"{label.replace(' ', '_').replace('=', '')}.log"
         try:
-            with child_server(command, port, log, plan.ready_s) as server:
+            with child_server(command, port, log, plan.ready_s, peer.env) as server:
                 _run_levels(server, peer, plan, levels, label, outcome=outcome)
         except RuntimeError as error:
             print(f"   {label} failed: {error}", flush=True)
