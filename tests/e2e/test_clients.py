@@ -143,36 +143,29 @@ from text_generation.types import Message
 url, question, chat_question = sys.argv[1:4]
 messages = [Message(role="user", content=chat_question)]
 
-def tokens(details):
-    return [token.id for token in details.tokens]
+def summary(done, stream, chat):  # what the test compares, from either client
+    return {
+        "generate": {"text": done.generated_text, "ids": [t.id for t in done.details.tokens],
+                     "finish_reason": done.details.finish_reason.value},
+        "stream": {"text": stream[-1].generated_text, "ids": [e.token.id for e in stream],
+                   "finish_reason": stream[-1].details.finish_reason.value},
+        "chat": chat.choices[0].message.content,
+        "chat_finish_reason": chat.choices[0].finish_reason,
+    }
 
 def run_sync():
     client = Client(url, timeout=120)
     done = client.generate(question, max_new_tokens=12)
     stream = list(client.generate_stream(question, max_new_tokens=12))
     chat = client.chat(messages=messages, max_tokens=24, temperature=0)
-    return {
-        "generate": {"text": done.generated_text, "ids": tokens(done.details),
-                     "finish_reason": done.details.finish_reason.value},
-        "stream": {"text": stream[-1].generated_text, "ids": [e.token.id for e in stream],
-                   "finish_reason": stream[-1].details.finish_reason.value},
-        "chat": chat.choices[0].message.content,
-        "chat_finish_reason": chat.choices[0].finish_reason,
-    }
+    return summary(done, stream, chat)
 
 async def run_async():
     client = AsyncClient(url, timeout=120)
     done = await client.generate(question, max_new_tokens=12)
     stream = [event async for event in client.generate_stream(question, max_new_tokens=12)]
     chat = await client.chat(messages=messages, max_tokens=24, temperature=0)
-    return {
-        "generate": {"text": done.generated_text, "ids": tokens(done.details),
-                     "finish_reason": done.details.finish_reason.value},
-        "stream": {"text": stream[-1].generated_text, "ids": [e.token.id for e in stream],
-                   "finish_reason": stream[-1].details.finish_reason.value},
-        "chat": chat.choices[0].message.content,
-        "chat_finish_reason": chat.choices[0].finish_reason,
-    }
+    return summary(done, stream, chat)
 
 print(json.dumps({"sync": run_sync(), "async": asyncio.run(run_async())}))
 """

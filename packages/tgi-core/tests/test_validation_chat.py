@@ -10,6 +10,7 @@ import pytest
 from tgi_core.api import ChatRequest, Tool, decode_body
 from tgi_core.errors import ToolError, ValidationError
 from tgi_core.settings.slices import ValidationLimits
+from tgi_core.testing import ByteEncoder
 from tgi_core.validation import (
     DEFAULT_TOOL_PROMPT,
     NO_TOOL,
@@ -20,15 +21,6 @@ from tgi_core.validation import (
     tool_prompt,
     validate_generate,
 )
-
-
-class ByteEncoder:
-    """A byte-level tokenizer: one id per UTF-8 byte, BOS (256) first with special tokens."""
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        ids = list(text.encode("utf-8"))
-        return [256, *ids] if add_special_tokens else ids
-
 
 WEATHER = {
     "type": "function",

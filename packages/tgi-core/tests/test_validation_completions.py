@@ -14,20 +14,13 @@ from tgi_core.errors import (
     VertexEmptyInstancesError,
 )
 from tgi_core.settings.slices import ValidationLimits
+from tgi_core.testing import ByteEncoder
 from tgi_core.validation import (
     GenerateInput,
     completion_to_generate,
     validate_generate,
     vertex_to_generate,
 )
-
-
-class ByteEncoder:
-    """A byte-level tokenizer: one id per UTF-8 byte, BOS (256) first with special tokens."""
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        ids = list(text.encode("utf-8"))
-        return [256, *ids] if add_special_tokens else ids
 
 
 def completion(**fields: Any) -> CompletionRequest:

@@ -28,6 +28,7 @@ from tgi_core.api import (
 )
 from tgi_core.errors import TGIError
 from tgi_core.settings.slices import ValidationLimits
+from tgi_core.testing import ByteEncoder
 from tgi_core.validation import (
     GenerateLike,
     chat_to_generate,
@@ -42,14 +43,6 @@ LIMITS = ValidationLimits(
     max_input_tokens=64, max_total_tokens=128, max_client_batch_size=2, max_generation_chunk=32
 )
 FUZZ = settings(max_examples=150, deadline=None)
-
-
-class ByteEncoder:
-    """A byte-level tokenizer: one id per UTF-8 byte, BOS (256) first with special tokens."""
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        ids = list(text.encode("utf-8"))
-        return [256, *ids] if add_special_tokens else ids
 
 
 # --- each route's pipeline, as the server runs it ------------------------------------------

@@ -9,18 +9,8 @@ import pytest
 from tgi_core.api import GenerateParameters, GenerateRequest, GrammarType
 from tgi_core.errors import ValidationError
 from tgi_core.settings.slices import ValidationLimits
+from tgi_core.testing import BYTE_BOS, ByteEncoder
 from tgi_core.validation import GenerateInput, ValidRequest, validate_generate
-
-BOS = 256
-
-
-class ByteEncoder:
-    """A byte-level tokenizer: one id per UTF-8 byte, BOS (256) first with special tokens."""
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        ids = list(text.encode("utf-8"))
-        return [BOS, *ids] if add_special_tokens else ids
-
 
 LIMITS = ValidationLimits(
     max_best_of=2,
@@ -234,7 +224,7 @@ def test_rules_run_in_tgi_order() -> None:
 
 def test_defaults_are_resolved() -> None:
     valid = validate("Hi", max_new_tokens=10)
-    assert valid.input_ids == (BOS, ord("H"), ord("i"))
+    assert valid.input_ids == (BYTE_BOS, ord("H"), ord("i"))
     assert valid.input_length == 3
     assert valid.max_new_tokens == 10
     assert valid.best_of == 1

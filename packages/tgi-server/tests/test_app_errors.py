@@ -25,15 +25,10 @@ TOKENIZER = smollm2_tokenizer()
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
+    """Two requests at most, so that a third is refused with 429."""
     harness = Harness(max_concurrent_requests=2)
     yield harness
     harness.stop()
-
-
-@pytest.fixture
-def client(harness: Harness) -> falcon.testing.TestClient:
-    harness.runner.reset()
-    return falcon.testing.TestClient(harness.app())
 
 
 # --- malformed bodies: axum's plain-text rejections -----------------------------------

@@ -9,11 +9,9 @@ The engine runs tgi_scheduler's FakeRunner: each token is the previous id + 1 wi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import falcon.testing
-import pytest
 
 from tgi_core.validation import DEFAULT_TOOL_PROMPT, NO_TOOL
 from tgi_server.testing import Harness, read_stream, smollm2_tokenizer, sse_events
@@ -21,18 +19,8 @@ from tgi_server.testing import Harness, read_stream, smollm2_tokenizer, sse_even
 COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
 TOKENIZER = smollm2_tokenizer()
 HELLO = TOKENIZER.encode("Hello")[-1]  # FakeRunner continues with HELLO + 1, HELLO + 2, ...
-
-
-@pytest.fixture(scope="module")
-def harness() -> Iterator[Harness]:
-    harness = Harness()
-    yield harness
-    harness.stop()
-
-
-@pytest.fixture
-def client(harness: Harness) -> falcon.testing.TestClient:
-    return falcon.testing.TestClient(harness.app())
+# TGI's key order of an OpenAI answer, a chat chunk and a completion's final event.
+OPENAI_KEYS = ["object", "id", "created", "model", "system_fingerprint", "choices", "usage"]
 
 
 def token(token_id: int) -> dict[str, Any]:
@@ -210,15 +198,7 @@ def test_chat_stream_bytes_with_usage_and_logprobs(harness: Harness) -> None:
     first, second, usage, done = sse_events(body)
     assert done == "[DONE]"
     text = TOKENIZER.decode([prompt[-1] + 1])
-    assert list(first) == [
-        "object",
-        "id",
-        "created",
-        "model",
-        "system_fingerprint",
-        "choices",
-        "usage",
-    ]
+    assert list(first) == OPENAI_KEYS
     assert first["object"] == "chat.completion.chunk" and first["id"] == ""
     assert (first["model"], first["system_fingerprint"], first["usage"]) == (
         "smollm2",
@@ -273,15 +253,7 @@ def test_completions_stream_interleaves_prompts(harness: Harness) -> None:
         assert chunk["choices"] == [
             {"index": index, "text": texts(last_id + 1), "logprobs": None, "finish_reason": ""}
         ]
-        assert list(final) == [
-            "object",
-            "id",
-            "created",
-            "model",
-            "system_fingerprint",
-            "choices",
-            "usage",
-        ]
+        assert list(final) == OPENAI_KEYS
         assert final["choices"][0]["finish_reason"] == "length"
         assert final["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
 

@@ -36,19 +36,6 @@ COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
 TOKENIZER = smollm2_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def harness() -> Iterator[Harness]:
-    harness = Harness()
-    yield harness
-    harness.stop()
-
-
-@pytest.fixture
-def client(harness: Harness) -> falcon.testing.TestClient:
-    harness.runner.reset()
-    return falcon.testing.TestClient(harness.app())
-
-
 class Server:
     """The app served by uvicorn on a free port of 127.0.0.1, on a thread."""
 

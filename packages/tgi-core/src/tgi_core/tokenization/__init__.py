@@ -4,6 +4,7 @@ Nothing here imports torch or transformers. Modules:
 - ``loader``: ``load_tokenizer`` (local folder, ``.gguf`` file or Hub id);
 - ``gguf_metadata`` / ``gguf_tokenizer``: a tokenizer rebuilt from GGUF metadata;
 - ``tokenizer``: ``Tokenizer``, the wrapper every request uses;
+- ``base``: ``TokenizerBase``, the special tokens and template both tokenizers share;
 - ``chat_template``: ``ChatTemplate`` and ``ChatTemplateError``;
 - ``detokenizer``: ``IncrementalDetokenizer`` for streamed text;
 - ``stop``: ``make_stop_checker`` (the contract's ``StopChecker``);

@@ -9,10 +9,10 @@ with ``TokenIdsTokenizer.wrapping``. The server reads the setting; nothing here 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
-from tgi_core.tokenization.chat_template import TEMPLATE_NOT_FOUND, ChatTemplate, ChatTemplateError
+from tgi_core.tokenization.base import TokenizerBase
+from tgi_core.tokenization.chat_template import ChatTemplate
 from tgi_core.tokenization.protocol import TokenizerLike, TokenOffset
 
 __all__ = ["TokenIdsError", "TokenIdsTokenizer", "parse_token_ids"]
@@ -60,7 +60,7 @@ def parse_token_ids(
     return [_parse_entry(entry, pad_token_id, vocab_size) for entry, _, _ in _split(text)]
 
 
-class TokenIdsTokenizer:
+class TokenIdsTokenizer(TokenizerBase):
     """``TokenizerLike`` for SKIP_TOKENIZER_IN_TGI (``is_transparent`` is True)."""
 
     def __init__(
@@ -76,15 +76,17 @@ class TokenIdsTokenizer:
         chat_template: ChatTemplate | None = None,
         max_model_length: int | None = None,
     ) -> None:
+        super().__init__(
+            bos_token=bos_token,
+            bos_token_id=bos_token_id,
+            eos_token=eos_token,
+            eos_token_ids=eos_token_ids,
+            special_token_ids=special_token_ids,
+            chat_template=chat_template,
+            max_model_length=max_model_length,
+        )
         self._vocab_size = vocab_size
-        self._bos_token = bos_token
-        self._bos_token_id = bos_token_id
-        self._eos_token = eos_token
-        self._eos_token_ids = tuple(eos_token_ids)
         self._pad_token_id = pad_token_id
-        self._special_token_ids = frozenset(special_token_ids)
-        self._chat_template = chat_template
-        self._max_model_length = max_model_length
 
     @classmethod
     def wrapping(
@@ -109,34 +111,6 @@ class TokenIdsTokenizer:
     def vocab_size(self) -> int:
         """The wrapped tokenizer's vocabulary size; 0 when unknown (ids are then unchecked)."""
         return self._vocab_size if self._vocab_size is not None else 0
-
-    @property
-    def bos_token(self) -> str | None:
-        return self._bos_token
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._bos_token_id
-
-    @property
-    def eos_token(self) -> str | None:
-        return self._eos_token
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        return self._eos_token_ids
-
-    @property
-    def special_token_ids(self) -> frozenset[int]:
-        return self._special_token_ids
-
-    @property
-    def max_model_length(self) -> int | None:
-        return self._max_model_length
-
-    @property
-    def chat_template(self) -> ChatTemplate | None:
-        return self._chat_template
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Parse ``text`` as token ids (special tokens are never added: the ids are final)."""
@@ -167,20 +141,3 @@ class TokenIdsTokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return str(token_id)
-
-    def is_special(self, token_id: int) -> bool:
-        return token_id in self._special_token_ids
-
-    def apply_chat_template(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-        **extra: Any,
-    ) -> str:
-        if self._chat_template is None:
-            raise ChatTemplateError(TEMPLATE_NOT_FOUND)
-        return self._chat_template.render(
-            messages, tools=tools, add_generation_prompt=add_generation_prompt, **extra
-        )

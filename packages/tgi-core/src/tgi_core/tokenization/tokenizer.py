@@ -9,12 +9,12 @@ object is immutable and safe to share between threads. Finding and reading the f
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer as Backend
 
-from tgi_core.tokenization.chat_template import TEMPLATE_NOT_FOUND, ChatTemplate, ChatTemplateError
+from tgi_core.tokenization.base import TokenizerBase
+from tgi_core.tokenization.chat_template import ChatTemplate
 from tgi_core.tokenization.protocol import TokenOffset
 
 __all__ = ["TokenizationError", "Tokenizer"]
@@ -24,7 +24,7 @@ class TokenizationError(ValueError):
     """The Rust tokenizer refused the text (e.g. a lone surrogate); TGI's "tokenizer error"."""
 
 
-class Tokenizer:
+class Tokenizer(TokenizerBase):
     """A loaded tokenizer: encode/decode, special tokens, EOS ids and the chat template.
 
     Args:
@@ -53,22 +53,24 @@ class Tokenizer:
         self._backend = backend
         # encode_batch_fast (tokenizers >= 0.20) skips offsets; older ones have encode_batch
         self._encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        self._bos_token = bos_token
-        self._eos_token = eos_token
-        self._bos_token_id = backend.token_to_id(bos_token) if bos_token is not None else None
         eos_ids = tuple(eos_token_ids)
         if not eos_ids and eos_token is not None:
             eos_id = backend.token_to_id(eos_token)
             eos_ids = (eos_id,) if eos_id is not None else ()
-        self._eos_token_ids = eos_ids
-        self._chat_template = chat_template
-        self._max_model_length = max_model_length
-        self._vocab_size = backend.get_vocab_size(with_added_tokens=True)
-        self._special_token_ids = frozenset(
-            token_id
-            for token_id, added in backend.get_added_tokens_decoder().items()
-            if added.special
+        super().__init__(
+            bos_token=bos_token,
+            bos_token_id=backend.token_to_id(bos_token) if bos_token is not None else None,
+            eos_token=eos_token,
+            eos_token_ids=eos_ids,
+            special_token_ids=(
+                token_id
+                for token_id, added in backend.get_added_tokens_decoder().items()
+                if added.special
+            ),
+            chat_template=chat_template,
+            max_model_length=max_model_length,
         )
+        self._vocab_size = backend.get_vocab_size(with_added_tokens=True)
 
     def __repr__(self) -> str:
         return (
@@ -85,34 +87,6 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of ids, added tokens included."""
         return self._vocab_size
-
-    @property
-    def bos_token(self) -> str | None:
-        return self._bos_token
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._bos_token_id
-
-    @property
-    def eos_token(self) -> str | None:
-        return self._eos_token
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        return self._eos_token_ids
-
-    @property
-    def special_token_ids(self) -> frozenset[int]:
-        return self._special_token_ids
-
-    @property
-    def max_model_length(self) -> int | None:
-        return self._max_model_length
-
-    @property
-    def chat_template(self) -> ChatTemplate | None:
-        return self._chat_template
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text`` (with BOS/EOS when the tokenizer adds them)."""
@@ -180,26 +154,3 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         token_id: int | None = self._backend.token_to_id(token)
         return token_id
-
-    def is_special(self, token_id: int) -> bool:
-        """Whether ``token_id`` is a special token (dropped by ``skip_special_tokens``)."""
-        return token_id in self._special_token_ids
-
-    def apply_chat_template(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-        **extra: Any,
-    ) -> str:
-        """Render ``messages`` with the model's chat template (see ``ChatTemplate.render``).
-
-        Raises:
-            ChatTemplateError: no template ("template not found") or the render failed.
-        """
-        if self._chat_template is None:
-            raise ChatTemplateError(TEMPLATE_NOT_FOUND)
-        return self._chat_template.render(
-            messages, tools=tools, add_generation_prompt=add_generation_prompt, **extra
-        )

