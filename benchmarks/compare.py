@@ -64,8 +64,9 @@ FIXED_SLOTS = 32
 
 @dataclass(frozen=True)
 class Peer:
-    """How to start one server and load it. ``{port}``, ``{gguf}``, ``{model_dir}``,
-    ``{gguf_name}``, ``{slots}``, ``{ctx}``, ``{threads}`` and ``{python}`` are filled in."""
+    """How to start one server and load it. ``{port}``, ``{spare_port}`` (a second free
+    port), ``{gguf}``, ``{model_dir}``, ``{gguf_name}``, ``{slots}``, ``{ctx}``, ``{threads}``
+    and ``{python}`` are filled in."""
 
     command: tuple[str, ...]
     api: Api
@@ -89,7 +90,7 @@ PEERS: dict[str, Peer] = {
     # TGI's /generate_stream has no ignore_eos field; TGI's benchmark mode is this variable.
     "ours": Peer(
         ("text-generation-launcher", "--hostname", "127.0.0.1", "--port", "{port}",
-         "--max-batch-size", "{slots}"),
+         "--prometheus-port", "{spare_port}", "--max-batch-size", "{slots}"),
         api="tgi", env={"TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN": "true"},
     ),
 }  # fmt: skip
@@ -222,8 +223,9 @@ def run_peer(name: str, peer: Peer, plan: Plan) -> Outcome:
         configs += [(level, [level]) for level in plan.levels if level != FIXED_SLOTS]
     for slots, levels in configs:
         port = free_port()
-        values = {**plan.fill, "port": str(port), "slots": str(slots),
-                  "ctx": str(slots * plan.ctx_per_slot), "python": sys.executable}  # fmt: skip
+        values = {**plan.fill, "port": str(port), "spare_port": str(free_port()),
+                  "slots": str(slots), "ctx": str(slots * plan.ctx_per_slot),
+                  "python": sys.executable}  # fmt: skip
         command = [executable] + [part.format(**values) for part in peer.command[1:]]
         label = f"{name} np={slots}" if peer.slots_per_level else name
         print(f"== {label}: {shlex.join(command)}", flush=True)

@@ -9,7 +9,9 @@ environment with ``-e/--env``, then ``Launcher(settings).run()``:
 2. wait while it loads the model and warms up: it answers on its socket only when ready;
 3. Gunicorn (``gunicorn -c python:tgi_server.gunicorn_conf tgi_server.asgi:app``), W uvicorn
    workers on ``--hostname:--port``, in its own process group;
-4. wait until ``GET /health`` answers 200, then log ``Connected`` (TGI's line);
+4. wait until ``GET /health`` answers 200, then log ``Connected`` (TGI's line); from then
+   on ``--prometheus-port`` serves the metrics too (bound before anything starts, so a
+   busy port fails at once; see ``tgi_server.metrics_listener``);
 5. supervise: if either child exits, stop the other and exit 1. SIGTERM or SIGINT drains
    instead: Gunicorn first (its workers finish their requests within
    ``--graceful-termination-timeout``, the engine still serving them), then the engine;
@@ -43,6 +45,7 @@ from tgi_server.__about__ import __version__
 from tgi_server.engine import EngineStartupError, start_engine_process, wait_until_ready
 from tgi_server.ipc import make_socket_dir, socket_path
 from tgi_server.logging_setup import configure_logging
+from tgi_server.metrics_listener import MetricsListener
 
 __all__ = ["EXIT_FAILURE", "EXIT_USAGE", "Launcher", "main", "runtime_environment"]
 
@@ -152,6 +155,7 @@ class Launcher:
         self._stop = threading.Event()
         self._children: list[Child] = []
         self._temp_dirs: list[Path] = []
+        self._metrics_listener: MetricsListener | None = None
 
     def run(self) -> int:
         """Start, serve, shut down; the exit status (0 after a signal, 1 after a failure)."""
@@ -180,6 +184,8 @@ class Launcher:
         self._stop.set()
 
     def _start(self) -> None:
+        self._refuse_sharding()
+        self._metrics_listener = self._bind_metrics_listener()
         socket_dir = make_socket_dir()
         metrics_dir = Path(tempfile.mkdtemp(prefix="tgi-metrics-"))
         self._temp_dirs += [socket_dir, metrics_dir]
@@ -206,9 +212,22 @@ class Launcher:
         extra = {"TGI_ENGINE_SOCKET": str(path), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         self._start_webserver(self.settings.child_environ(extra))
         self._wait_for_http()
+        if self._metrics_listener is not None:
+            self._metrics_listener.start()
         logger.info("Connected")
 
-    def _start_engine(self, path: Path) -> Child:
+    def _bind_metrics_listener(self) -> MetricsListener:
+        port = self.server.prometheus_port
+        try:
+            listener = MetricsListener(
+                self.server.hostname, port, _probe_host(self.server.hostname), self.server.port
+            )
+        except OSError as error:
+            raise StartupError(f"cannot listen on --prometheus-port {port}: {error}") from error
+        logger.info("Serving metrics on %s:%d", self.server.hostname, listener.port)
+        return listener
+
+    def _refuse_sharding(self) -> None:
         if self.settings.num_shard > 1:
             # TorchModelRunner refuses num_shard > 1 (no tensor parallelism yet): fail here,
             # clearly, rather than after the model loads.
@@ -216,6 +235,8 @@ class Launcher:
                 f"--num-shard {self.settings.num_shard}: sharding is not supported yet "
                 "(the torch runner of tgi_hpu_kernels runs one shard); use --num-shard 1"
             )
+
+    def _start_engine(self, path: Path) -> Child:
         logger.info("Starting the engine (rank 0)")
         engine = Child(
             "engine", start_engine_process(path, env=self.settings.child_environ()), group=False
@@ -276,6 +297,8 @@ class Launcher:
         for child in reversed(self._children):  # the engine started first: it stops last
             margin = _GUNICORN_KILL_MARGIN_S if child.name == "webserver" else _ENGINE_MIN_WAIT_S
             child.stop(max(deadline, time.monotonic()) + margin)
+        if self._metrics_listener is not None:
+            self._metrics_listener.close()
         for folder in self._temp_dirs:
             shutil.rmtree(folder, ignore_errors=True)
         logger.info("Shutdown complete")

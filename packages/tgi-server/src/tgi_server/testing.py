@@ -284,6 +284,7 @@ class LaunchedService:
     port: int
     log_path: Path
     startup_s: float  # from start to the ``Connected`` line
+    prometheus_port: int | None = None  # the second listener's (``--prometheus-port``)
 
     @property
     def url(self) -> str:
@@ -326,7 +327,8 @@ def launch_service(
     ready_timeout_s: float = 300,
 ) -> LaunchedService:
     """Start ``text-generation-launcher --hostname 127.0.0.1 --port PORT *argv`` and wait
-    for its ``Connected`` line.
+    for its ``Connected`` line (``--prometheus-port`` is a free port unless ``argv`` names
+    one).
 
     Args:
         argv: more launcher flags.
@@ -342,10 +344,15 @@ def launch_service(
     launcher = Path(sys.executable).with_name("text-generation-launcher")
     assignments = [f"{name}={value}" for name, value in (environ or {}).items()]
     command = ["env", *assignments, str(launcher), "--hostname", "127.0.0.1", "--port", str(port)]
+    if "--prometheus-port" in argv:
+        prometheus_port = int(argv[list(argv).index("--prometheus-port") + 1])
+    else:  # TGI's default 9000 may be taken (another service)
+        prometheus_port = free_port()
+        command += ["--prometheus-port", str(prometheus_port)]
     started = time.monotonic()
     with log_path.open("wb") as log:
         process = subprocess.Popen([*command, *argv], stdout=log, stderr=subprocess.STDOUT)
-    service = LaunchedService(process, port, log_path, startup_s=0.0)
+    service = LaunchedService(process, port, log_path, 0.0, prometheus_port)
     while '"Connected"' not in (text := service.log()) and ": Connected\n" not in text:
         if process.poll() is not None or time.monotonic() - started > ready_timeout_s:
             service.kill()
