@@ -54,7 +54,10 @@ class SamplingParams(msgspec.Struct, frozen=True, gc=False):
     ``do_sample`` is the final decision (TGI samples when ``do_sample`` is set or any warper
     is non-neutral); when it is False every warper is ignored and the token is the argmax of
     the penalised logits. ``seed`` makes sampling reproducible: the same seed and the same
-    token history give the same token, whatever else shares the batch.
+    token history give the same token, whatever else shares the batch. ``grammar`` is a
+    regular expression (compiled by the front end from the request's JSON schema or regex)
+    that the generated text must match: the runner masks every token that would leave it,
+    and allows the end-of-sequence token only where the text is complete.
     """
 
     do_sample: bool = False
@@ -67,6 +70,7 @@ class SamplingParams(msgspec.Struct, frozen=True, gc=False):
     seed: int = 0
     top_n_tokens: int = 0
     watermark: bool = False
+    grammar: str | None = None
 
 
 class PrefillShape(msgspec.Struct, frozen=True, gc=False, tag="prefill"):
