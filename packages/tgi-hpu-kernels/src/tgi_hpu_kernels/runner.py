@@ -10,7 +10,7 @@ KV cache, graphs); request bookkeeping stays in the scheduler.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from tgi_core.contract import (
     DecodeShape,
+    PrefillItem,
     PrefillShape,
     SamplingParams,
     SequenceOutput,
@@ -41,6 +42,7 @@ from tgi_hpu_kernels.warmup import DummySize, dummy_plan, dummy_sizes, run_warmu
 
 if TYPE_CHECKING:
     from tgi_hpu_kernels.sampling import Sampler
+    from tgi_hpu_kernels.sampling.grammar import GrammarConstraints
 
 __all__ = ["TorchModelRunner"]
 
@@ -82,6 +84,11 @@ class TorchModelRunner:
         device: a backend to use instead of ``select_device(settings.device, settings)``.
         num_kv_blocks: the KV pool size, overriding ``settings.num_kv_blocks`` and sizing from
             free memory (``memory.py``).
+        token_bytes: each non-special token id's raw bytes
+            (``tgi_core.tokenization.token_bytes(tokenizer)``); without it a sequence with a
+            ``grammar`` fails its step.
+        eos_token_ids: ids that end generation besides the model config's (the tokenizer's,
+            generation_config's); a grammar allows all of them where its text is complete.
 
     The KV pool is allocated here, so ``num_kv_blocks`` is known right after construction.
     """
@@ -92,6 +99,8 @@ class TorchModelRunner:
         *,
         device: Device | None = None,
         num_kv_blocks: int | None = None,
+        token_bytes: Mapping[int, bytes] | None = None,
+        eos_token_ids: Sequence[int] = (),
     ) -> None:
         _check_supported(settings)
         self._settings = settings
@@ -119,6 +128,9 @@ class TorchModelRunner:
             settings.profile, rank=settings.rank, activities=self._device.profiler_activities()
         )
         self._sampler: Sampler | None = None
+        self._token_bytes = token_bytes
+        self._eos_token_ids = tuple(dict.fromkeys((*eos_token_ids, *c.eos_token_ids)))
+        self._grammar: GrammarConstraints | None = None  # built at the first grammar
         self._warmed: frozenset[Shape] | None = None
         self._unwarmed: set[Shape] = set()
         logger.info(
@@ -190,7 +202,8 @@ class TorchModelRunner:
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        return self._config.eos_token_ids
+        """Every id that ends generation: the ``eos_token_ids`` given, then the config's."""
+        return self._eos_token_ids
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -221,6 +234,34 @@ class TorchModelRunner:
                 watermark_delta=self._settings.watermark_delta,
             )
         return self._sampler
+
+    def _grammar_for_step(self) -> GrammarConstraints:
+        if self._grammar is None:
+            if self._token_bytes is None:
+                raise ValueError(
+                    "grammar-constrained generation needs the tokenizer's vocabulary: build "
+                    "TorchModelRunner with token_bytes=tgi_core.tokenization.token_bytes(tokenizer)"
+                )
+            from tgi_hpu_kernels.sampling.grammar import GrammarConstraints
+
+            self._grammar = GrammarConstraints(
+                self._token_bytes, self._eos_token_ids, self._device.torch_device
+            )
+        return self._grammar
+
+    def _add_sequence(self, sampler: Sampler, item: PrefillItem) -> None:
+        sampler.add_sequence(item.seq_id, item.sampling, item.token_ids, item.num_prompt_tokens)
+        if item.sampling.grammar is not None:
+            generated_ids = item.token_ids[item.num_prompt_tokens :]  # a recompute's tokens
+            self._grammar_for_step().add_sequence(item.seq_id, item.sampling.grammar, generated_ids)
+        elif self._grammar is not None:
+            self._grammar.release(item.seq_id)
+
+    def _release(self, sampler: Sampler, seq_ids: Sequence[int]) -> None:
+        for seq_id in seq_ids:
+            sampler.release(seq_id)
+            if self._grammar is not None:
+                self._grammar.release(seq_id)
 
     def _record_shape(self, shape: Shape) -> None:
         if self._warmed is not None and shape not in self._warmed and shape not in self._unwarmed:
@@ -256,8 +297,7 @@ class TorchModelRunner:
 
     def _execute(self, plan: StepPlan, *, record_shape: bool) -> StepOutput:
         sampler = self._sampler_for_step()
-        for seq_id in plan.released:
-            sampler.release(seq_id)
+        self._release(sampler, plan.released)
         if not plan.num_sequences:
             return StepOutput(step_id=plan.step_id, outputs=())
         if plan.shape is None:
@@ -265,10 +305,17 @@ class TorchModelRunner:
         if record_shape:
             self._record_shape(plan.shape)
         for item in plan.prefill:
-            sampler.add_sequence(item.seq_id, item.sampling, item.token_ids, item.num_prompt_tokens)
-        logits, hidden, inputs = self._forward(plan)
+            self._add_sequence(sampler, item)
         seq_ids = [item.seq_id for item in plan.prefill] or [item.seq_id for item in plan.decode]
+        grammar = self._grammar if self._grammar and self._grammar.num_sequences else None
+        # masks are written on the host before the forward pass, so they overlap the device
+        mask = grammar.prepare(seq_ids, self._config.vocab_size) if grammar else None
+        logits, hidden, inputs = self._forward(plan)
+        if grammar is not None and mask is not None:
+            grammar.apply_(mask, logits)
         result = sampler.sample(seq_ids, logits)
+        if grammar is not None:
+            grammar.advance(seq_ids, result.token_ids)
         prompt_logprobs = self._prompt_logprobs(plan, hidden, inputs, sampler)
         outputs = tuple(
             SequenceOutput(

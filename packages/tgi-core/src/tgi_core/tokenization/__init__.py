@@ -9,7 +9,8 @@ Nothing here imports torch or transformers. Modules:
 - ``detokenizer``: ``IncrementalDetokenizer`` for streamed text;
 - ``stop``: ``make_stop_checker`` (the contract's ``StopChecker``);
 - ``token_ids``: ``TokenIdsTokenizer`` for SKIP_TOKENIZER_IN_TGI;
-- ``protocol``: ``TokenizerLike``, the interface both tokenizers implement.
+- ``protocol``: ``TokenizerLike``, the interface both tokenizers implement;
+- ``vocabulary``: ``token_bytes``, each token's raw bytes (for grammar-constrained generation).
 """
 
 from tgi_core.tokenization.chat_template import ChatTemplate, ChatTemplateError
@@ -19,6 +20,7 @@ from tgi_core.tokenization.protocol import TokenizerLike, TokenOffset
 from tgi_core.tokenization.stop import StopSequenceChecker, make_stop_checker
 from tgi_core.tokenization.token_ids import TokenIdsError, TokenIdsTokenizer, parse_token_ids
 from tgi_core.tokenization.tokenizer import TokenizationError, Tokenizer
+from tgi_core.tokenization.vocabulary import VocabularyError, token_bytes
 
 __all__ = [
     "ChatTemplate",
@@ -32,7 +34,9 @@ __all__ = [
     "Tokenizer",
     "TokenizerLike",
     "TokenizerLoadError",
+    "VocabularyError",
     "load_tokenizer",
     "make_stop_checker",
     "parse_token_ids",
+    "token_bytes",
 ]

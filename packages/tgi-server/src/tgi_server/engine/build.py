@@ -16,7 +16,13 @@ from typing import NamedTuple
 
 from tgi_core.contract import GenerationRequest, ModelRunner, Shape, StopChecker, WarmupReport
 from tgi_core.settings import Settings
-from tgi_core.tokenization import TokenizerLike, load_tokenizer, make_stop_checker
+from tgi_core.tokenization import (
+    TokenizerLike,
+    VocabularyError,
+    load_tokenizer,
+    make_stop_checker,
+    token_bytes,
+)
 from tgi_scheduler import Engine
 from tgi_scheduler.limits import token_budget
 from tgi_server.ipc.messages import EngineInfo
@@ -107,7 +113,11 @@ def build_engine(
     if runner is None:
         from tgi_hpu_kernels import TorchModelRunner
 
-        torch_runner = TorchModelRunner(settings.runner(rank=0))
+        torch_runner = TorchModelRunner(
+            settings.runner(rank=0),
+            token_bytes=None if settings.disable_grammar_support else _token_bytes(tokenizer),
+            eos_token_ids=tokenizer.eos_token_ids,
+        )
         dtype = str(torch_runner.dtype).removeprefix("torch.")
         device_type = torch_runner.device.name
         runner_eos_ids = torch_runner.eos_token_ids
@@ -139,6 +149,15 @@ def build_engine(
         model_device_type=device_type,
     )
     return ReadyEngine(engine, info)
+
+
+def _token_bytes(tokenizer: TokenizerLike) -> dict[int, bytes] | None:
+    """Each token's bytes for grammar-constrained generation; None (logged) if not spellable."""
+    try:
+        return token_bytes(tokenizer)
+    except VocabularyError as exc:
+        logger.warning("grammar-constrained generation is unavailable: %s", exc)
+        return None
 
 
 def _log_warmup_progress(done: int, total: int, shape: Shape) -> None:
