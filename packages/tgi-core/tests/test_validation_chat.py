@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -172,30 +173,59 @@ def test_tool_grammar_shape() -> None:
     grammar = tool_grammar(offered)
     weather = grammar["$functions"]["get_weather"]
     assert weather["required"] == ["_name", "location"]
+    assert list(weather["properties"]) == ["_name", "location"]  # _name first, as TGI
     assert weather["properties"]["_name"] == {"type": "string", "const": "get_weather"}
     assert weather["properties"]["location"] == {"type": "string"}
+    assert weather["additionalProperties"] is False
+    # TGI 3's no_tool has no arguments: choosing it means "run again without tools".
+    assert grammar["$functions"]["no_tool"] == {
+        "description": "Open ended response with no specific tool selected",
+        "additionalProperties": False,
+        "properties": {"_name": {"type": "string", "const": "no_tool"}},
+        "required": ["_name"],
+    }
     assert grammar["properties"]["function"]["anyOf"] == [
         {"$ref": "#/$functions/get_weather"},
         {"$ref": "#/$functions/no_tool"},
     ]
+    assert grammar["required"] == ["function"]
 
 
-def test_tools_need_grammar_which_is_not_supported_yet() -> None:
+def test_tool_grammar_regex_accepts_exactly_a_call() -> None:
     generate = chat_to_generate(chat(tools=[WEATHER], max_tokens=5), "p")
-    assert generate.parameters.grammar is not None
-    with pytest.raises(ValidationError) as info:
-        validate_generate(generate, ValidationLimits(), ByteEncoder(), stream=False)
-    assert info.value.message == "Input validation error: grammar is not supported"
-    # tool_choice "none" uses no grammar and is served normally.
+    valid = validate_generate(generate, ValidationLimits(), ByteEncoder(), stream=False)
+    regex = valid.sampling.grammar
+    assert regex is not None
+    call = '{"function": {"_name": "get_weather", "location": "Paris"}}'
+    assert re.fullmatch(regex, call)
+    assert re.fullmatch(regex, '{"function":{"_name":"no_tool"}}')
+    assert not re.fullmatch(regex, "{}")  # the function is required (TGI's is optional)
+    assert not re.fullmatch(regex, '{"function": {"_name": "get_weather"}}')  # location
+    assert not re.fullmatch(regex, '{"function": {"_name": "no_tool", "content": "x"}}')
+    # tool_choice "none" uses no grammar.
     plain = chat_to_generate(chat(tools=[WEATHER], tool_choice="none", max_tokens=5), "p")
     assert plain.parameters.grammar is None
     validate_generate(plain, ValidationLimits(), ByteEncoder(), stream=False)
 
 
-def test_response_format_is_refused_at_validation() -> None:
-    generate = chat_to_generate(chat(response_format={"type": "json_object", "value": {}}), "p")
-    with pytest.raises(ValidationError, match="grammar is not supported"):
-        validate_generate(generate, ValidationLimits(), ByteEncoder(), stream=False)
+def test_required_without_tools_uses_none_and_no_tool_is_not_a_choice() -> None:
+    assert select_tools(chat(tools=[], tool_choice="required")) is None
+    assert chat_to_generate(chat(tools=[], tool_choice="required"), "p").parameters.grammar is None
+    with pytest.raises(ToolError, match=r"^Tool error: Tool with name no_tool not found$"):
+        select_tools(chat(tools=[WEATHER], tool_choice="no_tool"))
+
+
+def test_response_format_becomes_the_grammar() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    generate = chat_to_generate(chat(response_format={"type": "json_object", "value": schema}), "p")
+    valid = validate_generate(generate, ValidationLimits(), ByteEncoder(), stream=False)
+    assert valid.sampling.grammar is not None
+    assert re.fullmatch(valid.sampling.grammar, '{"n": 42}')
+    assert not re.fullmatch(valid.sampling.grammar, '{"n": "x"}')
+    disabled = ValidationLimits(disable_grammar_support=True)
+    with pytest.raises(ValidationError) as info:
+        validate_generate(generate, disabled, ByteEncoder(), stream=False)
+    assert info.value.message == "Input validation error: grammar is not supported"
 
 
 def test_tool_prompt_defaults_when_empty() -> None:

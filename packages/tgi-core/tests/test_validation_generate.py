@@ -140,11 +140,14 @@ def test_total_length_is_checked_before_input_length() -> None:
     )
 
 
-def test_grammar_is_not_supported_and_checked_last() -> None:
+def test_grammar_is_checked_last_and_reaches_the_sampling_params() -> None:
     grammar = GrammarType(type="regex", value="[0-9]+")
-    assert error_of(grammar=grammar) == "grammar is not supported"
+    assert validate(grammar=grammar).sampling.grammar == "[0-9]+"
+    assert validate().sampling.grammar is None
+    disabled = ValidationLimits(disable_grammar_support=True)
+    assert error_of(grammar=grammar, limits=disabled) == "grammar is not supported"
     # Length errors come first, as in TGI (grammar is rule 17).
-    message = error_of("a" * 5000, grammar=grammar)
+    message = error_of("a" * 5000, grammar=grammar, limits=disabled)
     assert message.startswith("`inputs` tokens + `max_new_tokens`")
 
 
@@ -187,7 +190,7 @@ def test_rules_run_in_tgi_order() -> None:
         "stop": ("s",) * 5,
         "top_n_tokens": 9,
         "truncate": 0,
-        "grammar": GrammarType(type="regex", value="a"),
+        "grammar": GrammarType(type="json", value={"type": "object"}),
     }
     assert error_of("", limits=limits, **params) == "you must use sampling when `best_of` is > 1"
     # Any warper counts as sampling for rule 1, so they are broken only from here on.
@@ -214,7 +217,9 @@ def test_rules_run_in_tgi_order() -> None:
     assert error_of(inputs, limits=limits, **params).startswith("`inputs` tokens + ")
     params["max_new_tokens"] = 5
     assert error_of(inputs, limits=limits, **params).startswith("`inputs` must have less than")
-    assert error_of("a" * 5, limits=limits, **params) == "grammar is not supported"
+    assert error_of("a" * 5, limits=limits, **params) == (
+        "grammar is not valid: Grammar must have a 'properties' field"
+    )
     params["grammar"] = None
     assert validate("a" * 5, limits=limits, **params).best_of == 2
 

@@ -9,6 +9,7 @@ seeds that reproduce, ``best_of`` picking the best mean logprob, and chat answer
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -203,18 +204,19 @@ def test_chat_answers_and_its_stream_agree(model: Model, client: falcon.testing.
     assert (usage_chunk["choices"], usage_chunk["usage"]) == ([], usage)
 
 
-def test_tools_need_grammar_support(client: falcon.testing.TestClient) -> None:
-    tool = {
-        "type": "function",
-        "function": {"name": "capital", "parameters": {"type": "object", "properties": {}}},
-    }
+def test_tools_answer_with_a_tool_call(client: falcon.testing.TestClient) -> None:
+    # The grammar masks every token that would leave TGI's call format.
+    country = {"type": "string", "maxLength": 12}
+    parameters = {"type": "object", "properties": {"country": country}, "required": ["country"]}
+    tool = {"type": "function", "function": {"name": "capital", "parameters": parameters}}
+    payload = {"messages": QUESTION, "tools": [tool], "tool_choice": "required"}
     result = client.simulate_post(
-        "/v1/chat/completions", json={"messages": QUESTION, "tools": [tool]}
+        "/v1/chat/completions", json={**payload, "temperature": 0, "max_tokens": 48}
     )
-    assert (result.status_code, result.json) == (
-        422,
-        {"error": "Input validation error: grammar is not supported", "error_type": "validation"},
-    )
+    assert result.status_code == 200, result.text
+    [call] = result.json["choices"][0]["message"]["tool_calls"]
+    assert (call["id"], call["type"], call["function"]["name"]) == ("0", "function", "capital")
+    assert set(json.loads(call["function"]["arguments"])) == {"country"}
 
 
 def test_completions_with_a_seed_reproduce(client: falcon.testing.TestClient) -> None:

@@ -3,6 +3,7 @@
 - ``generate``: ``validate_generate`` (TGI's rules, order and messages) -> ``ValidRequest``
 - ``chat``: tools, template messages and ``chat_to_generate`` for ``/v1/chat/completions``
 - ``completions``: ``completion_to_generate`` (``/v1/completions``), ``vertex_to_generate``
+- ``grammar``: ``compile_grammar`` (TGI's grammar checks) -> the regex the runner follows
 
 Tokenization is injected (``TextEncoder``); templates are rendered elsewhere.
 """
@@ -28,6 +29,7 @@ from tgi_core.validation.generate import (
     random_seed,
     validate_generate,
 )
+from tgi_core.validation.grammar import compile_grammar, regex_from_schema
 
 __all__ = [
     "DEFAULT_TOOL_PROMPT",
@@ -38,9 +40,11 @@ __all__ = [
     "ValidRequest",
     "adapter_id_for",
     "chat_to_generate",
+    "compile_grammar",
     "completion_to_generate",
     "messages_for_template",
     "random_seed",
+    "regex_from_schema",
     "select_tools",
     "tool_grammar",
     "tool_prompt",

@@ -5,10 +5,11 @@ The server's order, TGI's: ``select_tools`` (tool errors) -> render the chat tem
 ``validate_generate``. Templates are not rendered here; this module only prepares their
 inputs and maps the sampling fields.
 
-Tool calling needs grammar-constrained decoding, which the engine does not implement yet:
-a request whose tools are in use carries the tool grammar TGI would build, and validation
-then refuses it with "grammar is not supported" (see ``tgi_core.validation.generate``).
-``tool_choice: "none"`` does not use tools and is served normally.
+With tools in use, the generate request carries TGI's tool grammar (a JSON schema that
+``tgi_core.validation.grammar`` compiles to a regex): the model must answer
+``{"function": {"_name": <tool>, <arguments>}}``. ``tool_choice: "none"`` (or no tool left
+to choose) does not use tools. Reading the answer back (tool calls, ``no_tool``) is the
+server's job.
 """
 
 from __future__ import annotations
@@ -52,22 +53,19 @@ NO_TOOL = Tool(
     function=FunctionDefinition(
         name="no_tool",
         description="Open ended response with no specific tool selected",
-        arguments={
-            "type": "object",
-            "properties": {"content": {"type": "string", "description": "The response content"}},
-            "required": ["content"],
-        },
+        arguments={"type": "object"},
     ),
 )
-"""The synthetic tool offered with ``tool_choice`` auto: choosing it means "answer in text"."""
+"""The synthetic tool offered with ``tool_choice`` auto: choosing it means "answer in text"
+(the server then runs the request again without tools). It has no arguments, as in TGI 3."""
 
 
 def select_tools(request: ChatRequest) -> tuple[Tool, ...] | None:
     """The tools the model is offered, or None when the request does not use tools.
 
     ``tool_choice`` null/``"auto"``: every tool plus ``NO_TOOL``; ``"required"``: every
-    tool; ``"none"``: no tools; another string or ``{"type": "function", ...}``: that tool
-    only.
+    tool (none given: no tools); ``"none"``: no tools; another string or ``{"type":
+    "function", ...}``: that tool of the client's.
 
     Raises:
         ToolError: ``tools`` together with ``response_format``, or a ``tool_choice`` that
@@ -82,10 +80,11 @@ def select_tools(request: ChatRequest) -> tuple[Tool, ...] | None:
         choice = choice.function.name
     if choice == "none":
         return None
-    tools = request.tools if choice == "required" else (*request.tools, NO_TOOL)
-    if choice is None or choice in ("auto", "required"):
-        return tools
-    for tool in tools:
+    if choice == "required":
+        return request.tools or None
+    if choice is None or choice == "auto":
+        return (*request.tools, NO_TOOL)
+    for tool in request.tools:  # the client's tools only: "no_tool" is not one of them
         if tool.function.name == choice:
             return (tool,)
     raise ToolError(f"Tool with name {choice} not found")
@@ -99,8 +98,12 @@ def tool_prompt(request: ChatRequest) -> str:
 def tool_grammar(tools: tuple[Tool, ...]) -> dict[str, Any]:
     """The JSON-schema grammar that makes the model answer with one of ``tools``.
 
-    Each function becomes an object schema with its properties plus a constant ``_name``
-    (required first); the root picks one of them through ``$ref``s.
+    TGI's ``ToolGrammar::apply``: each function becomes an object schema with its
+    description, a constant ``_name`` (first, required) then its own properties and
+    required names, and ``additionalProperties`` false (true only for the string
+    ``"true"``, as TGI reads it); the root's ``function`` picks one through ``$ref``s.
+    Unlike TGI, the root also requires ``function``: without it the compiled regex lets
+    the model answer ``{}``, which is no call at all.
     """
     functions: dict[str, Any] = {}
     for tool in tools:
@@ -112,13 +115,16 @@ def tool_grammar(tools: tuple[Tool, ...]) -> dict[str, Any]:
             properties.update(arguments["properties"])
         if isinstance(arguments.get("required"), list):
             required.extend(arguments["required"])
-        functions[function.name] = {
-            "description": function.description or "",
-            "properties": properties,
-            "required": required,
-        }
+        schema: dict[str, Any] = {"description": function.description or ""}
+        if isinstance(function.schema, dict):
+            schema["additionalProperties"] = arguments.get("additionalProperties") == "true"
+        functions[function.name] = {**schema, "properties": properties, "required": required}
     refs = [{"$ref": f"#/$functions/{tool.function.name}"} for tool in tools]
-    return {"$functions": functions, "properties": {"function": {"anyOf": refs}}}
+    return {
+        "$functions": functions,
+        "properties": {"function": {"anyOf": refs}},
+        "required": ["function"],
+    }
 
 
 def messages_for_template(request: ChatRequest) -> list[dict[str, str]]:

@@ -10,9 +10,9 @@ Tokenization is behind the ``TextEncoder`` protocol: any object with TGI's ``enc
 semantics will do. Nothing here talks to the engine; ``ValidRequest.to_generation_request``
 builds the engine's message.
 
-Grammar-constrained decoding is not implemented yet, so any ``grammar`` (and so any
-``response_format`` or tool grammar from the chat route) is refused with TGI's own message
-for disabled grammar support, "grammar is not supported", at the step where TGI checks it.
+A ``grammar`` (a request's own, a chat ``response_format`` or a chat tool grammar) is
+checked last, as in TGI, and compiled to the regex ``ValidRequest.sampling.grammar``
+carries to the runner (``tgi_core.validation.grammar``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tgi_core.api.generate import GenerateParameters
 from tgi_core.contract import GenerationRequest, SamplingParams
 from tgi_core.errors import ValidationError
 from tgi_core.settings.slices import ValidationLimits
+from tgi_core.validation.grammar import compile_grammar
 
 __all__ = [
     "GenerateInput",
@@ -179,13 +180,16 @@ def validate_generate(
         raise ValidationError(msg)
     input_ids = _tokenize(request, encoder, truncate)
     max_new_tokens, chunk = _check_lengths(len(input_ids), params.max_new_tokens, limits)
+    grammar = None
     if params.grammar is not None:
-        # Not implemented yet (no constrained decoding in the engine): TGI's message for a
-        # router started with --disable-grammar-support.
-        raise ValidationError("grammar is not supported")
+        grammar = compile_grammar(
+            params.grammar, disable_grammar_support=limits.disable_grammar_support
+        )
 
     seed = params.seed if params.seed is not None else random_seed()
-    sampling = msgspec.structs.replace(sampling, seed=seed, top_n_tokens=top_n_tokens)
+    sampling = msgspec.structs.replace(
+        sampling, seed=seed, top_n_tokens=top_n_tokens, grammar=grammar
+    )
     return_full_text = params.return_full_text
     return ValidRequest(
         inputs=request.inputs,

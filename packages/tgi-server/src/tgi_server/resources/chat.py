@@ -7,6 +7,11 @@ last with ``finish_reason``; with ``stream_options.include_usage`` one more chun
 choices and the usage) ending with ``data: [DONE]``. Errors once streaming are one
 ``{"error": {"message", "http_status_code": 422}}`` event, still followed by ``[DONE]``.
 
+With tools in use the answer is read as a tool call (``tgi_server.tool_calls``): a
+``tool_calls`` message, or ``tool_calls`` deltas when streaming; when the model chooses
+``no_tool`` the request runs again without tools (no grammar, no tool prompt) and that
+text is the answer, as in TGI.
+
 Chat templating (``chat_input``, also used by ``/chat_tokenize`` and ``/vertex``) and the
 OpenAI helpers shared with ``/v1/completions`` live here too.
 """
@@ -15,10 +20,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import falcon
 import falcon.asgi
+import msgspec
 
 from tgi_core.api import (
     ChatCompletion,
@@ -48,6 +55,7 @@ from tgi_core.errors import (
 from tgi_core.tokenization import ChatTemplateError, TokenizerLike
 from tgi_core.validation import (
     GenerateInput,
+    ValidRequest,
     chat_to_generate,
     messages_for_template,
     select_tools,
@@ -58,6 +66,7 @@ from tgi_server.http_errors import count_request
 from tgi_server.middleware import request_body
 from tgi_server.resources import Served
 from tgi_server.streaming import DONE_EVENT, sse_event, sse_headers, start_stream
+from tgi_server.tool_calls import ToolCallStream, next_tool_call_id, parse_tool_call
 
 __all__ = ["ChatCompletions", "chat_input", "openai_finish_reason", "render_chat_prompt", "usage"]
 
@@ -80,18 +89,25 @@ class ChatCompletions:
         count_request(req, pipeline.metrics)
         started = time.perf_counter()
         generate_input = await chat_input(pipeline, request)
+        using_tools = select_tools(request) is not None
         if request.stream:
-            events = self._stream_events(request, generate_input, started)
+            events = self._stream_events(request, generate_input, started, using_tools)
             headers = sse_headers(self._served.compute_type, len(generate_input.inputs))
             start_stream(req, resp, events, headers)
             return
-        valid = await pipeline.validate(generate_input, stream=False)
-        generation = await pipeline.generate(valid, started)
-        if generation is None:
-            raise IncompleteGenerationError()
+        generation = await self._generate(generate_input, started)
+        message = OutputMessage(content=generation.text)
+        if using_tools:
+            call = parse_tool_call(generation.text)
+            if call is None:  # no_tool: TGI answers the request again, without tools
+                plain_input = await chat_input(pipeline, _without_tools(request))
+                generation = await self._generate(plain_input, started)
+                message = OutputMessage(content=generation.text)
+            else:
+                message = OutputMessage(tool_calls=[call])
         choice = ChatCompletionComplete(
             index=0,
-            message=OutputMessage(content=generation.text),
+            message=message,
             logprobs=_logprobs(generation.tokens, generation.top_tokens)
             if request.logprobs
             else None,
@@ -109,29 +125,40 @@ class ChatCompletions:
         resp.content_type = falcon.MEDIA_JSON
         resp.data = encode_json(completion)
 
+    async def _generate(self, generate_input: GenerateInput, started: float) -> Generation:
+        valid = await self._pipeline.validate(generate_input, stream=False)
+        generation = await self._pipeline.generate(valid, started)
+        if generation is None:
+            raise IncompleteGenerationError()
+        return generation
+
     def _model(self, request: ChatRequest) -> str:
         # Another model name selects a LoRA adapter, and is echoed back.
         model = request.model
         return self._served.model_id if model is None or model == "tgi" else model
 
     async def _stream_events(
-        self, request: ChatRequest, generate_input: GenerateInput, started: float
+        self,
+        request: ChatRequest,
+        generate_input: GenerateInput,
+        started: float,
+        using_tools: bool,
     ) -> AsyncIterator[bytes]:
         metrics = self._pipeline.metrics
         ended = False
         try:
             try:
                 valid = await self._pipeline.validate(generate_input, stream=True)
-                async for step in self._pipeline.stream(valid, started):
-                    yield sse_event(encode_json(self._chunk(request, step)))
-                    if step.generation is not None:
-                        ended = True
-                        if request.include_usage:
-                            yield sse_event(
-                                encode_json(self._usage_chunk(request, step.generation))
-                            )
-                if not ended:
-                    raise IncompleteGenerationStreamError()
+                tools = ToolCallStream(next_tool_call_id(request)) if using_tools else None
+                async for event in self._token_events(request, valid, started, tools):
+                    yield event
+                if tools is not None and tools.chose_no_tool:
+                    # TGI answers the request again, without tools, on the same stream
+                    plain_input = await chat_input(self._pipeline, _without_tools(request))
+                    valid = await self._pipeline.validate(plain_input, stream=True)
+                    async for event in self._token_events(request, valid, started, None):
+                        yield event
+                ended = True
                 metrics.request_success.inc()
             except TGIError as error:
                 ended = True
@@ -142,12 +169,50 @@ class ChatCompletions:
             if not ended:
                 metrics.record_failure("dropped")
 
-    def _chunk(self, request: ChatRequest, step: StreamStep) -> ChatCompletionChunk:
+    async def _token_events(
+        self,
+        request: ChatRequest,
+        valid: ValidRequest,
+        started: float,
+        tools: ToolCallStream | None,
+    ) -> AsyncIterator[bytes]:
+        """The chunks of one generation; stops early (aborting it) on ``no_tool``.
+
+        Raises:
+            IncompleteGenerationStreamError: the engine stream ended without a last token.
+        """
+        async with aclosing(self._pipeline.stream(valid, started)) as steps:
+            async for step in steps:
+                chunk = self._chunk(request, step, tools)
+                if tools is not None and tools.chose_no_tool:
+                    return
+                if chunk is not None:
+                    yield sse_event(encode_json(chunk))
+                if step.generation is not None:
+                    if request.include_usage:
+                        yield sse_event(encode_json(self._usage_chunk(request, step.generation)))
+                    return
+        raise IncompleteGenerationStreamError()
+
+    def _chunk(
+        self, request: ChatRequest, step: StreamStep, tools: ToolCallStream | None
+    ) -> ChatCompletionChunk | None:
+        """The chunk of one token (None while a tool call is buffered, as in TGI)."""
         token = step.token
         generation = step.generation
+        if tools is None:
+            delta = ChatCompletionDelta(content="" if token.special else token.text)
+        else:
+            piece = tools.push(token.text, special=token.special)
+            if piece is None:
+                return None
+            delta = piece.delta(tools.call_id)
+            # TGI's logprobs show the token's text as sent ("{" for the first piece)
+            text = token.text if piece.arguments is None else piece.arguments
+            token = Token(token.id, text, token.logprob, token.special)
         choice = ChatCompletionChoice(
             index=0,
-            delta=ChatCompletionDelta(content="" if token.special else token.text),
+            delta=delta,
             logprobs=_logprobs([token], [step.top_tokens]) if request.logprobs else None,
             finish_reason=None
             if generation is None
@@ -183,6 +248,10 @@ def usage(generation: Generation) -> Usage:
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
     )
+
+
+def _without_tools(request: ChatRequest) -> ChatRequest:
+    return msgspec.structs.replace(request, tools=None, response_format=None)
 
 
 def _logprobs(tokens: list[Token], top_tokens: list[list[Token]]) -> ChatCompletionLogprobs:
