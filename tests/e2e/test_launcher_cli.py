@@ -1,14 +1,15 @@
 """``text-generation-launcher`` before any model loads: help, version, bad flags, refusals.
 
-The real console script, as a user types it. ``--num-shard 2`` stops it before the engine
-starts (the torch runner runs one shard), which also shows ``-e/--env`` and the JSON log
-lines without loading the model.
+The real console script, as a user types it. A busy ``--prometheus-port`` stops it before
+the engine starts, which also shows ``-e/--env`` and the JSON log lines without loading the
+model.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,12 @@ def test_a_bad_flag_is_a_usage_error() -> None:
     assert "tip: a similar argument exists: '--port'" in unknown.stderr
 
 
-def test_sharding_is_refused_clearly_with_env_and_json_logs() -> None:
-    refused = run("--num-shard", "2", "-e", "--json-output")
+def test_busy_metrics_port_fails_clearly_with_env_and_json_logs() -> None:
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        refused = run("--prometheus-port", str(port), "-e", "--json-output")
     assert refused.returncode == 1
     records = [json.loads(line) for line in refused.stdout.splitlines()]
     for record in records:
@@ -60,8 +65,6 @@ def test_sharding_is_refused_clearly_with_env_and_json_logs() -> None:
     environment = next(message for message in messages if message.startswith("Runtime env"))
     assert "Python version: " in environment and "hpu-smi:\n" in environment
     errors = [record for record in records if record["level"] == "ERROR"]
-    assert [error["fields"]["message"] for error in errors] == [
-        "--num-shard 2: sharding is not supported yet (the torch runner of tgi_hpu_kernels "
-        "runs one shard); use --num-shard 1"
-    ]
+    assert len(errors) == 1
+    assert errors[0]["fields"]["message"].startswith(f"cannot listen on --prometheus-port {port}: ")
     assert messages[-1] == "Shutdown complete"

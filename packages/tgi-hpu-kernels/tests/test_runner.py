@@ -165,8 +165,3 @@ def test_bfloat16_stays_close_to_float32(tiny_checkpoint, make_runner):
     half = make_runner(folder, dtype="bfloat16").compute_logits(plan)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, full, atol=2e-2, rtol=0)
-
-
-def test_sharding_is_refused_until_implemented(tiny_checkpoint, make_runner):
-    with pytest.raises(ValueError, match="num_shard=2: tensor parallelism is not implemented"):
-        make_runner(tiny_checkpoint("llama")[0], num_shard=2)

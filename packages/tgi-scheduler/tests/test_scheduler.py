@@ -12,6 +12,7 @@ from tgi_core.contract import (
     DecodeShape,
     FinishReason,
     GenerationRequest,
+    ImageInput,
     PrefillItem,
     PrefillShape,
     RequestEvent,
@@ -349,3 +350,32 @@ def test_limits_are_checked(overrides: dict[str, Any], num_blocks: int, message:
     settings = replace(base, **overrides)
     with pytest.raises(ValueError, match=message):
         Scheduler(settings, BlockAllocator(num_blocks, 4), eos_token_ids=[2])
+
+
+def _image(data: bytes) -> ImageInput:
+    return ImageInput(data, "image/png", 8, 8)
+
+
+def test_prefix_cache_never_shares_blocks_across_images(make_engine: MakeEngine) -> None:
+    # Same ids (an image's placeholders are the same tokens whatever the image), other pixels.
+    engine, runner = make_engine()
+    for request_id, data in ((1, b"first"), (2, b"second"), (3, b"first")):
+        engine.add_request(req(request_id, 13, max_new_tokens=1, images=(_image(data),)))
+        run_until_idle(engine)
+    cached = [prefills_of(runner, i)[0].num_cached_tokens for i in (1, 2, 3)]
+    assert cached == [0, 0, 12]  # the same image again does hit
+    engine.add_request(req(4, 13, max_new_tokens=1))  # text only: not the image chains either
+    run_until_idle(engine)
+    assert prefills_of(runner, 4)[0].num_cached_tokens == 0
+    assert prefills_of(runner, 2)[0].images == (_image(b"second"),)
+
+
+def test_a_preempted_sequence_gets_its_images_again(make_engine: MakeEngine) -> None:
+    engine, runner = make_engine(num_kv_blocks=17, max_generation_chunk=16)
+    images = (_image(b"pixels"),)
+    engine.add_request(req(1, 8, max_new_tokens=40, first=100))
+    engine.add_request(req(2, 8, max_new_tokens=40, first=200, images=images))
+    run_until_idle(engine)
+    assert engine.stats().num_preemptions > 0
+    first, resumed = prefills_of(runner, 2)
+    assert first.images == resumed.images == images

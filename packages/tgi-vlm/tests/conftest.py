@@ -7,6 +7,7 @@ import base64
 import contextlib
 import io
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -251,3 +252,15 @@ def tiny_hf_processor(tiny_hf_image_processor: Any) -> Any:
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
     )
+
+
+@pytest.fixture(scope="session")
+def llava_folder(
+    tiny_checkpoint: Path, tiny_hf_image_processor: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny checkpoint with its preprocessor_config.json and tokenizer.json."""
+    folder = tmp_path_factory.mktemp("llava-serving") / "tiny-llava"
+    shutil.copytree(tiny_checkpoint, folder)
+    tiny_hf_image_processor.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

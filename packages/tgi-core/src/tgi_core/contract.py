@@ -30,6 +30,7 @@ __all__ = [
     "DecodeShape",
     "FinishReason",
     "GenerationRequest",
+    "ImageInput",
     "ModelRunner",
     "PrefillItem",
     "PrefillShape",
@@ -73,6 +74,18 @@ class SamplingParams(msgspec.Struct, frozen=True, gc=False):
     grammar: str | None = None
 
 
+class ImageInput(msgspec.Struct, frozen=True, gc=False):
+    """An image of a vision-language prompt, as the front end read it: the encoded bytes
+    (PNG, JPEG, ...), their MIME type and the decoded size. The prompt's ids already hold the
+    image's placeholder tokens; the runner turns the bytes into the features that replace them.
+    """
+
+    data: bytes
+    mimetype: str
+    height: int
+    width: int
+
+
 class PrefillShape(msgspec.Struct, frozen=True, gc=False, tag="prefill"):
     """The padded shape of a prefill step.
 
@@ -105,6 +118,8 @@ class PrefillItem(msgspec.Struct, frozen=True, gc=False):
     must not be recomputed. ``num_prompt_tokens`` tells the runner where the prompt ends, so
     that seeded sampling continues at the right step after a preemption. ``block_table``
     covers every token in ``token_ids`` plus the slot of the token this step generates.
+    ``images`` are the request's images, in prompt order (sent with every prefill, a
+    recompute's included): their features replace the prompt's image placeholder tokens.
     """
 
     seq_id: int
@@ -114,6 +129,7 @@ class PrefillItem(msgspec.Struct, frozen=True, gc=False):
     block_table: tuple[int, ...]
     sampling: SamplingParams
     prompt_logprobs: bool = False
+    images: tuple[ImageInput, ...] = ()
 
 
 class DecodeItem(msgspec.Struct, frozen=True, gc=False):
@@ -231,6 +247,8 @@ class GenerationRequest(msgspec.Struct, frozen=True, gc=False):
 
     ``max_new_tokens`` is the full target; the scheduler may run it in chunks.
     ``stop_sequences`` are matched on decoded text by the engine's stop checker.
+    ``images`` (vision-language models) are the prompt's images in order; ``prompt_ids``
+    already hold their placeholder tokens.
     """
 
     request_id: int
@@ -241,6 +259,7 @@ class GenerationRequest(msgspec.Struct, frozen=True, gc=False):
     ignore_eos: bool = False
     prompt_logprobs: bool = False
     adapter_id: str | None = None
+    images: tuple[ImageInput, ...] = ()
 
 
 class TokenEvent(msgspec.Struct, frozen=True, gc=False, tag="token"):

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -78,8 +79,13 @@ def allocate_kv_cache(
     config: ModelConfig,
     dtype: torch.dtype,
     num_kv_blocks: int | None = None,
+    *,
+    agree: Callable[[int], int] | None = None,
 ) -> KVCache:
-    """The KV pool for ``config``: ``num_kv_blocks`` blocks, or as many as memory allows."""
+    """The KV pool for ``config``: ``num_kv_blocks`` blocks, or as many as memory allows.
+
+    ``agree`` turns this process's count into the one every shard uses (their minimum).
+    """
     num_layers, num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
     if num_kv_blocks is None:
         per_block = KVCache.bytes_per_block(
@@ -90,6 +96,8 @@ def allocate_kv_cache(
             dtype=dtype,
         )
         num_kv_blocks = plan_num_kv_blocks(settings, device, per_block)
+    if agree is not None:
+        num_kv_blocks = agree(num_kv_blocks)
     return KVCache(
         num_layers=num_layers,
         num_blocks=num_kv_blocks,

@@ -36,7 +36,10 @@ from tgi_hpu_kernels.loader import load_model
 from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
+from tgi_hpu_kernels.parallel import start_tensor_parallel
 from tgi_hpu_kernels.profiling import StepProfiler
+from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
+from tgi_hpu_kernels.quantization import FP8Quantization, apply_quant_config
 from tgi_hpu_kernels.step_inputs import KVLayout, StepInputs, build_decode, build_prefill
 from tgi_hpu_kernels.warmup import DummySize, dummy_plan, dummy_sizes, run_warmup
 
@@ -50,16 +53,10 @@ logger = logging.getLogger(__name__)
 
 
 def _check_supported(settings: RunnerSettings) -> None:
-    if settings.num_shard > 1:
-        raise ValueError(
-            f"num_shard={settings.num_shard}: tensor parallelism is not implemented by "
-            "TorchModelRunner yet; run one shard"
+    if settings.kv_cache_dtype is not None:
+        logger.warning(
+            "kv_cache_dtype=%r is not supported yet and is ignored", settings.kv_cache_dtype
         )
-    for name in ("quant_config", "kv_cache_dtype"):
-        if getattr(settings, name) is not None:
-            logger.warning(
-                "%s=%r is not supported yet and is ignored", name, getattr(settings, name)
-            )
 
 
 class _StepModule(nn.Module):
@@ -70,8 +67,14 @@ class _StepModule(nn.Module):
         self.model = model
         self.kv = kv
 
-    def forward(self, input_ids: Tensor, positions: Tensor, attn: AttentionMetadata) -> Tensor:
-        hidden: Tensor = self.model(input_ids, positions, attn, self.kv)
+    def forward(
+        self,
+        input_ids: Tensor,
+        positions: Tensor,
+        attn: AttentionMetadata,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
+        hidden: Tensor = self.model(input_ids, positions, attn, self.kv, inputs_embeds)
         return hidden
 
 
@@ -89,6 +92,8 @@ class TorchModelRunner:
             ``grammar`` fails its step.
         eos_token_ids: ids that end generation besides the model config's (the tokenizer's,
             generation_config's); a grammar allows all of them where its text is complete.
+        prompt_embedder: writes image features over placeholder rows on prefills that carry
+            images (``tgi_vlm``); without it images are refused.
 
     The KV pool is allocated here, so ``num_kv_blocks`` is known right after construction.
     """
@@ -101,15 +106,37 @@ class TorchModelRunner:
         num_kv_blocks: int | None = None,
         token_bytes: Mapping[int, bytes] | None = None,
         eos_token_ids: Sequence[int] = (),
+        prompt_embedder: PromptEmbedder | None = None,
     ) -> None:
         _check_supported(settings)
+        self._prompt_embedder = prompt_embedder
         self._settings = settings
         self._device = device or select_device(settings.device, settings)
-        loaded = load_model(settings, backend=self._device, device=self._device.torch_device)
+        # num_shard > 1: rank 0 starts the other shards here (see parallel/)
+        self._parallel = start_tensor_parallel(
+            settings, backend=self._device.collective_backend, device=self._device.torch_device
+        )
+        group = self._parallel.group if self._parallel else None
+        loaded = load_model(
+            settings, backend=self._device, device=self._device.torch_device, group=group
+        )
         self._model = loaded.model
         self._config = c = loaded.config
         self._dtype = loaded.dtype
-        self._kv = allocate_kv_cache(settings, self._device, c, loaded.dtype, num_kv_blocks)
+        # QUANT_CONFIG: INC patches the layers before any graph wraps them (quantization.py)
+        self._quantization: FP8Quantization | None = (
+            apply_quant_config(self._model, settings.quant_config, loaded.dtype)
+            if settings.quant_config
+            else None
+        )
+        self._kv = allocate_kv_cache(
+            settings,
+            self._device,
+            c,
+            loaded.dtype,
+            num_kv_blocks,
+            agree=group.min_over_ranks if group else None,
+        )
         paged = self._device.reads_paged_kv(
             loaded.dtype,
             num_heads=c.num_attention_heads,
@@ -183,6 +210,26 @@ class TorchModelRunner:
             return self._execute(plan, record_shape=True)
 
     # -- the rest of the public surface -----------------------------------------------
+
+    def close(self) -> None:
+        """Rank 0 of several shards: stops the other shards (by PID, after a stop message).
+        Under a MEASURE ``QUANT_CONFIG`` it first writes INC's FP8 statistics. Otherwise a
+        no-op for one shard; call it once, when no step runs any more."""
+        if self._quantization is not None:
+            self._quantization.finalize()
+        if self._parallel is not None:
+            self._parallel.close()
+
+    @torch.inference_mode()
+    def serve_shard(self) -> None:
+        """Ranks > 0: runs each plan rank 0 sends (the forward pass only: rank 0 samples)
+        until rank 0 says stop."""
+        if self._parallel is None or self._parallel.rank == 0:
+            raise ValueError("serve_shard is for ranks > 0 of a tensor-parallel runner")
+        while (plan := self._parallel.group.receive_plan()) is not None:
+            if plan.num_sequences:
+                self._forward(plan)
+        self._parallel.group.leave()
 
     @property
     def config(self) -> ModelConfig:
@@ -284,9 +331,13 @@ class TorchModelRunner:
     def _forward(self, plan: StepPlan) -> tuple[Tensor, Tensor, StepInputs]:
         if plan.prefill and plan.decode:
             raise ValueError("a plan holds prefills or decodes, never both")
+        if self._parallel is not None and self._parallel.rank == 0:
+            self._parallel.group.send_plan(plan)  # every shard runs the same forward pass
         inputs = self._build(plan)
         self._model.rotary.ensure_length(inputs.max_seq_len)
         args: tuple[Any, ...] = (inputs.input_ids, inputs.positions, inputs.attn)
+        if any(item.images for item in plan.prefill):
+            args += (self._prompt_embeds(plan.prefill, inputs),)
         with self._device.matmul_context(inputs.input_ids.shape[0]):
             hidden = self._step(args, is_prefill=plan.is_prefill)
         rows = hidden.index_select(0, inputs.logits_index)
@@ -294,6 +345,13 @@ class TorchModelRunner:
             logits = self._model.compute_logits(rows)
         self._device.mark_step()
         return logits, hidden, inputs
+
+    def _prompt_embeds(self, items: Sequence[PrefillItem], inputs: StepInputs) -> Tensor:
+        if self._prompt_embedder is None:
+            raise ValueError("this model does not take images")
+        embeds: Tensor = self._model.model.embed_tokens(inputs.input_ids)
+        self._prompt_embedder(items, inputs.token_offsets, embeds)
+        return embeds
 
     def _execute(self, plan: StepPlan, *, record_shape: bool) -> StepOutput:
         sampler = self._sampler_for_step()

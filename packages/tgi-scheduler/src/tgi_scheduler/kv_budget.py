@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import itertools
 
+from tgi_core.contract import GenerationRequest
 from tgi_core.settings.slices import SchedulerSettings
 from tgi_scheduler.block_allocator import BlockAllocator
 from tgi_scheduler.buckets import blocks_for
 from tgi_scheduler.limits import token_budget
 from tgi_scheduler.policy import Admission
-from tgi_scheduler.prefix_cache import BlockHash, extend_block_hashes, root_hash
+from tgi_scheduler.prefix_cache import BlockHash, extend_block_hashes, images_root, root_hash
 from tgi_scheduler.sequence import Sequence
 
 __all__ = ["KVBudget"]
@@ -52,11 +53,13 @@ class KVBudget:
     def block_headroom(self) -> int:
         return self.allocator.num_available - self.outstanding_blocks
 
-    def _root(self, adapter_id: str | None) -> BlockHash:
+    def _root(self, request: GenerationRequest) -> BlockHash:
+        adapter_id = request.adapter_id
         root = self._roots.get(adapter_id)
         if root is None:
             root = self._roots[adapter_id] = root_hash(adapter_id)
-        return root
+        # Image placeholders are the same tokens for every image: never share across images.
+        return images_root(root, request.images) if request.images else root
 
     def probe(self, seq: Sequence) -> Admission:
         """What admitting ``seq`` takes: its prefix-cache hit, new tokens, reservation, cost."""
@@ -70,7 +73,7 @@ class KVBudget:
             num_full = (num_tokens - 1) // block_size
             hashes = seq.block_hashes
             if len(hashes) < num_full:
-                root = self._root(seq.request.adapter_id)
+                root = self._root(seq.request)
                 extend_block_hashes(hashes, seq.token_ids, block_size, num_full, root)
             cached = allocator.match_prefix(itertools.islice(hashes, num_full))
         num_cached_tokens = len(cached) * block_size
@@ -124,7 +127,7 @@ class KVBudget:
         num_full = seq.num_computed_tokens // self._block_size
         if num_full <= num_blocks_before or not self.allocator.prefix_caching:
             return
-        root = self._root(seq.request.adapter_id)
+        root = self._root(seq.request)
         extend_block_hashes(seq.block_hashes, seq.token_ids, self._block_size, num_full, root)
         for index in range(num_blocks_before, num_full):
             self.allocator.register(seq.block_ids[index], seq.block_hashes[index])

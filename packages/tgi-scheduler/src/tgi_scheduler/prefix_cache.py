@@ -4,7 +4,8 @@ A block's hash covers its tokens and, through its parent's hash, every token bef
 equal hashes mean equal prefixes. BLAKE2b (128-bit digests) rather than Python's ``hash``:
 a collision would hand one request another request's KV, and ``hash`` of ints is easy to
 collide on purpose. The chain starts from a root that names the LoRA adapter, so requests for
-different adapters never share KV.
+different adapters never share KV, and, for a prompt with images, the images' digests: their
+placeholder tokens are the same whatever the image, their KV is not.
 
 Where the hashed blocks live (the hash -> block map, reference counts, LRU eviction) is the
 allocator's business (``tgi_scheduler.block_allocator``); the sequence keeps its own chain.
@@ -16,7 +17,9 @@ from array import array
 from collections.abc import Sequence
 from hashlib import blake2b
 
-__all__ = ["BlockHash", "extend_block_hashes", "hash_block", "root_hash"]
+from tgi_core.contract import ImageInput
+
+__all__ = ["BlockHash", "extend_block_hashes", "hash_block", "images_root", "root_hash"]
 
 BlockHash = bytes
 
@@ -27,6 +30,14 @@ def root_hash(namespace: str | None) -> BlockHash:
     """The parent of a sequence's first block: one chain per adapter (``None``: base model)."""
     seed = b"" if namespace is None else b"adapter:" + namespace.encode()
     return blake2b(seed, digest_size=_DIGEST_SIZE).digest()
+
+
+def images_root(root: BlockHash, images: Sequence[ImageInput]) -> BlockHash:
+    """``root`` mixed with every image's bytes: one chain per (adapter, images) pair."""
+    digest = blake2b(root, digest_size=_DIGEST_SIZE)
+    for image in images:
+        digest.update(blake2b(image.data, digest_size=_DIGEST_SIZE).digest())
+    return digest.digest()
 
 
 def hash_block(parent: BlockHash, token_ids: Sequence[int]) -> BlockHash:

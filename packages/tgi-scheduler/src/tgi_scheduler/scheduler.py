@@ -243,6 +243,7 @@ class Scheduler:
             block_table=seq.block_table,
             sampling=seq.request.sampling,
             prompt_logprobs=seq.send_prompt_logprobs,
+            images=seq.request.images,
         )
 
     def _decode_plan(self) -> StepPlan:

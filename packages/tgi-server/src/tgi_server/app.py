@@ -18,6 +18,7 @@ from tgi_core.api import Info, encode_json
 from tgi_core.contract import WarmupReport
 from tgi_core.settings.slices import ServerSettings
 from tgi_core.tokenization import TokenIdsTokenizer, TokenizerLike
+from tgi_core.validation.generate import TextEncoder
 from tgi_server.__about__ import __version__
 from tgi_server.engine_client import EngineClient
 from tgi_server.generation import Pipeline, ValidationWorkers
@@ -82,6 +83,7 @@ def create_app(
     model_info: ModelInfo,
     *,
     metrics_dir: str | None = None,
+    prompt_encoder: TextEncoder | None = None,
 ) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
     """The ASGI app of one HTTP worker.
 
@@ -98,12 +100,16 @@ def create_app(
     Raises:
         ValueError: ``metrics_dir`` is given but prometheus-client is not in
             multiprocess mode.
+        prompt_encoder: a VLM's prompt encoder (``tgi_vlm``): prompts' markdown images
+            become placeholder tokens and images sent to the engine.
     """
     if settings.skip_tokenizer_in_tgi and not tokenizer.is_transparent:
         tokenizer = TokenIdsTokenizer.wrapping(tokenizer)
     metrics = ServerMetrics(settings.limits, multiprocess_dir=metrics_dir)
     workers = ValidationWorkers(settings.validation_workers)
-    pipeline = Pipeline(engine, tokenizer, settings.limits, metrics, workers)
+    pipeline = Pipeline(
+        engine, tokenizer, settings.limits, metrics, workers, encoder=prompt_encoder
+    )
     served = Served(
         model_id=model_info.model_id,
         compute_type=settings.compute_type,

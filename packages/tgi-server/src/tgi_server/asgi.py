@@ -31,6 +31,7 @@ from tgi_core.settings import Settings
 from tgi_core.tokenization import load_tokenizer
 from tgi_server.app import ModelInfo, create_app
 from tgi_server.engine_client import ZmqEngineClient
+from tgi_vlm.llava_next.prompt import prompt_encoder_for
 
 __all__ = ["build_app", "set_worker_index"]
 
@@ -97,6 +98,7 @@ def build_app(
         tokenizer,
         ModelInfo(model_id=settings.model_id),
         metrics_dir=server.metrics_dir,
+        prompt_encoder=prompt_encoder_for(settings.model_id, tokenizer),
     )
     app.add_middleware(EngineClientCloser(engine))
     return app

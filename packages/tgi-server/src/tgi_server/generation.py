@@ -29,6 +29,7 @@ from tgi_core.errors import GenerationError, OverloadedError, TGIError
 from tgi_core.settings.slices import ValidationLimits
 from tgi_core.tokenization import IncrementalDetokenizer, TokenizerLike
 from tgi_core.validation import GenerateLike, ValidRequest, validate_generate
+from tgi_core.validation.generate import TextEncoder
 from tgi_server.engine_client import EngineClient
 from tgi_server.metrics import ServerMetrics
 
@@ -227,6 +228,8 @@ class Pipeline:
         limits: the validation limits.
         metrics: where per-sequence durations and token counts go.
         workers: the validation thread pool.
+        encoder: what prompts are tokenized with, when not ``tokenizer`` (a VLM's
+            ``ImagePromptEncoder``, which also reads the prompt's images).
     """
 
     def __init__(
@@ -236,9 +239,12 @@ class Pipeline:
         limits: ValidationLimits,
         metrics: ServerMetrics,
         workers: ValidationWorkers,
+        *,
+        encoder: TextEncoder | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
+        self.encoder = encoder or tokenizer
         self.limits = limits
         self.metrics = metrics
         self.workers = workers
@@ -255,7 +261,7 @@ class Pipeline:
             validate_generate,
             request,
             self.limits,
-            self.tokenizer,
+            self.encoder,
             stream=stream,
             default_return_full_text=default_return_full_text,
         )

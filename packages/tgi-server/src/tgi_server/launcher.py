@@ -18,7 +18,8 @@ environment with ``-e/--env``, then ``Launcher(settings).run()``:
    whatever is still alive at the deadline is killed. Exit 0.
 
 The socket and metrics folders are per-run temporary folders, removed on the way out.
-Tensor-parallel shards (``--num-shard`` > 1) are refused until the runner supports them.
+Tensor-parallel shards (``--num-shard`` > 1) are the engine's children: it starts ranks
+1..N-1, stops them on the way out, and exits 1 when one dies (so supervision stops the rest).
 The HTTP app itself is ``tgi_server.asgi``; the engine process, ``tgi_server.engine``.
 """
 
@@ -184,7 +185,6 @@ class Launcher:
         self._stop.set()
 
     def _start(self) -> None:
-        self._refuse_sharding()
         self._metrics_listener = self._bind_metrics_listener()
         socket_dir = make_socket_dir()
         metrics_dir = Path(tempfile.mkdtemp(prefix="tgi-metrics-"))
@@ -226,15 +226,6 @@ class Launcher:
             raise StartupError(f"cannot listen on --prometheus-port {port}: {error}") from error
         logger.info("Serving metrics on %s:%d", self.server.hostname, listener.port)
         return listener
-
-    def _refuse_sharding(self) -> None:
-        if self.settings.num_shard > 1:
-            # TorchModelRunner refuses num_shard > 1 (no tensor parallelism yet): fail here,
-            # clearly, rather than after the model loads.
-            raise StartupError(
-                f"--num-shard {self.settings.num_shard}: sharding is not supported yet "
-                "(the torch runner of tgi_hpu_kernels runs one shard); use --num-shard 1"
-            )
 
     def _start_engine(self, path: Path) -> Child:
         logger.info("Starting the engine (rank 0)")

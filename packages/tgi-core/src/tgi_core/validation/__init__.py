@@ -24,6 +24,7 @@ from tgi_core.validation.completions import completion_to_generate, vertex_to_ge
 from tgi_core.validation.generate import (
     GenerateInput,
     GenerateLike,
+    ImagePromptEncoder,
     TextEncoder,
     ValidRequest,
     random_seed,
@@ -36,6 +37,7 @@ __all__ = [
     "NO_TOOL",
     "GenerateInput",
     "GenerateLike",
+    "ImagePromptEncoder",
     "TextEncoder",
     "ValidRequest",
     "adapter_id_for",

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from tgi_core.api.generate import GenerateParameters
-from tgi_core.contract import GenerationRequest, SamplingParams
+from tgi_core.contract import GenerationRequest, ImageInput, SamplingParams
 from tgi_core.errors import ValidationError
 from tgi_core.settings.slices import ValidationLimits
 from tgi_core.validation.grammar import compile_grammar
@@ -32,6 +32,7 @@ from tgi_core.validation.grammar import compile_grammar
 __all__ = [
     "GenerateInput",
     "GenerateLike",
+    "ImagePromptEncoder",
     "TextEncoder",
     "ValidRequest",
     "random_seed",
@@ -43,6 +44,21 @@ class TextEncoder(Protocol):
     """Turns text into token ids (the tokenizer's ``encode``)."""
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> Sequence[int]: ...
+
+
+@runtime_checkable
+class ImagePromptEncoder(Protocol):
+    """A vision-language model's encoder: the prompt's ids (each image as its placeholder
+    tokens, so length limits count image features, as TGI) and its images in order.
+
+    Raises ``ValidationError`` for a bad image (TGI's image messages).
+    """
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> Sequence[int]: ...
+
+    def encode_with_images(
+        self, text: str, *, add_special_tokens: bool = True
+    ) -> tuple[Sequence[int], tuple[ImageInput, ...]]: ...
 
 
 class GenerateLike(Protocol):
@@ -100,6 +116,7 @@ class ValidRequest(msgspec.Struct, frozen=True, kw_only=True):
     seed_was_set: bool
     adapter_id: str | None
     watermark: bool
+    images: tuple[ImageInput, ...] = ()
 
     def to_generation_request(
         self, request_id: int, *, ignore_eos: bool = False
@@ -114,6 +131,7 @@ class ValidRequest(msgspec.Struct, frozen=True, kw_only=True):
             ignore_eos=ignore_eos,
             prompt_logprobs=self.decoder_input_details,
             adapter_id=self.adapter_id,
+            images=self.images,
         )
 
     def with_random_seed(self) -> ValidRequest:
@@ -178,7 +196,7 @@ def validate_generate(
             f"Given: {truncate}"
         )
         raise ValidationError(msg)
-    input_ids = _tokenize(request, encoder, truncate)
+    input_ids, images = _tokenize(request, encoder, truncate)
     max_new_tokens, chunk = _check_lengths(len(input_ids), params.max_new_tokens, limits)
     grammar = None
     if params.grammar is not None:
@@ -210,6 +228,7 @@ def validate_generate(
         seed_was_set=params.seed is not None,
         adapter_id=params.adapter_id,
         watermark=params.watermark,
+        images=images,
     )
 
 
@@ -276,10 +295,20 @@ def _sampling_params(
     )
 
 
-def _tokenize(request: GenerateLike, encoder: TextEncoder, truncate: int | None) -> tuple[int, ...]:
-    """Rule 14: tokenize, then keep the last ``truncate`` tokens."""
+def _tokenize(
+    request: GenerateLike, encoder: TextEncoder, truncate: int | None
+) -> tuple[tuple[int, ...], tuple[ImageInput, ...]]:
+    """Rule 14: tokenize (images read here), then keep the last ``truncate`` tokens."""
+    images: tuple[ImageInput, ...] = ()
+    special = request.add_special_tokens
     try:
-        ids = tuple(encoder.encode(request.inputs, add_special_tokens=request.add_special_tokens))
+        if isinstance(encoder, ImagePromptEncoder):
+            encoded, images = encoder.encode_with_images(request.inputs, add_special_tokens=special)
+            ids = tuple(encoded)
+        else:
+            ids = tuple(encoder.encode(request.inputs, add_special_tokens=special))
+    except ValidationError:
+        raise  # an image error, already in TGI's words
     except Exception as exc:  # any tokenizer failure is the client's input, as in TGI
         raise ValidationError(f"tokenizer error {exc}") from exc
     if not ids:
@@ -288,7 +317,7 @@ def _tokenize(request: GenerateLike, encoder: TextEncoder, truncate: int | None)
         raise ValidationError("`inputs` cannot be empty")
     if truncate is not None and len(ids) > truncate:
         ids = ids[len(ids) - truncate :]
-    return ids
+    return ids, images
 
 
 def _check_lengths(

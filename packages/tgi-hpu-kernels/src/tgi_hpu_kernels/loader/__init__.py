@@ -7,14 +7,16 @@ for exact comparisons), so weights are never held twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.layers.rotary import RopeConfig, RotaryEmbedding
 from tgi_hpu_kernels.loader.gguf_weights import gguf_config, iter_gguf_tensors, open_gguf
+from tgi_hpu_kernels.loader.multimodal import language_model_config, language_model_weights
 from tgi_hpu_kernels.loader.safetensors_weights import iter_safetensors, read_hf_config
 from tgi_hpu_kernels.loader.source import (
     EMBEDDED_MODEL_FILE,
@@ -26,6 +28,10 @@ from tgi_hpu_kernels.loader.source import (
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM, ModelBackend
 from tgi_hpu_kernels.models.registry import resolve_model_class
+from tgi_hpu_kernels.parallel.sharding import add_row_parallel_reduce, shard_config, shard_weights
+
+if TYPE_CHECKING:
+    from tgi_hpu_kernels.parallel.group import TensorParallelGroup
 
 __all__ = [
     "EMBEDDED_MODEL_FILE",
@@ -63,7 +69,7 @@ def torch_dtype(name: str) -> torch.dtype:
 def _raw_config(source: ModelSource) -> dict[str, Any]:
     if source.kind == "gguf":
         return gguf_config(open_gguf(source.path))
-    return read_hf_config(source.path)
+    return language_model_config(read_hf_config(source.path))  # a VLM's text model
 
 
 def _rope_override(config: ModelConfig, settings: RunnerSettings) -> ModelConfig:
@@ -88,7 +94,11 @@ def read_model_config(settings: RunnerSettings) -> tuple[ModelSource, ModelConfi
 
 
 def load_model(
-    settings: RunnerSettings, *, backend: ModelBackend, device: torch.device
+    settings: RunnerSettings,
+    *,
+    backend: ModelBackend,
+    device: torch.device,
+    group: TensorParallelGroup | None = None,
 ) -> LoadedModel:
     """Builds and fills the model ``settings.model_id`` names.
 
@@ -97,6 +107,8 @@ def load_model(
             ``max_total_tokens`` (the rotary tables cover at least that many positions).
         backend: the device's attention and elementwise kernels.
         device: where the weights live.
+        group: this rank's tensor-parallel group: the model is built with its share of the
+            heads and MLP (``LoadedModel.config`` is that share) and loads its weight slices.
 
     Raises:
         ModelLoadError: the checkpoint cannot be found or read.
@@ -108,6 +120,8 @@ def load_model(
     raw = _raw_config(source)
     cls = resolve_model_class(raw)
     config = _rope_override(cls.parse_config(raw), settings)
+    if group is not None:
+        config = shard_config(config, group.num_shard)
     rotary = RotaryEmbedding(
         config.rope,
         head_dim=config.head_dim,
@@ -118,11 +132,19 @@ def load_model(
     )
     with torch.device("meta"):
         model = cls(config, backend=backend, rotary=rotary)
+    if group is not None:
+        add_row_parallel_reduce(model, group.all_reduce)
+        model.model.fuse_layers = False  # a fused stack would skip the all-reduces
     model = model.to(dtype).to_empty(device=device)
     model.tie_weights()
+    weights: Iterable[tuple[str, torch.Tensor]]
     if source.kind == "gguf":
-        model.load_weights(iter_gguf_tensors(open_gguf(source.path), raw))
+        weights = iter_gguf_tensors(open_gguf(source.path), raw)
     else:
-        model.load_weights(iter_safetensors(source.path))
+        full_config = read_hf_config(source.path)
+        weights = language_model_weights(full_config, iter_safetensors(source.path))
+    if group is not None:
+        weights = shard_weights(weights, rank=group.rank, num_shard=group.num_shard)
+    model.load_weights(weights)
     model.eval()
     return LoadedModel(model=model, config=config, source=source, dtype=dtype)

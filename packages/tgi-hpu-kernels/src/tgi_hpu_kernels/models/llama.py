@@ -142,6 +142,7 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
         self._kernels = backend
         self._specs: list[DecoderLayerSpec] = []
+        self.fuse_layers = True  # False: never the device's fused stack (tensor parallelism)
 
     def _layer_specs(self) -> list[DecoderLayerSpec]:
         """The layers' specs, rebuilt when the parameters were replaced (``.to()`` etc.)."""
@@ -157,12 +158,19 @@ class LlamaModel(nn.Module):
         sin: Tensor,
         attn: AttentionMetadata,
         kv: KVCache,
+        *,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
-        hidden = self.embed_tokens(input_ids)  # [N, hidden]
+        # inputs_embeds: a prompt's rows already embedded (a VLM's image features merged in)
+        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if not len(self.layers):
             out: Tensor = self.norm(hidden)
             return out
-        fused = self._kernels.decoder_stack(self._layer_specs(), hidden, (cos, sin), attn, kv)
+        fused = (
+            self._kernels.decoder_stack(self._layer_specs(), hidden, (cos, sin), attn, kv)
+            if self.fuse_layers
+            else None
+        )
         if fused is None:
             residual = hidden
             for i, layer in enumerate(self.layers):
@@ -208,11 +216,19 @@ class LlamaForCausalLM(nn.Module):
         )
 
     def forward(
-        self, input_ids: Tensor, positions: Tensor, attn: AttentionMetadata, kv: KVCache
+        self,
+        input_ids: Tensor,
+        positions: Tensor,
+        attn: AttentionMetadata,
+        kv: KVCache,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
-        """``input_ids``/``positions`` ``[N]`` -> normed hidden states ``[N, hidden]``."""
+        """``input_ids``/``positions`` ``[N]`` -> normed hidden states ``[N, hidden]``.
+
+        ``inputs_embeds`` ``[N, hidden]``, when given, replaces the embedding of ``input_ids``.
+        """
         cos, sin = self.rotary.lookup(positions)  # once per step, shared by every layer
-        hidden: Tensor = self.model(input_ids, cos, sin, attn, kv)
+        hidden: Tensor = self.model(input_ids, cos, sin, attn, kv, inputs_embeds=inputs_embeds)
         return hidden
 
     def compute_logits(self, hidden: Tensor) -> Tensor:

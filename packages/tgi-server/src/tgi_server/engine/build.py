@@ -27,7 +27,13 @@ from tgi_scheduler import Engine
 from tgi_scheduler.limits import token_budget
 from tgi_server.ipc.messages import EngineInfo
 
-__all__ = ["ReadyEngine", "build_engine", "describe_engine", "make_stop_checker_factory"]
+__all__ = [
+    "ReadyEngine",
+    "build_engine",
+    "close_runner",
+    "describe_engine",
+    "make_stop_checker_factory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +118,14 @@ def build_engine(
     dtype = device_type = ""
     if runner is None:
         from tgi_hpu_kernels import TorchModelRunner
+        from tgi_vlm.llava_next.embedder import prompt_embedder_for
 
+        runner_settings = settings.runner(rank=0)
         torch_runner = TorchModelRunner(
-            settings.runner(rank=0),
+            runner_settings,
             token_bytes=None if settings.disable_grammar_support else _token_bytes(tokenizer),
             eos_token_ids=tokenizer.eos_token_ids,
+            prompt_embedder=prompt_embedder_for(runner_settings),  # LLaVA-NeXT's images
         )
         dtype = str(torch_runner.dtype).removeprefix("torch.")
         device_type = torch_runner.device.name
@@ -149,6 +158,14 @@ def build_engine(
         model_device_type=device_type,
     )
     return ReadyEngine(engine, info)
+
+
+def close_runner(engine: Engine) -> None:
+    """Calls the engine's runner's ``close()`` where it has one (``TorchModelRunner``: stop
+    the other shards, write INC's FP8 measurements); once, after the last step."""
+    close = getattr(engine.runner, "close", None)
+    if callable(close):
+        close()
 
 
 def _token_bytes(tokenizer: TokenizerLike) -> dict[int, bytes] | None:

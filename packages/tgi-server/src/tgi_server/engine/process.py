@@ -36,7 +36,7 @@ import zmq
 
 from tgi_core.settings import HelpRequested, Settings, SettingsError
 from tgi_scheduler import Engine
-from tgi_server.engine.build import build_engine
+from tgi_server.engine.build import build_engine, close_runner
 from tgi_server.engine.loop import EngineLoop
 from tgi_server.ipc.messages import EngineInfo, Hello, HelloReply, decode_engine_message, encode
 from tgi_server.ipc.sockets import RouterTransport, endpoint, new_identity
@@ -83,12 +83,15 @@ def run_engine(settings: Settings, path: str | Path) -> None:
     """The engine process's body: build, warm up, then ``serve_engine`` (a 'spawn' target)."""
     configure_logging(settings.log_level, json_output=settings.json_output)
     ready = build_engine(settings)
-    serve_engine(
-        ready.engine,
-        ready.info,
-        path,
-        drain_timeout_s=float(settings.graceful_termination_timeout),
-    )
+    try:
+        serve_engine(
+            ready.engine,
+            ready.info,
+            path,
+            drain_timeout_s=float(settings.graceful_termination_timeout),
+        )
+    finally:  # after SIGTERM's drain too: the runner writes what must outlive the process
+        close_runner(ready.engine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

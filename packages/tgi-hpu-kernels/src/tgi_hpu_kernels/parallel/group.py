@@ -1,0 +1,97 @@
+"""The torch.distributed group of the shards, and the step plans rank 0 sends through it.
+
+``TensorParallelGroup.join`` initialises the default process group over TCP at
+``master_addr:master_port`` with the device's collective backend (gloo on the CPU, nccl on
+CUDA, hccl on Gaudi). Rank 0 sends each ``StepPlan`` as msgpack bytes (its length, then a
+uint8 tensor); a length of 0 tells the other ranks to stop. Starting and stopping the shard
+processes is ``shards.py``'s work.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from datetime import timedelta
+
+import msgspec
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from tgi_core.contract import StepPlan
+from tgi_core.settings.slices import RunnerSettings
+
+__all__ = ["TensorParallelGroup"]
+
+logger = logging.getLogger(__name__)
+
+# Shards wait in a broadcast while the engine is idle: the timeout must outlast any idle time.
+_TIMEOUT = timedelta(days=30)
+_PLAN_ENCODER = msgspec.msgpack.Encoder()
+_PLAN_DECODER = msgspec.msgpack.Decoder(StepPlan)
+
+
+class TensorParallelGroup:
+    """This process's place among ``num_shard`` ranks (one per device)."""
+
+    def __init__(self, rank: int, num_shard: int, device: torch.device) -> None:
+        self.rank = rank
+        self.num_shard = num_shard
+        self._device = device  # where collective tensors live (the CPU for gloo)
+
+    @classmethod
+    def join(
+        cls, settings: RunnerSettings, backend: str, device: torch.device
+    ) -> TensorParallelGroup:
+        """Joins (rank 0: creates) the group; blocks until every rank has joined."""
+        if backend == "hccl":  # registers the hccl backend with torch.distributed
+            importlib.import_module("habana_frameworks.torch.distributed.hccl")
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://{settings.master_addr}:{settings.master_port}",
+            rank=settings.rank,
+            world_size=settings.num_shard,
+            timeout=_TIMEOUT,
+        )
+        logger.info("rank %d of %d joined (%s)", settings.rank, settings.num_shard, backend)
+        comm_device = torch.device("cpu") if backend == "gloo" else device
+        return cls(settings.rank, settings.num_shard, comm_device)
+
+    def all_reduce(self, tensor: Tensor) -> None:
+        """Sums ``tensor`` over the ranks, in place."""
+        dist.all_reduce(tensor)
+
+    def min_over_ranks(self, value: int) -> int:
+        """The smallest ``value`` any rank holds (e.g. the KV blocks every rank can fit)."""
+        tensor = torch.tensor([value], dtype=torch.int64, device=self._device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return int(tensor.item())
+
+    def send_plan(self, plan: StepPlan) -> None:
+        """Rank 0: the plan every rank runs next."""
+        self._send_bytes(_PLAN_ENCODER.encode(plan))
+
+    def send_stop(self) -> None:
+        """Rank 0: tells the other ranks to leave their loop."""
+        self._send_bytes(b"")
+
+    def receive_plan(self) -> StepPlan | None:
+        """Ranks > 0: the next plan, or None when rank 0 said stop."""
+        length = torch.zeros(1, dtype=torch.int64, device=self._device)
+        dist.broadcast(length, src=0)
+        if not int(length.item()):
+            return None
+        data = torch.empty(int(length.item()), dtype=torch.uint8, device=self._device)
+        dist.broadcast(data, src=0)
+        return _PLAN_DECODER.decode(data.cpu().numpy().tobytes())
+
+    def leave(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _send_bytes(self, data: bytes) -> None:
+        length = torch.tensor([len(data)], dtype=torch.int64, device=self._device)
+        dist.broadcast(length, src=0)
+        if data:
+            payload = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self._device)
+            dist.broadcast(payload, src=0)

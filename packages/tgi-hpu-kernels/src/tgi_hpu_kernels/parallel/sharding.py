@@ -1,0 +1,91 @@
+"""Megatron-style tensor parallelism of the Llama family: what each rank holds.
+
+Each of ``N`` ranks holds ``1/N`` of the attention heads, KV heads and MLP columns:
+q/k/v and gate/up are split by output rows (column-parallel), o_proj and down_proj by input
+columns (row-parallel, followed by a sum over ranks). A row-parallel bias is kept by rank 0
+only, so the sum adds it once. Embeddings, norms and the LM head are replicated. The rank's
+model is simply the family's model built from ``shard_config``: nothing in the model code
+knows about ranks besides the all-reduce hooks ``add_row_parallel_reduce`` installs.
+The process group itself lives in ``group.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tgi_hpu_kernels.models.config import ModelConfig
+
+__all__ = ["add_row_parallel_reduce", "check_shardable", "shard_config", "shard_weights"]
+
+_COLUMN_PARALLEL = (".q_proj.", ".k_proj.", ".v_proj.", ".gate_proj.", ".up_proj.")
+_ROW_PARALLEL = (".o_proj.", ".down_proj.")
+
+
+def check_shardable(config: ModelConfig, num_shard: int) -> None:
+    """Raises ValueError (one line) when ``num_shard`` does not divide the heads or the MLP."""
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    if heads % num_shard or kv_heads % num_shard:
+        raise ValueError(
+            f"--num-shard {num_shard} must divide the model's attention heads ({heads}) and "
+            f"KV heads ({kv_heads}): pick a num_shard that divides both"
+        )
+    if config.intermediate_size % num_shard:
+        raise ValueError(
+            f"--num-shard {num_shard} must divide the model's intermediate_size "
+            f"({config.intermediate_size})"
+        )
+
+
+def shard_config(config: ModelConfig, num_shard: int) -> ModelConfig:
+    """The shape of one rank's model: ``1/num_shard`` of the heads and MLP width."""
+    check_shardable(config, num_shard)
+    return replace(
+        config,
+        num_attention_heads=config.num_attention_heads // num_shard,
+        num_key_value_heads=config.num_key_value_heads // num_shard,
+        intermediate_size=config.intermediate_size // num_shard,
+    )
+
+
+def _slice(tensor: Tensor, dim: int, rank: int, num_shard: int) -> Tensor:
+    size = tensor.shape[dim] // num_shard
+    return tensor.narrow(dim, rank * size, size).contiguous()
+
+
+def _shard_tensor(name: str, tensor: Tensor, rank: int, num_shard: int) -> Tensor:
+    if any(part in name for part in _COLUMN_PARALLEL):
+        return _slice(tensor, 0, rank, num_shard)
+    if any(part in name for part in _ROW_PARALLEL):
+        if name.endswith(".bias"):  # summed over ranks: only rank 0 adds it
+            return tensor if rank == 0 else torch.zeros_like(tensor)
+        return _slice(tensor, 1, rank, num_shard)
+    return tensor  # embeddings, norms, LM head: replicated
+
+
+def shard_weights(
+    weights: Iterable[tuple[str, Tensor]], *, rank: int, num_shard: int
+) -> Iterator[tuple[str, Tensor]]:
+    """Checkpoint tensors (HF names, full shapes) -> this rank's slices, lazily."""
+    for name, tensor in weights:
+        yield name, _shard_tensor(name, tensor, rank, num_shard)
+
+
+def add_row_parallel_reduce(model: nn.Module, all_reduce: Callable[[Tensor], None]) -> int:
+    """Sums every o_proj and down_proj output over the ranks (a forward hook, so parameter
+    names and the checkpoint mapping stay as they are). Returns how many hooks were added."""
+
+    def reduce(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+        all_reduce(output)
+        return output
+
+    count = 0
+    for name, module in model.named_modules():
+        if name.endswith((".o_proj", ".down_proj")):
+            module.register_forward_hook(reduce)
+            count += 1
+    return count

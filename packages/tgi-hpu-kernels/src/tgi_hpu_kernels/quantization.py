@@ -1,0 +1,154 @@
+"""FP8 inference through Intel Neural Compressor (INC), driven by ``QUANT_CONFIG``.
+
+TGI-Gaudi's two steps: a ``"mode": "MEASURE"`` config makes INC observe every patched layer's
+activations while traffic runs, and ``finalize()`` (called when the engine stops) writes the
+statistics under the config's ``dump_stats_path``; a ``"mode": "QUANTIZE"`` config then loads
+those statistics and swaps the layers for FP8 ones. INC patches modules by class name: the
+decoder layers' ``Linear`` projections (q/k/v, o, gate/up, down) become ``PatchedLinear``; the
+LM head (``LMHead``), embeddings and norms stay in the model's dtype.
+
+``neural_compressor`` is imported only when ``QUANT_CONFIG`` is set. What the layers run on
+(Gaudi FP8 matmuls, or quantize-dequantize in the model's dtype with ``use_qdq``) is the
+config's business, not this module's. The runner wiring lives in ``runner.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+__all__ = ["QUANT_MODES", "FP8Quantization", "apply_quant_config", "read_quant_config"]
+
+logger = logging.getLogger(__name__)
+
+QUANT_MODES = ("MEASURE", "QUANTIZE")
+
+# INC's names for the precision its quantize-dequantize and unpatched math run in
+_HP_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def read_quant_config(path: str | Path) -> dict[str, Any]:
+    """The JSON object at ``path``, with a ``mode`` of ``QUANT_MODES``.
+
+    Raises:
+        ValueError: a missing or unreadable file, invalid JSON, not an object, another mode
+            (one line naming QUANT_CONFIG and the path).
+    """
+    where = f"QUANT_CONFIG={path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read the file: {exc.strerror}") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(config).__name__}")
+    mode = config.get("mode")
+    if mode not in QUANT_MODES:
+        raise ValueError(f"{where}: 'mode' must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
+    return config
+
+
+class FP8Quantization:
+    """INC applied to a model: ``finalize()`` writes a MEASURE run's statistics (once)."""
+
+    def __init__(self, model: nn.Module, path: Path, config: dict[str, Any]) -> None:
+        self.model = model
+        self.path = path
+        self.mode: str = config["mode"]
+        self.dump_stats_path = str(config.get("dump_stats_path", "./hqt_output/measure"))
+        self._finalized = False
+
+    def finalize(self) -> None:
+        """MEASURE: write the observed statistics under ``dump_stats_path``; QUANTIZE: nothing."""
+        if self.mode != "MEASURE" or self._finalized:
+            return
+        self._finalized = True
+        from neural_compressor.torch.quantization import finalize_calibration
+
+        finalize_calibration(self.model)
+        logger.info("FP8 measurements written to %s*", self.dump_stats_path)
+
+
+def apply_quant_config(model: nn.Module, path: str | Path, dtype: torch.dtype) -> FP8Quantization:
+    """Prepares (MEASURE) or converts (QUANTIZE) ``model`` in place per the config at ``path``.
+
+    ``hp_dtype`` defaults to ``dtype`` (the model's): INC's patched layers answer in it.
+
+    Raises:
+        ValueError: see ``read_quant_config``; INC not installed; an ``hp_dtype`` other than
+            the model's; QUANTIZE without statistics for every patched layer.
+    """
+    path = Path(path)
+    config = read_quant_config(path)
+    where = f"QUANT_CONFIG={path}"
+    _set_hp_dtype(config, dtype, where)
+    config_class, prepare, convert = _import_inc(where)
+    # The device's fused decoder stack reads the weights itself and would bypass the
+    # patched layers (nothing measured, nothing quantized): run layer by layer instead.
+    for module in model.modules():
+        if hasattr(module, "fuse_layers"):
+            cast(Any, module).fuse_layers = False
+    fp8_config = config_class.from_dict(config)
+    if config["mode"] == "MEASURE":
+        prepare(model, fp8_config)
+    else:
+        _convert(model, fp8_config, convert, where)
+    logger.info("%s: FP8 %s on %d layers", where, config["mode"], _num_patched(model))
+    return FP8Quantization(model, path, config)
+
+
+def _set_hp_dtype(config: dict[str, Any], dtype: torch.dtype, where: str) -> None:
+    hp_dtype = _HP_DTYPES.get(dtype)
+    if hp_dtype is None:
+        raise ValueError(f"{where}: FP8 needs a bfloat16, float16 or float32 model, not {dtype}")
+    config.setdefault("hp_dtype", hp_dtype)
+    if str(config["hp_dtype"]).lower() != hp_dtype:
+        raise ValueError(
+            f"{where}: hp_dtype {config['hp_dtype']!r} differs from the model's dtype {hp_dtype!r}"
+        )
+
+
+def _import_inc(where: str) -> tuple[Any, Any, Any]:
+    """INC's ``FP8Config``, ``prepare`` and ``convert``, imported only when asked for."""
+    try:
+        from neural_compressor.torch.quantization import FP8Config, convert, prepare
+    except ImportError as exc:
+        raise ValueError(
+            f"{where}: Intel Neural Compressor is not installed ({exc}); "
+            "pip install neural-compressor-pt (Gaudi images ship it)"
+        ) from None
+    return FP8Config, prepare, convert
+
+
+def _convert(model: nn.Module, fp8_config: Any, convert: Any, where: str) -> None:
+    try:
+        convert(model, fp8_config)
+    except FileNotFoundError as exc:
+        raise ValueError(
+            f"{where}: QUANTIZE needs the statistics of a MEASURE run ({exc}); "
+            "serve traffic with a MEASURE config first"
+        ) from None
+    unmeasured = [
+        name
+        for name, module in model.named_modules()
+        if type(module).__name__ == "PatchedUnmeasuredModule"
+    ]
+    if unmeasured:
+        raise ValueError(
+            f"{where}: the statistics have no measurements for {len(unmeasured)} layers "
+            f"(e.g. {unmeasured[0]}): measure this model with a MEASURE config first"
+        )
+
+
+def _num_patched(model: nn.Module) -> int:
+    return sum(type(m).__name__.startswith("Patched") for m in model.modules())

@@ -1,0 +1,115 @@
+"""LLaVA-NeXT's prompt embedder: the runner's hook that puts image features in a prefill.
+
+``LlavaNextEmbedder`` implements ``tgi_hpu_kernels.prompt_embedding.PromptEmbedder``: for each
+prefill item with images it decodes and preprocesses them, runs the vision side once for the
+item, and writes the features over the item's ``<image>`` rows of this step (rows already in
+the prefix cache are skipped: their KV exists). ``prompt_embedder_for`` builds it for a
+runner's settings when the checkpoint is a ``llava_next`` folder, and returns None otherwise.
+The language model itself is the runner's (``tgi_hpu_kernels.loader.multimodal``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from tgi_core.contract import ImageInput, PrefillItem
+from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.loader import resolve_source, torch_dtype
+from tgi_vlm.llava_next.config import ImageProcessorConfig, LlavaNextConfig
+from tgi_vlm.llava_next.processing import preprocess
+from tgi_vlm.llava_next.vision import LlavaNextVision
+from tgi_vlm.llava_next.weights import load_llava_next_vision
+
+__all__ = ["LlavaNextEmbedder", "prompt_embedder_for"]
+
+
+class LlavaNextEmbedder:
+    """Image features over ``<image>`` rows (a ``PromptEmbedder``).
+
+    The vision side follows the embeddings it writes into: it moves to their device and
+    dtype on first use.
+    """
+
+    def __init__(
+        self, vision: LlavaNextVision, config: LlavaNextConfig, processor: ImageProcessorConfig
+    ) -> None:
+        self._vision = vision
+        self._config = config
+        self._processor = processor
+
+    @classmethod
+    def from_folder(cls, folder: Path, *, dtype: torch.dtype) -> LlavaNextEmbedder:
+        config = LlavaNextConfig.from_folder(folder)
+        vision = load_llava_next_vision(folder, dtype=dtype, config=config)
+        return cls(vision, config, ImageProcessorConfig.from_folder(folder))
+
+    def image_features(self, images: Sequence[ImageInput]) -> Tensor:
+        """``[num_image_tokens of all images, text hidden]``: the features, in prompt order."""
+        processed = [preprocess(Image.open(io.BytesIO(i.data)), self._processor) for i in images]
+        return torch.cat(self._vision.embed(processed))
+
+    @torch.inference_mode()
+    def __call__(
+        self, items: Sequence[PrefillItem], token_offsets: Sequence[int], inputs_embeds: Tensor
+    ) -> None:
+        weight = self._vision.multi_modal_projector.linear_1.weight
+        if (weight.device, weight.dtype) != (inputs_embeds.device, inputs_embeds.dtype):
+            self._vision.to(inputs_embeds.device, inputs_embeds.dtype)
+        for item, offset in zip(items, token_offsets, strict=False):
+            if item.images:
+                self._write(item, offset, inputs_embeds)
+
+    def _write(self, item: PrefillItem, offset: int, inputs_embeds: Tensor) -> None:
+        # Only the prompt's: a generated <image> token (in a recompute) is a plain token.
+        ids = torch.tensor(item.token_ids[: item.num_prompt_tokens], dtype=torch.int64)
+        positions = (ids == self._config.image_token_id).nonzero().flatten()
+        features = self.image_features(item.images)
+        if positions.numel() != features.shape[0]:
+            msg = (
+                "Image features and image tokens do not match, "
+                f"tokens: {positions.numel()}, features: {features.shape[0]}"
+            )
+            raise ValueError(msg)
+        new = positions >= item.num_cached_tokens  # cached rows have their KV already
+        rows = positions[new] - item.num_cached_tokens + offset
+        inputs_embeds[rows.to(inputs_embeds.device)] = features[new.to(features.device)]
+
+
+def prompt_embedder_for(settings: RunnerSettings) -> LlavaNextEmbedder | None:
+    """The embedder of ``settings.model_id`` when it is a LLaVA-NeXT checkpoint, else None.
+
+    Raises:
+        ValueError: ``num_shard`` > 1 (not supported yet), or ``max_input_tokens`` below
+            ``BASE_IMAGE_TOKENS``, TGI-Gaudi's smallest VLM prefill length (its warmup cannot
+            run then either).
+    """
+    source = resolve_source(settings)
+    if source.kind != "safetensors" or not is_llava_next(source.path):
+        return None
+    if settings.num_shard > 1:
+        # the shard processes build their runners without an embedder
+        raise ValueError("LLaVA-NeXT is served on one shard only (num_shard=1) for now")
+    if settings.max_input_tokens < settings.base_image_tokens:
+        msg = (
+            f"`max_input_tokens`({settings.max_input_tokens}) must be >= BASE_IMAGE_TOKENS"
+            f"({settings.base_image_tokens}) for a vision-language model: an image takes "
+            "thousands of prompt tokens; raise --max-input-tokens or lower BASE_IMAGE_TOKENS"
+        )
+        raise ValueError(msg)
+    return LlavaNextEmbedder.from_folder(source.path, dtype=torch_dtype(settings.dtype))
+
+
+def is_llava_next(folder: Path) -> bool:
+    """Whether ``folder/config.json`` names a ``llava_next`` model."""
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(raw, dict) and raw.get("model_type") == "llava_next"

@@ -1,0 +1,68 @@
+"""The front end's LLaVA-NeXT prompt encoder (torch-free): markdown images in, ids out.
+
+``LlavaNextPromptEncoder`` implements ``tgi_core.validation.ImagePromptEncoder``: it reads
+the prompt's ``![](url)`` images (``split_inputs``, TGI's messages on a bad image), tokenizes
+``tokenizer_query`` (each image as its ``<image>`` placeholders, so ``max_input_tokens``
+counts image features, as TGI's router does) and hands the images to the engine as
+``ImageInput``s. ``prompt_encoder_for`` builds it for a local ``llava_next`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from tgi_core.contract import ImageInput
+from tgi_core.validation.generate import TextEncoder
+from tgi_vlm.chunks import ImageChunk
+from tgi_vlm.fetch import DEFAULT_FETCH_LIMITS, FetchLimits
+from tgi_vlm.inputs import split_inputs
+from tgi_vlm.llava_next.config import LlavaNextConfig
+from tgi_vlm.llava_next.tokens import tokenizer_query
+
+__all__ = ["LlavaNextPromptEncoder", "prompt_encoder_for"]
+
+
+class LlavaNextPromptEncoder:
+    """``tokenizer`` with LLaVA-NeXT's image placeholders (an ``ImagePromptEncoder``)."""
+
+    def __init__(
+        self,
+        tokenizer: TextEncoder,
+        config: LlavaNextConfig,
+        limits: FetchLimits = DEFAULT_FETCH_LIMITS,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._config = config
+        self._limits = limits
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> Sequence[int]:
+        return self.encode_with_images(text, add_special_tokens=add_special_tokens)[0]
+
+    def encode_with_images(
+        self, text: str, *, add_special_tokens: bool = True
+    ) -> tuple[Sequence[int], tuple[ImageInput, ...]]:
+        chunks = split_inputs(text, self._limits)
+        query = tokenizer_query(chunks, self._config)
+        ids = self._tokenizer.encode(query, add_special_tokens=add_special_tokens)
+        images = tuple(
+            ImageInput(c.data, c.mimetype, c.height, c.width)
+            for c in chunks
+            if isinstance(c, ImageChunk)
+        )
+        return ids, images
+
+
+def prompt_encoder_for(
+    model_id: str, tokenizer: TextEncoder, limits: FetchLimits = DEFAULT_FETCH_LIMITS
+) -> LlavaNextPromptEncoder | None:
+    """The encoder for ``model_id`` when it is a local LLaVA-NeXT folder, else None."""
+    config_path = Path(model_id) / "config.json"
+    try:
+        raw = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(raw, dict) or raw.get("model_type") != "llava_next":
+        return None
+    return LlavaNextPromptEncoder(tokenizer, LlavaNextConfig.from_dict(raw), limits)

@@ -1,0 +1,115 @@
+"""LLaVA-NeXT through the HTTP app and the real engine (in process): ``/generate`` with a
+data-URL image answers transformers' greedy tokens; a bad image and a prompt whose image
+features exceed the limits get TGI's 422s; text-only prompts still work."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import pytest
+
+from tgi_core.settings import Settings
+from tgi_core.tokenization import load_tokenizer
+from tgi_server.app import ModelInfo, create_app
+from tgi_server.engine import InProcessEngine, build_engine
+from tgi_server.engine_client import InProcessEngineClient
+from tgi_vlm.llava_next import LlavaNextConfig, num_image_tokens
+from tgi_vlm.llava_next.prompt import LlavaNextPromptEncoder, prompt_encoder_for
+
+from .test_llava_serving import encoded, hf_tokens
+
+NUM_NEW = 6
+MAX_INPUT_TOKENS = 200
+MAX_TOTAL_TOKENS = 256
+
+
+class Served:
+    def __init__(self, folder: Path) -> None:
+        argv = [
+            "--model-id", str(folder), "--dtype", "float32", "--device", "cpu",
+            "--max-input-tokens", str(MAX_INPUT_TOKENS),
+            "--max-total-tokens", str(MAX_TOTAL_TOKENS),
+            "--max-batch-prefill-tokens", "512", "--max-batch-size", "4",
+            "--num-kv-blocks", "64",
+        ]  # fmt: skip
+        settings = Settings.from_sources(
+            argv, {"WARMUP_ENABLED": "false", "BASE_IMAGE_TOKENS": str(MAX_INPUT_TOKENS)}
+        )
+        ready = build_engine(settings)
+        self.engine = InProcessEngine(ready.engine, ready.info).start()
+        self.tokenizer = load_tokenizer(settings.model_id)
+        encoder = prompt_encoder_for(settings.model_id, self.tokenizer)
+        assert isinstance(encoder, LlavaNextPromptEncoder)
+        self.app = create_app(
+            settings.server(),
+            InProcessEngineClient(self.engine),
+            self.tokenizer,
+            ModelInfo.from_engine_info(ready.info),
+            prompt_encoder=encoder,
+        )
+        self.config = LlavaNextConfig.from_folder(folder)
+
+
+@pytest.fixture(scope="module")
+def served(llava_folder: Path) -> Iterator[Served]:
+    served = Served(llava_folder)
+    yield served
+    served.engine.stop()
+
+
+@pytest.fixture
+def client(served: Served) -> falcon.testing.TestClient:
+    return falcon.testing.TestClient(served.app)
+
+
+def markdown(data: bytes) -> str:
+    return f"![](data:image/png;base64,{base64.b64encode(data).decode()})"
+
+
+def generate(client: falcon.testing.TestClient, inputs: str) -> Any:
+    parameters = {"max_new_tokens": NUM_NEW, "details": True}
+    return client.simulate_post("/generate", json={"inputs": inputs, "parameters": parameters})
+
+
+def test_generate_with_an_image_answers_transformers_tokens(
+    client: falcon.testing.TestClient, tiny_hf_model: Any, tiny_hf_processor: Any
+) -> None:
+    image, image_input = encoded(40, 24, 1)
+    _, expected = hf_tokens(tiny_hf_model, tiny_hf_processor, "hello <image> world", [image])
+    result = generate(client, f"hello {markdown(image_input.data)} world")
+    assert result.status_code == 200, result.text
+    details = result.json["details"]
+    ids = [token["id"] for token in details["tokens"]]
+    assert ids == expected
+
+
+def test_text_only_prompt_is_served(client: falcon.testing.TestClient) -> None:
+    result = generate(client, "hello world hello")
+    assert result.status_code == 200, result.text
+
+
+def test_invalid_image_is_a_422(client: falcon.testing.TestClient) -> None:
+    result = generate(client, "hello ![](data:image/png;base64,AAA) world")
+    assert result.status_code == 422
+    assert result.json == {
+        "error": "Input validation error: base64 encoding is invalid: Invalid padding",
+        "error_type": "validation",
+    }
+
+
+def test_image_features_count_as_input_tokens(
+    client: falcon.testing.TestClient, served: Served
+) -> None:
+    _, image_input = encoded(64, 64, 2)
+    num_tokens = 2 + 3 * num_image_tokens(served.config, 64, 64)  # hello, world, 3 images
+    assert num_tokens + NUM_NEW > MAX_TOTAL_TOKENS
+    result = generate(client, "hello " + markdown(image_input.data) * 3 + " world")
+    assert result.status_code == 422
+    assert result.json["error"] == (
+        f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
+        f"{MAX_TOTAL_TOKENS}. Given: {num_tokens} `inputs` tokens and {NUM_NEW} `max_new_tokens`"
+    )
