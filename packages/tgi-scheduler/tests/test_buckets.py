@@ -122,9 +122,27 @@ def small_settings() -> st.SearchStrategy[SchedulerSettings]:
             pad_sequence_to_multiple_of=draw(st.integers(1, 70)),
             block_size=draw(st.integers(1, 32)),
             prefix_caching=draw(st.booleans()),
+            min_prefill_len=draw(st.one_of(st.just(1), st.integers(1, max_input))),
         )
 
     return build()
+
+
+def test_a_vision_language_floor_pads_every_prefill_to_base_image_tokens() -> None:
+    """TGI-Gaudi's VLM buckets: prefill lengths from BASE_IMAGE_TOKENS up, text prompts too."""
+    s = SchedulerSettings(
+        max_input_tokens=4096,
+        max_total_tokens=8192,
+        max_batch_prefill_tokens=16384,
+        max_batch_size=4,
+        pad_sequence_to_multiple_of=128,
+        min_prefill_len=2048,
+    )
+    assert prefill_len_bucket(10, s) == prefill_len_bucket(2048, s) == 2048
+    assert prefill_len_bucket(2049, s) == 2176
+    lengths = {shape.seq_len for shape in all_shapes(s) if isinstance(shape, PrefillShape)}
+    assert min(lengths) == 2048
+    assert lengths == {2048, *range(2176, 8192, 128), 8191}
 
 
 @settings(max_examples=60, deadline=None)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import falcon.testing
 import pytest
 
+from tgi_core.contract import PrefillShape
 from tgi_core.settings import Settings
 from tgi_core.tokenization import load_tokenizer
+from tgi_scheduler import all_shapes
 from tgi_server.app import ModelInfo, create_app
 from tgi_server.engine import InProcessEngine, build_engine
 from tgi_server.engine_client import InProcessEngineClient
@@ -25,6 +28,7 @@ from .test_llava_serving import encoded, hf_tokens
 NUM_NEW = 6
 MAX_INPUT_TOKENS = 200
 MAX_TOTAL_TOKENS = 256
+BASE_IMAGE_TOKENS = 128
 
 
 class Served:
@@ -36,10 +40,11 @@ class Served:
             "--max-batch-prefill-tokens", "512", "--max-batch-size", "4",
             "--num-kv-blocks", "64",
         ]  # fmt: skip
-        settings = Settings.from_sources(
-            argv, {"WARMUP_ENABLED": "false", "BASE_IMAGE_TOKENS": str(MAX_INPUT_TOKENS)}
-        )
+        environ = {"BASE_IMAGE_TOKENS": str(BASE_IMAGE_TOKENS), "PAD_SEQUENCE_TO_MULTIPLE_OF": "32"}
+        settings = Settings.from_sources(argv, environ)
         ready = build_engine(settings)
+        self.settings = settings
+        self.warmup = ready.info.warmup
         self.engine = InProcessEngine(ready.engine, ready.info).start()
         self.tokenizer = load_tokenizer(settings.model_id)
         encoder = prompt_encoder_for(settings.model_id, self.tokenizer)
@@ -113,3 +118,49 @@ def test_image_features_count_as_input_tokens(
         f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
         f"{MAX_TOTAL_TOKENS}. Given: {num_tokens} `inputs` tokens and {NUM_NEW} `max_new_tokens`"
     )
+
+
+def test_warmup_starts_the_prefills_at_base_image_tokens(
+    served: Served, client: falcon.testing.TestClient
+) -> None:
+    """TGI-Gaudi's VLM warmup: prefill lengths from BASE_IMAGE_TOKENS up, and nothing the
+    tests above ran (images or text) was left unwarmed."""
+    floor = replace(served.settings.scheduler(), min_prefill_len=BASE_IMAGE_TOKENS)
+    prefill_lengths = {s.seq_len for s in all_shapes(floor) if isinstance(s, PrefillShape)}
+    assert min(prefill_lengths) == BASE_IMAGE_TOKENS
+    assert served.warmup is not None
+    assert served.warmup.num_shapes == len(all_shapes(floor))
+    assert served.warmup.num_shapes < len(all_shapes(served.settings.scheduler()))
+    text = "text-only prompt"
+    assert generate(client, text).status_code == 200  # pads up to the floor: a warmed shape
+    metrics = client.simulate_get("/metrics").text.splitlines()
+    assert "tgi_unwarmed_shapes 0" in metrics
+
+
+def test_a_literal_image_placeholder_beside_an_image_is_a_422(
+    client: falcon.testing.TestClient,
+) -> None:
+    """One feature per placeholder: a stray ``<image>`` in the text is refused up front (the
+    runner would otherwise fail the whole prefill batch)."""
+    _, image_input = encoded(40, 24, 1)
+    result = generate(client, f"hello <image> {markdown(image_input.data)} world")
+    assert result.status_code == 422
+    assert result.json["error"] == (
+        "Input validation error: the prompt's text holds <image> placeholders of its own: "
+        "give images as ![](url) only"
+    )
+    assert generate(client, "text <image> alone").status_code == 200  # no image: plain token
+
+
+def test_truncating_a_prompt_with_images_is_a_422(client: falcon.testing.TestClient) -> None:
+    _, image_input = encoded(40, 24, 1)
+    body = {
+        "inputs": f"hello {markdown(image_input.data)} world",
+        "parameters": {"max_new_tokens": NUM_NEW, "truncate": 3},
+    }
+    result = client.simulate_post("/generate", json=body)
+    assert result.status_code == 422
+    assert result.json["error"].startswith(
+        "Input validation error: `truncate` must not cut a prompt with images: it has "
+    )
+    assert result.json["error"].endswith("tokens (images included). Given: 3")

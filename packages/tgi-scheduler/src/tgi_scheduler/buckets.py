@@ -7,7 +7,8 @@ Gaudi compiles one graph per tensor shape, so every step runs at a padded shape:
 - prefill batch: rounded up to a multiple of ``prefill_batch_bucket_size``
   (PREFILL_BATCH_BUCKET_SIZE), capped at ``max_batch_size``;
 - prefill length (new tokens per sequence): rounded up to a multiple of
-  ``pad_sequence_to_multiple_of`` (PAD_SEQUENCE_TO_MULTIPLE_OF), capped at
+  ``pad_sequence_to_multiple_of`` (PAD_SEQUENCE_TO_MULTIPLE_OF), at least ``min_prefill_len``
+  (BASE_IMAGE_TOKENS for a vision-language model, 1 otherwise), capped at
   ``max_prefill_len(settings)``;
 - decode block-table width (KV blocks per sequence): the "1.5x ladder" 1, 2, 3, 4, 6, 8, 12,
   16, 24, ... (powers of two and 1.5 times powers of two), capped at
@@ -83,7 +84,8 @@ def prefill_batch_bucket(batch_size: int, settings: SchedulerSettings) -> int:
 
 
 def prefill_len_bucket(seq_len: int, settings: SchedulerSettings) -> int:
-    return min(round_up(seq_len, settings.pad_sequence_to_multiple_of), max_prefill_len(settings))
+    padded = max(round_up(seq_len, settings.pad_sequence_to_multiple_of), settings.min_prefill_len)
+    return min(padded, max_prefill_len(settings))
 
 
 def block_buckets(settings: SchedulerSettings) -> tuple[int, ...]:

@@ -36,6 +36,9 @@ class SchedulerSettings:
     prefix_caching: bool = True
     max_generation_chunk: int = 1024
     ignore_eos_token: bool = False  # TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN (benchmark mode)
+    # The shortest prefill length bucket. A vision-language model's is BASE_IMAGE_TOKENS: as
+    # in TGI-Gaudi, its prefills are warmed up (and padded) from there to max_input_tokens.
+    min_prefill_len: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -316,6 +316,13 @@ def _tokenize(
         # token cannot be prefilled, so refuse it the way TGI refuses empty text.
         raise ValidationError("`inputs` cannot be empty")
     if truncate is not None and len(ids) > truncate:
+        if images:
+            # Cutting could split an image's placeholders from its features (TGI's Python
+            # side re-tokenizes; here the runner would fail the whole batch): refuse instead.
+            raise ValidationError(
+                f"`truncate` must not cut a prompt with images: it has {len(ids)} tokens "
+                f"(images included). Given: {truncate}"
+            )
         ids = ids[len(ids) - truncate :]
     return ids, images
 

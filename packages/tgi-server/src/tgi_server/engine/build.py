@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import NamedTuple
 
 from tgi_core.contract import GenerationRequest, ModelRunner, Shape, StopChecker, WarmupReport
@@ -116,17 +117,23 @@ def build_engine(
             tokenizer_config_path=settings.tokenizer_config_path,
         )
     dtype = device_type = ""
+    scheduler_settings = settings.scheduler()
     if runner is None:
         from tgi_hpu_kernels import TorchModelRunner
         from tgi_vlm.llava_next.embedder import prompt_embedder_for
 
         runner_settings = settings.runner(rank=0)
+        prompt_embedder = prompt_embedder_for(runner_settings)  # LLaVA-NeXT's images
         torch_runner = TorchModelRunner(
             runner_settings,
             token_bytes=None if settings.disable_grammar_support else _token_bytes(tokenizer),
             eos_token_ids=tokenizer.eos_token_ids,
-            prompt_embedder=prompt_embedder_for(runner_settings),  # LLaVA-NeXT's images
+            prompt_embedder=prompt_embedder,
         )
+        if prompt_embedder is not None:  # TGI-Gaudi warms a VLM's prefills from here up
+            scheduler_settings = replace(
+                scheduler_settings, min_prefill_len=settings.base_image_tokens
+            )
         dtype = str(torch_runner.dtype).removeprefix("torch.")
         device_type = torch_runner.device.name
         runner_eos_ids = torch_runner.eos_token_ids
@@ -136,7 +143,7 @@ def build_engine(
     # The tokenizer's EOS (generation_config included) first, then any the model config adds.
     eos_token_ids = tuple(dict.fromkeys((*tokenizer.eos_token_ids, *runner_eos_ids)))
     engine = Engine.create(
-        settings.scheduler(),
+        scheduler_settings,
         runner,
         eos_token_ids=eos_token_ids,
         stop_checker_factory=make_stop_checker_factory(tokenizer),

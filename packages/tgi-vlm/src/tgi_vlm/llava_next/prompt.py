@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tgi_core.contract import ImageInput
+from tgi_core.errors import ValidationError
 from tgi_core.validation.generate import TextEncoder
 from tgi_vlm.chunks import ImageChunk
 from tgi_vlm.fetch import DEFAULT_FETCH_LIMITS, FetchLimits
 from tgi_vlm.inputs import split_inputs
 from tgi_vlm.llava_next.config import LlavaNextConfig
-from tgi_vlm.llava_next.tokens import tokenizer_query
+from tgi_vlm.llava_next.tokens import IMAGE_TOKEN, num_image_tokens, tokenizer_query
 
 __all__ = ["LlavaNextPromptEncoder", "prompt_encoder_for"]
 
@@ -51,6 +52,15 @@ class LlavaNextPromptEncoder:
             for c in chunks
             if isinstance(c, ImageChunk)
         )
+        if images:
+            # The runner writes exactly one feature per placeholder: a literal `<image>` in
+            # the text would leave features and placeholders unmatched and fail the batch.
+            expected = sum(num_image_tokens(self._config, i.height, i.width) for i in images)
+            if list(ids).count(self._config.image_token_id) != expected:
+                raise ValidationError(
+                    f"the prompt's text holds {IMAGE_TOKEN} placeholders of its own: "
+                    "give images as ![](url) only"
+                )
         return ids, images
 
 
