@@ -4,14 +4,15 @@ One step: drop released sequences, register new prefills with the sampler, build
 tensors (``step_inputs``), run the model through the device's step runner (graphs where the
 device has them), take the logits of each real sequence's last token, sample, and answer
 one ``SequenceOutput`` per item in plan order. The runner owns device tensors only (weights,
-KV cache, graphs); request bookkeeping stays in the scheduler.
+KV cache, graphs); request bookkeeping stays in the scheduler, and the sampler and grammar
+state of live sequences in ``sequence_sampling.py``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,6 @@ from tgi_core.contract import (
     DecodeShape,
     PrefillItem,
     PrefillShape,
-    SamplingParams,
     SequenceOutput,
     Shape,
     StepOutput,
@@ -40,12 +40,9 @@ from tgi_hpu_kernels.parallel import start_tensor_parallel
 from tgi_hpu_kernels.profiling import StepProfiler
 from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
 from tgi_hpu_kernels.quantization import FP8Quantization, apply_quant_config
+from tgi_hpu_kernels.sequence_sampling import SequenceSampling
 from tgi_hpu_kernels.step_inputs import KVLayout, StepInputs, build_decode, build_prefill
 from tgi_hpu_kernels.warmup import DummySize, dummy_plan, dummy_sizes, run_warmup
-
-if TYPE_CHECKING:
-    from tgi_hpu_kernels.sampling import Sampler
-    from tgi_hpu_kernels.sampling.grammar import GrammarConstraints
 
 __all__ = ["TorchModelRunner"]
 
@@ -154,10 +151,16 @@ class TorchModelRunner:
         self._profiler = StepProfiler(
             settings.profile, rank=settings.rank, activities=self._device.profiler_activities()
         )
-        self._sampler: Sampler | None = None
-        self._token_bytes = token_bytes
         self._eos_token_ids = tuple(dict.fromkeys((*eos_token_ids, *c.eos_token_ids)))
-        self._grammar: GrammarConstraints | None = None  # built at the first grammar
+        # the sampler and grammar guides of live sequences (sequence_sampling.py)
+        self._sequences = SequenceSampling(
+            c.vocab_size,
+            self._device.torch_device,
+            watermark_gamma=settings.watermark_gamma,
+            watermark_delta=settings.watermark_delta,
+            token_bytes=token_bytes,
+            eos_token_ids=self._eos_token_ids,
+        )
         self._warmed: frozenset[Shape] | None = None
         self._unwarmed: set[Shape] = set()
         logger.info(
@@ -270,46 +273,6 @@ class TorchModelRunner:
 
     # -- internals --------------------------------------------------------------------
 
-    def _sampler_for_step(self) -> Sampler:
-        if self._sampler is None:
-            from tgi_hpu_kernels.sampling import Sampler
-
-            self._sampler = Sampler(
-                self._config.vocab_size,
-                self._device.torch_device,
-                watermark_gamma=self._settings.watermark_gamma,
-                watermark_delta=self._settings.watermark_delta,
-            )
-        return self._sampler
-
-    def _grammar_for_step(self) -> GrammarConstraints:
-        if self._grammar is None:
-            if self._token_bytes is None:
-                raise ValueError(
-                    "grammar-constrained generation needs the tokenizer's vocabulary: build "
-                    "TorchModelRunner with token_bytes=tgi_core.tokenization.token_bytes(tokenizer)"
-                )
-            from tgi_hpu_kernels.sampling.grammar import GrammarConstraints
-
-            self._grammar = GrammarConstraints(
-                self._token_bytes, self._eos_token_ids, self._device.torch_device
-            )
-        return self._grammar
-
-    def _add_sequence(self, sampler: Sampler, item: PrefillItem) -> None:
-        sampler.add_sequence(item.seq_id, item.sampling, item.token_ids, item.num_prompt_tokens)
-        if item.sampling.grammar is not None:
-            generated_ids = item.token_ids[item.num_prompt_tokens :]  # a recompute's tokens
-            self._grammar_for_step().add_sequence(item.seq_id, item.sampling.grammar, generated_ids)
-        elif self._grammar is not None:
-            self._grammar.release(item.seq_id)
-
-    def _release(self, sampler: Sampler, seq_ids: Sequence[int]) -> None:
-        for seq_id in seq_ids:
-            sampler.release(seq_id)
-            if self._grammar is not None:
-                self._grammar.release(seq_id)
-
     def _record_shape(self, shape: Shape) -> None:
         if self._warmed is not None and shape not in self._warmed and shape not in self._unwarmed:
             self._unwarmed.add(shape)
@@ -354,27 +317,18 @@ class TorchModelRunner:
         return embeds
 
     def _execute(self, plan: StepPlan, *, record_shape: bool) -> StepOutput:
-        sampler = self._sampler_for_step()
-        self._release(sampler, plan.released)
+        self._sequences.release(plan.released)
         if not plan.num_sequences:
             return StepOutput(step_id=plan.step_id, outputs=())
         if plan.shape is None:
             raise ValueError("a plan with sequences needs a shape")
         if record_shape:
             self._record_shape(plan.shape)
-        for item in plan.prefill:
-            self._add_sequence(sampler, item)
-        seq_ids = [item.seq_id for item in plan.prefill] or [item.seq_id for item in plan.decode]
-        grammar = self._grammar if self._grammar and self._grammar.num_sequences else None
-        # masks are written on the host before the forward pass, so they overlap the device
-        mask = grammar.prepare(seq_ids, self._config.vocab_size) if grammar else None
+        # grammar masks are written on the host before the forward pass, to overlap the device
+        step = self._sequences.prepare(plan)
         logits, hidden, inputs = self._forward(plan)
-        if grammar is not None and mask is not None:
-            grammar.apply_(mask, logits)
-        result = sampler.sample(seq_ids, logits)
-        if grammar is not None:
-            grammar.advance(seq_ids, result.token_ids)
-        prompt_logprobs = self._prompt_logprobs(plan, hidden, inputs, sampler)
+        result = self._sequences.sample(step, logits)
+        prompt_logprobs = self._prompt_logprobs(plan, hidden, inputs)
         outputs = tuple(
             SequenceOutput(
                 seq_id=seq_id,
@@ -383,12 +337,12 @@ class TorchModelRunner:
                 top_tokens=result.top_tokens[i],
                 prompt_logprobs=prompt_logprobs[i],
             )
-            for i, seq_id in enumerate(seq_ids)
+            for i, seq_id in enumerate(step.seq_ids)
         )
         return StepOutput(step_id=plan.step_id, outputs=outputs)
 
     def _prompt_logprobs(
-        self, plan: StepPlan, hidden: Tensor, inputs: StepInputs, sampler: Sampler
+        self, plan: StepPlan, hidden: Tensor, inputs: StepInputs
     ) -> list[tuple[float | None, ...] | None]:
         """Per item: None, or one logprob per prompt token (None where no logits exist:
         the first token, and tokens whose predecessor came from the prefix cache)."""
@@ -399,7 +353,7 @@ class TorchModelRunner:
             start, cached = inputs.token_offsets[i], item.num_cached_tokens
             new_tokens = item.token_ids[cached:]
             logits = self._model.compute_logits(hidden[start : start + len(new_tokens)])
-            values = sampler.prompt_logprobs(logits, new_tokens)
+            values = self._sequences.sampler.prompt_logprobs(logits, new_tokens)
             out[i] = ((None,) * cached + tuple(values))[: item.num_prompt_tokens]
         return out
 
@@ -408,10 +362,7 @@ class TorchModelRunner:
         plan = dummy_plan(
             shape, block_size=self.block_size, num_kv_blocks=self.num_kv_blocks, size=size
         )
-        sampler = self._sampler_for_step()
-        for item in plan.decode:  # dummy decodes need sampler state a prefill would have made
-            sampler.add_sequence(item.seq_id, SamplingParams(), (item.token_id,), 1)
+        self._sequences.add_dummy_decodes(plan.decode)
         self._execute(plan, record_shape=False)
-        for seq_id in [item.seq_id for item in plan.prefill] + [d.seq_id for d in plan.decode]:
-            sampler.release(seq_id)
+        self._sequences.release([i.seq_id for i in plan.prefill] + [d.seq_id for d in plan.decode])
         self._device.synchronize()

@@ -1,0 +1,140 @@
+"""``SequenceSampling``: the runner's per-sequence sampling state and one step's choice.
+
+It owns the ``Sampler`` (penalties, warpers, seeded draws) and, from the first constrained
+sequence on, the ``GrammarConstraints``; it registers prefills with both, releases what a plan
+releases, and turns a step's logits into tokens: grammar masks written on the host before the
+forward pass (``prepare``), applied to the logits, sampled, and the guides advanced over the
+chosen tokens (``sample``). Both parts are built lazily: the grammar one pulls in
+``outlines_core`` and needs the tokenizer's token bytes.
+
+What does not live here: the forward pass, step tensors and prompt logprobs (``runner.py``),
+the sampling maths (``sampling/``) and the regex guides themselves (``sampling/grammar.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from tgi_core.contract import DecodeItem, PrefillItem, SamplingParams, StepPlan
+
+if TYPE_CHECKING:
+    from tgi_hpu_kernels.sampling import Sampler, SampleResult
+    from tgi_hpu_kernels.sampling.grammar import GrammarConstraints, GrammarMask
+
+__all__ = ["PreparedStep", "SequenceSampling"]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedStep:
+    """One step's rows in plan order, and the grammar masks of its constrained rows."""
+
+    seq_ids: list[int]
+    grammar: GrammarConstraints | None  # None when no live sequence is constrained
+    mask: GrammarMask | None  # None when no row of this step is constrained
+
+
+class SequenceSampling:
+    """The sampler and grammar guides of the runner's live sequences.
+
+    Args:
+        vocab_size: the width of the model's logits.
+        device: where the sampler's tensors and the masks live.
+        watermark_gamma, watermark_delta: the sampler's watermark (``RunnerSettings``).
+        token_bytes: each non-special token id's raw bytes; without it a sequence with a
+            ``grammar`` fails its step.
+        eos_token_ids: every id that ends generation; a grammar allows them all where its
+            text is complete.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        device: torch.device,
+        *,
+        watermark_gamma: float,
+        watermark_delta: float,
+        token_bytes: Mapping[int, bytes] | None,
+        eos_token_ids: tuple[int, ...],
+    ) -> None:
+        self._vocab_size = vocab_size
+        self._device = device
+        self._watermark = (watermark_gamma, watermark_delta)
+        self._token_bytes = token_bytes
+        self._eos_token_ids = eos_token_ids
+        self._sampler: Sampler | None = None
+        self._grammar: GrammarConstraints | None = None  # built at the first grammar
+
+    @property
+    def sampler(self) -> Sampler:
+        """The sampler, built at first use."""
+        if self._sampler is None:
+            from tgi_hpu_kernels.sampling import Sampler
+
+            gamma, delta = self._watermark
+            self._sampler = Sampler(
+                self._vocab_size, self._device, watermark_gamma=gamma, watermark_delta=delta
+            )
+        return self._sampler
+
+    def release(self, seq_ids: Sequence[int]) -> None:
+        """Drop the sampler state and grammar guide of each id; unknown ids are ignored."""
+        sampler = self.sampler
+        for seq_id in seq_ids:
+            sampler.release(seq_id)
+            if self._grammar is not None:
+                self._grammar.release(seq_id)
+
+    def add_prefill(self, item: PrefillItem) -> None:
+        """Register a prefill (again after a preemption), replacing any state it had."""
+        self.sampler.add_sequence(
+            item.seq_id, item.sampling, item.token_ids, item.num_prompt_tokens
+        )
+        if item.sampling.grammar is not None:
+            generated_ids = item.token_ids[item.num_prompt_tokens :]  # a recompute's tokens
+            self._grammar_for_step().add_sequence(item.seq_id, item.sampling.grammar, generated_ids)
+        elif self._grammar is not None:
+            self._grammar.release(item.seq_id)
+
+    def add_dummy_decodes(self, items: Sequence[DecodeItem]) -> None:
+        """Warmup: give dummy decodes the greedy state a prefill would have made."""
+        sampler = self.sampler
+        for item in items:
+            sampler.add_sequence(item.seq_id, SamplingParams(), (item.token_id,), 1)
+
+    def prepare(self, plan: StepPlan) -> PreparedStep:
+        """Register the plan's prefills and write its grammar masks, before the forward pass
+        so that the host work overlaps the device."""
+        for item in plan.prefill:
+            self.add_prefill(item)
+        seq_ids = [item.seq_id for item in plan.prefill] or [item.seq_id for item in plan.decode]
+        grammar = self._grammar if self._grammar and self._grammar.num_sequences else None
+        mask = grammar.prepare(seq_ids, self._vocab_size) if grammar else None
+        return PreparedStep(seq_ids, grammar, mask)
+
+    def sample(self, step: PreparedStep, logits: Tensor) -> SampleResult:
+        """Mask ``logits`` ``[len(step.seq_ids), vocab]``, choose one token per row and move
+        the grammar guides over them."""
+        grammar, mask = step.grammar, step.mask
+        if grammar is not None and mask is not None:
+            grammar.apply_(mask, logits)
+        result = self.sampler.sample(step.seq_ids, logits)
+        if grammar is not None:
+            grammar.advance(step.seq_ids, result.token_ids)
+        return result
+
+    def _grammar_for_step(self) -> GrammarConstraints:
+        if self._grammar is None:
+            if self._token_bytes is None:
+                raise ValueError(
+                    "grammar-constrained generation needs the tokenizer's vocabulary: build "
+                    "TorchModelRunner with token_bytes=tgi_core.tokenization.token_bytes(tokenizer)"
+                )
+            from tgi_hpu_kernels.sampling.grammar import GrammarConstraints
+
+            self._grammar = GrammarConstraints(self._token_bytes, self._eos_token_ids, self._device)
+        return self._grammar
