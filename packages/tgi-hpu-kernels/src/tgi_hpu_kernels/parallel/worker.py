@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     from tgi_hpu_kernels.runner import TorchModelRunner
 
     runner = TorchModelRunner(settings)
-    runner.serve_shard()
+    try:
+        runner.serve_shard()
+    finally:
+        runner.close()  # under a MEASURE QUANT_CONFIG: this rank's FP8 statistics
     return 0
 
 
