@@ -28,12 +28,14 @@ from tgi_core.contract import (
 )
 from tgi_core.settings.slices import SchedulerSettings, ServerSettings, ValidationLimits
 from tgi_core.tokenization import Tokenizer
-from tgi_scheduler import Engine
 from tgi_server.app import ModelInfo, create_app
-from tgi_server.engine import InProcessEngine, describe_engine
-from tgi_server.engine.build import make_stop_checker_factory
 from tgi_server.engine_client import InProcessEngineClient
-from tgi_server.testing import read_stream, smollm2_tokenizer, sse_events
+from tgi_server.testing import (
+    read_stream,
+    smollm2_tokenizer,
+    sse_events,
+    start_inprocess_engine,
+)
 
 LIMITS = ValidationLimits(max_input_tokens=480, max_total_tokens=512)
 WEATHER = {
@@ -114,14 +116,8 @@ class ToolHarness:
             pad_sequence_to_multiple_of=128,
             block_size=16,
         )
-        engine = Engine.create(
-            scheduler,
-            self.runner,
-            eos_token_ids=self.tokenizer.eos_token_ids,
-            stop_checker_factory=make_stop_checker_factory(self.tokenizer),
-        )
-        self.info = describe_engine(engine, engine.warmup(), model_id="smollm2")
-        self.engine = InProcessEngine(engine, self.info).start()
+        self.engine = start_inprocess_engine(self.runner, self.tokenizer, scheduler)
+        self.info = self.engine.info
 
     def app(self, limits: ValidationLimits = LIMITS) -> Any:
         server = ServerSettings(model_id="smollm2", limits=limits)

@@ -36,7 +36,7 @@ from typing import Any
 import falcon.asgi
 import falcon.testing
 
-from tgi_core.contract import StepOutput, StepPlan
+from tgi_core.contract import ModelRunner, StepOutput, StepPlan
 from tgi_core.settings.resolve import EMBEDDED_MODEL_FILE
 from tgi_core.settings.slices import SchedulerSettings, ServerSettings, ValidationLimits
 from tgi_core.testing import smollm2_gguf, smollm2_tokenizer
@@ -64,6 +64,7 @@ __all__ = [
     "smollm2_gguf",
     "smollm2_tokenizer",
     "sse_events",
+    "start_inprocess_engine",
     "stream_request",
 ]
 
@@ -99,6 +100,20 @@ class ControlledRunner(FakeRunner):
         self.broken.clear()
 
 
+def start_inprocess_engine(
+    runner: ModelRunner, tokenizer: Tokenizer, scheduler: SchedulerSettings
+) -> InProcessEngine:
+    """An engine over ``runner`` (warmed up) running on a thread, as the unit tests use it."""
+    engine = Engine.create(
+        scheduler,
+        runner,
+        eos_token_ids=tokenizer.eos_token_ids,
+        stop_checker_factory=make_stop_checker_factory(tokenizer),
+    )
+    info = describe_engine(engine, engine.warmup(), model_id="smollm2")
+    return InProcessEngine(engine, info).start()
+
+
 class Harness:
     """An engine on a thread over a ``ControlledRunner``, and apps over it.
 
@@ -126,14 +141,8 @@ class Harness:
             block_size=16,
             queue_policy="fifo",
         )
-        engine = Engine.create(
-            scheduler,
-            self.runner,
-            eos_token_ids=self.tokenizer.eos_token_ids,
-            stop_checker_factory=make_stop_checker_factory(self.tokenizer),
-        )
-        self.info = describe_engine(engine, engine.warmup(), model_id="smollm2")
-        self.engine = InProcessEngine(engine, self.info).start()
+        self.engine = start_inprocess_engine(self.runner, self.tokenizer, scheduler)
+        self.info = self.engine.info
 
     def app(self, tokenizer: TokenizerLike | None = None, **settings: Any) -> App:
         """A new app (with its own engine client) over the engine; ``settings`` are
