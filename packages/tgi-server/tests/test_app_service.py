@@ -261,6 +261,12 @@ def test_skip_tokenizer_in_tgi_takes_and_returns_token_ids(harness: Harness) -> 
     assert refused.json["error"].startswith(
         "Input validation error: tokenizer error `inputs` must be"
     )
+    # Token ids spell no text to match: grammars are refused up front, as when disabled.
+    grammar = {"type": "regex", "value": "[0-9]+"}
+    body = {"inputs": "5, 6", "parameters": {"grammar": grammar}}
+    unspellable = client.simulate_post("/generate", json=body)
+    assert unspellable.status_code == 422
+    assert unspellable.json["error"] == "Input validation error: grammar is not supported"
 
 
 # --- over real sockets, with real clients ----------------------------------------------------

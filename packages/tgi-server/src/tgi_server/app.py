@@ -9,15 +9,16 @@ points call ``create_app`` with what the launcher prepared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 import falcon.asgi
 
 from tgi_core.api import Info, encode_json
 from tgi_core.contract import WarmupReport
-from tgi_core.settings.slices import ServerSettings
-from tgi_core.tokenization import TokenIdsTokenizer, TokenizerLike
+from tgi_core.settings.slices import ServerSettings, ValidationLimits
+from tgi_core.tokenization import TokenIdsTokenizer, TokenizerLike, VocabularyError, token_bytes
 from tgi_core.validation.generate import TextEncoder
 from tgi_server.__about__ import __version__
 from tgi_server.engine_client import EngineClient
@@ -41,6 +42,8 @@ from tgi_server.resources.vertex import Vertex
 from tgi_server.streaming import App
 
 __all__ = ["ModelInfo", "create_app"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,9 +110,8 @@ def create_app(
         tokenizer = TokenIdsTokenizer.wrapping(tokenizer)
     metrics = ServerMetrics(settings.limits, multiprocess_dir=metrics_dir)
     workers = ValidationWorkers(settings.validation_workers)
-    pipeline = Pipeline(
-        engine, tokenizer, settings.limits, metrics, workers, encoder=prompt_encoder
-    )
+    limits = _grammar_limits(settings.limits, tokenizer)
+    pipeline = Pipeline(engine, tokenizer, limits, metrics, workers, encoder=prompt_encoder)
     served = Served(
         model_id=model_info.model_id,
         compute_type=settings.compute_type,
@@ -170,3 +172,20 @@ def _info(settings: ServerSettings, model_info: ModelInfo) -> Info:
         version=__version__,
         docker_label=model_info.docker_label,
     )
+
+
+def _grammar_limits(limits: ValidationLimits, tokenizer: TokenizerLike) -> ValidationLimits:
+    """The limits, with grammars refused when ``tokenizer`` cannot spell each token's bytes.
+
+    The engine's grammar masks need those bytes (``token_bytes``); without them (token-id
+    inputs under SKIP_TOKENIZER_IN_TGI, a decoder we cannot read) a grammar is refused here
+    with TGI's ``--disable-grammar-support`` message instead of failing the engine's batch.
+    """
+    if limits.disable_grammar_support:
+        return limits
+    try:
+        token_bytes(tokenizer)
+    except VocabularyError as error:
+        logger.warning("grammars are refused: %s", error)
+        return replace(limits, disable_grammar_support=True)
+    return limits
