@@ -25,7 +25,7 @@ from typing import NamedTuple, ParamSpec, TypeVar
 
 from tgi_core.api import PrefillToken, Token
 from tgi_core.contract import FinishReason, RequestFailed, TokenEvent
-from tgi_core.errors import GenerationError, OverloadedError, TGIError
+from tgi_core.errors import GenerationError, IncompleteGenerationError, OverloadedError, TGIError
 from tgi_core.settings.slices import ValidationLimits
 from tgi_core.tokenization import IncrementalDetokenizer, TokenizerLike
 from tgi_core.validation import GenerateLike, ValidRequest, validate_generate
@@ -304,6 +304,19 @@ class Pipeline:
                 if step.generation is not None:
                     return step.generation
         return None
+
+    async def generate_complete(self, request: GenerateLike, started: float) -> Generation:
+        """Validate (not streaming) and generate one sequence, which must finish.
+
+        Raises:
+            ValidationError, OverloadedError, GenerationError: as ``validate``/``stream``.
+            IncompleteGenerationError: the engine stream ended without its final token.
+        """
+        valid = await self.validate(request, stream=False)
+        generation = await self.generate(valid, started)
+        if generation is None:
+            raise IncompleteGenerationError()
+        return generation
 
     async def generate_best_of(
         self, valid: ValidRequest, started: float

@@ -46,7 +46,6 @@ from tgi_core.api import (
 )
 from tgi_core.contract import FinishReason
 from tgi_core.errors import (
-    IncompleteGenerationError,
     IncompleteGenerationStreamError,
     TemplateError,
     TGIError,
@@ -95,13 +94,13 @@ class ChatCompletions:
             headers = sse_headers(self._served.compute_type, len(generate_input.inputs))
             start_stream(req, resp, events, headers)
             return
-        generation = await self._generate(generate_input, started)
+        generation = await pipeline.generate_complete(generate_input, started)
         message = OutputMessage(content=generation.text)
         if using_tools:
             call = parse_tool_call(generation.text)
             if call is None:  # no_tool: TGI answers the request again, without tools
                 plain_input = await chat_input(pipeline, _without_tools(request))
-                generation = await self._generate(plain_input, started)
+                generation = await pipeline.generate_complete(plain_input, started)
                 message = OutputMessage(content=generation.text)
             else:
                 message = OutputMessage(tool_calls=[call])
@@ -124,13 +123,6 @@ class ChatCompletions:
         resp.set_headers(generation_headers(generation, self._served.compute_type))
         resp.content_type = falcon.MEDIA_JSON
         resp.data = encode_json(completion)
-
-    async def _generate(self, generate_input: GenerateInput, started: float) -> Generation:
-        valid = await self._pipeline.validate(generate_input, stream=False)
-        generation = await self._pipeline.generate(valid, started)
-        if generation is None:
-            raise IncompleteGenerationError()
-        return generation
 
     def _model(self, request: ChatRequest) -> str:
         # Another model name selects a LoRA adapter, and is echoed back.

@@ -27,7 +27,6 @@ from tgi_core.api import (
     encode_json,
 )
 from tgi_core.errors import (
-    IncompleteGenerationError,
     IncompleteGenerationStreamError,
     TGIError,
     openai_stream_error_body,
@@ -81,18 +80,11 @@ class Completions:
             events = self._stream_events(streams, failures)
             start_stream(req, resp, events, self._stream_headers(inputs))
             return
-        generations = await run_all(self._generate(item, started) for item in inputs)
+        generations = await run_all(pipeline.generate_complete(item, started) for item in inputs)
         pipeline.metrics.request_success.inc()
         resp.set_headers(self._summed_headers(generations))
         resp.content_type = falcon.MEDIA_JSON
         resp.data = encode_json(self._completion(generations))
-
-    async def _generate(self, item: GenerateInput, started: float) -> Generation:
-        valid = await self._pipeline.validate(item, stream=False)
-        generation = await self._pipeline.generate(valid, started)
-        if generation is None:
-            raise IncompleteGenerationError()
-        return generation
 
     def _completion(self, generations: list[Generation]) -> Completion:
         choices = [

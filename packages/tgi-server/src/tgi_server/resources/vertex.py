@@ -14,7 +14,7 @@ import falcon
 import falcon.asgi
 
 from tgi_core.api import VertexResponse, decode_vertex, encode_json
-from tgi_core.errors import IncompleteGenerationError, TGIError, VertexInstanceError
+from tgi_core.errors import TGIError, VertexInstanceError
 from tgi_core.validation import GenerateInput, vertex_to_generate
 from tgi_server.generation import Pipeline, run_all
 from tgi_server.http_errors import count_request
@@ -51,8 +51,4 @@ class Vertex:
         resp.data = encode_json(VertexResponse(predictions=predictions))
 
     async def _predict(self, item: GenerateInput, started: float) -> str:
-        valid = await self._pipeline.validate(item, stream=False)
-        generation = await self._pipeline.generate(valid, started)
-        if generation is None:
-            raise IncompleteGenerationError()
-        return generation.full_text
+        return (await self._pipeline.generate_complete(item, started)).full_text
