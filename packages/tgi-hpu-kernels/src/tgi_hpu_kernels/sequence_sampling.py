@@ -81,6 +81,11 @@ class SequenceSampling:
             )
         return self._sampler
 
+    @property
+    def grammar(self) -> GrammarConstraints | None:
+        """The grammar guides, once a constrained sequence arrived (None before)."""
+        return self._grammar
+
     def release(self, seq_ids: Sequence[int]) -> None:
         """Drop the sampler state and grammar guide of each id; unknown ids are ignored."""
         sampler = self.sampler
