@@ -164,7 +164,9 @@ def test_tool_completion_and_vertex_errors(service: LaunchedService) -> None:
 def test_malformed_bodies_are_plain_text_rejections(service: LaunchedService) -> None:
     status, headers, body = call(service, "POST", "/generate", b"{")
     assert (status, headers["content-type"]) == (400, "text/plain; charset=utf-8")
-    assert body == b"Failed to parse the request body as JSON: EOF while parsing a value"
+    assert body == (
+        b"Failed to parse the request body as JSON: EOF while parsing an object at line 1 column 1"
+    )
     status, _, body = call(service, "POST", "/generate", b'{"parameters":{}}')
     assert status == 422
     assert body.startswith(b"Failed to deserialize the JSON body into the target type: ")

@@ -165,16 +165,34 @@ def test_vertex_instances_are_generate_or_chat() -> None:
 @pytest.mark.parametrize(
     ("data", "detail"),
     [
-        (b"", "EOF while parsing a value"),
-        (b'{"inputs":"x"', "EOF while parsing a value"),
-        (b'{"inputs":"x",}', "JSON is malformed: trailing comma in object (byte 14)"),
-        (b'{"inputs":"x"} x', "JSON is malformed: trailing characters (byte 16)"),
-        (b'{"inputs":"\xff"}', "invalid unicode code point"),
+        (b"", "EOF while parsing a value at line 1 column 0"),
+        (b'{"inputs":"x"', "EOF while parsing an object at line 1 column 13"),
+        (b'{"inputs":"x",}', "trailing comma at line 1 column 15"),
+        (b'{"inputs":"x"} x', "trailing characters at line 1 column 16"),
+        (b'{"inputs":"\xff"}', "invalid unicode code point at line 1 column 13"),
+        (b'{"inputs":"x",\n "parameters":{"seed":01}}', "invalid number at line 2 column 24"),
+        (b"[" * 129 + b"]" * 129, "recursion limit exceeded at line 1 column 129"),
+        (b'{"inputs":' + b"[" * 100_000, "recursion limit exceeded at line 1 column 138"),
     ],
 )
 def test_syntax_errors_are_400(data: bytes, detail: str) -> None:
     error = body_error(data, GenerateRequest)
     assert (error.status, error.message) == (400, SYNTAX + detail)
+    # the untyped decoders (/invocations, /vertex) answer the same
+    for decode in (decode_invocations, decode_vertex):
+        with pytest.raises(BodyError) as info:
+            decode(data)
+        assert (info.value.status, info.value.message) == (400, SYNTAX + detail)
+
+
+def test_nesting_up_to_serdes_limit_is_accepted() -> None:
+    value = b"[" * 127 + b"]" * 127  # 128 levels with the grammar object around it
+    body = b'{"inputs":"x","parameters":{"grammar":{"type":"json","value":' + value + b"}}}"
+    with pytest.raises(BodyError) as info:  # 129 levels in all
+        decode_body(body, GenerateRequest)
+    assert info.value.message.startswith(SYNTAX + "recursion limit exceeded")
+    shallower = body.replace(b"[]", b"1", 1).replace(b"[1]", b"1", 1)
+    assert decode_body(shallower, GenerateRequest).parameters.grammar is not None
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,9 @@ def test_a_body_that_is_not_json_is_a_400_in_plain_text(client: falcon.testing.T
     )
     assert result.status_code == 400
     assert result.headers["content-type"] == "text/plain; charset=utf-8"
-    assert result.text == "Failed to parse the request body as JSON: EOF while parsing a value"
+    assert result.text == (
+        "Failed to parse the request body as JSON: EOF while parsing an object at line 1 column 1"
+    )
 
 
 def test_a_body_of_the_wrong_shape_is_a_422_in_plain_text(

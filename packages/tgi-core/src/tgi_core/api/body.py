@@ -4,9 +4,11 @@ TGI's JSON extractor (axum 0.7) rejects a body before any TGI code runs, with a 
 answer, not the ``{"error", "error_type"}`` JSON: a syntax error is a 400 "Failed to parse
 the request body as JSON: ...", a body of the wrong shape is a 422 "Failed to deserialize
 the JSON body into the target type: ...". ``decode_body`` reproduces both as ``BodyError``.
-The text after the colon is msgspec's description reworded in serde's style (``missing
-field `inputs```, ``parameters.top_k: invalid type: str, expected int``); serde's
-``at line L column C`` suffix is not reproduced.
+A syntax error's text is serde_json's own, found by ``json_syntax.diagnose`` (never msgspec's
+wording, which changes between its releases), nesting deeper than serde's 128 levels
+included. A shape error's text is msgspec's description reworded in serde's style
+(``missing field `inputs```, ``parameters.top_k: invalid type: str, expected int``);
+serde's ``at line L column C`` suffix is not reproduced there.
 
 The content-type (415) and size (413) checks belong to the HTTP server; the 415 text is
 here so that both sides agree on it.
@@ -29,6 +31,7 @@ from tgi_core.api.chat import ChatRequest
 from tgi_core.api.completions import CompletionRequest
 from tgi_core.api.generate import CompatGenerateRequest
 from tgi_core.api.info import VertexInstance, VertexRequest
+from tgi_core.api.json_syntax import diagnose, too_deep
 
 __all__ = [
     "UNSUPPORTED_MEDIA_TYPE_MESSAGE",
@@ -77,14 +80,17 @@ def decode_body(data: bytes, type_: type[T]) -> T:
     """Decode a JSON request body into ``type_`` (a msgspec Struct or any msgspec type).
 
     Raises:
-        BodyError: 400 for malformed JSON (invalid UTF-8 included), 422 for JSON of the
-            wrong shape (missing or mistyped fields, out-of-range integers, an empty
-            ``prompt`` list, ...).
+        BodyError: 400 for malformed JSON (invalid UTF-8 and nesting deeper than 128
+            included), 422 for JSON of the wrong shape (missing or mistyped fields,
+            out-of-range integers, an empty ``prompt`` list, ...).
     """
+    _check_depth(data)
     try:
         return cast("T", _decoder(cast("Hashable", type_)).decode(data))
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise _body_error(exc) from None
+    except msgspec.ValidationError as exc:
+        raise BodyError(422, DATA_PREFIX + _serde_detail(str(exc))) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        raise _syntax_error(data) from None
 
 
 def decode_invocations(data: bytes) -> SagemakerRequest:
@@ -122,12 +128,20 @@ def decode_vertex(data: bytes) -> VertexRequest:
 
 
 def _parse(data: bytes) -> Any:
+    _check_depth(data)
     try:
         return msgspec.json.decode(data)
     except msgspec.ValidationError as exc:  # e.g. a number beyond the float range
         raise BodyError(422, DATA_PREFIX + _serde_detail(str(exc))) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise _body_error(exc) from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        raise _syntax_error(data) from None
+
+
+def _check_depth(data: bytes) -> None:
+    """serde_json's recursion limit, checked before decoding (msgspec allows ~1000 levels
+    and then raises RecursionError)."""
+    if too_deep(data):
+        raise _syntax_error(data)
 
 
 def _first_variant(value: Any, variants: tuple[type[T], ...], enum_name: str, where: str) -> T:
@@ -140,15 +154,12 @@ def _first_variant(value: Any, variants: tuple[type[T], ...], enum_name: str, wh
     raise BodyError(422, msg)
 
 
-def _body_error(exc: Exception) -> BodyError:
-    if isinstance(exc, msgspec.ValidationError):
-        return BodyError(422, DATA_PREFIX + _serde_detail(str(exc)))
-    if isinstance(exc, UnicodeDecodeError):
-        return BodyError(400, f"{SYNTAX_PREFIX}invalid unicode code point")
-    text = str(exc)
-    if text == "Input data was truncated":
-        text = "EOF while parsing a value"
-    return BodyError(400, SYNTAX_PREFIX + text)
+def _syntax_error(data: bytes) -> BodyError:
+    """serde_json's 400 for ``data``, which the decoder refused as malformed."""
+    detail = diagnose(data)
+    if detail is None:  # the decoder is stricter than serde somewhere: say where it balked
+        detail = "expected value at line 1 column 1"
+    return BodyError(400, SYNTAX_PREFIX + detail)
 
 
 def _serde_detail(text: str) -> str:
