@@ -13,6 +13,7 @@ from tgi_core.settings.kinds import (
     POSITIVE_INT,
     TEXT,
     choice,
+    number,
 )
 from tgi_core.settings.spec import BATCHING, GAUDI, MODEL, PROFILING, SERVER, Spec
 
@@ -228,6 +229,16 @@ _SERVER = (
         "The x-compute-type response header.",
         flag=False,
         default_doc="cpu+optimized on cpu, else gpu+optimized",
+    ),
+    Spec(
+        "engine_step_timeout",
+        SERVER,
+        number("a positive number", lambda x: x > 0),
+        120.0,
+        "Ours: the watchdog's deadline, in seconds, for one engine step (or idle poll). Past "
+        "it the engine is hung: /health answers 503 and the launcher kills the engine and "
+        "exits 1, so that an orchestrator restarts the service.",
+        flag=False,
     ),
     Spec(
         "engine_socket",

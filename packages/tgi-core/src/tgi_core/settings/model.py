@@ -125,6 +125,7 @@ class Settings:
     log_level: str
     graceful_termination_timeout: int
     compute_type: str
+    engine_step_timeout: float
     engine_socket: str | None
     metrics_dir: str | None
     otlp_endpoint: str | None
