@@ -257,6 +257,47 @@ _LIMIT_FIELDS = (
         "Tokenizer workers for payload validation and truncation (> 0).",
     ),
     Spec("payload_limit", LIMITS, POSITIVE_INT, 2_000_000, "Request body size limit, in bytes."),
+    Spec(
+        "max_image_fetch_size",
+        LIMITS,
+        POSITIVE_INT,
+        20 * 1024 * 1024,
+        "Vision models: the largest image, in bytes (fetched or data URL); a fetch stops "
+        "reading past it (TGI's router flag, whose default is 1 GiB).",
+        envs=("MAX_IMAGE_FETCH_SIZE", "MAX_IMAGE_BYTES"),
+    ),
+    Spec(
+        "max_images_per_request",
+        LIMITS,
+        POSITIVE_INT,
+        8,
+        "Vision models: the most images one prompt may hold (counted before any is read).",
+    ),
+    Spec(
+        "max_image_pixels",
+        LIMITS,
+        POSITIVE_INT,
+        7680 * 4320,
+        "Vision models: the most pixels (width x height) of an image, checked from its "
+        "header before it is decoded (decompression bombs).",
+    ),
+    Spec(
+        "image_fetch_timeout",
+        LIMITS,
+        _POSITIVE,
+        10.0,
+        "Vision models: seconds for all of one request's image fetches together (DNS, "
+        "connect, redirects and bodies).",
+    ),
+    Spec(
+        "image_fetch_allow_private",
+        LIMITS,
+        FLAG,
+        False,
+        "Vision models: allow image URLs that resolve to loopback, private, link-local, "
+        "multicast, reserved or unspecified addresses (refused by default; for tests and "
+        "private deployments).",
+    ),
     Spec("disable_grammar_support", LIMITS, FLAG, False, "Refuse grammar-constrained generation."),
     Spec(
         "enable_prefill_logprobs",

@@ -25,6 +25,7 @@ from tgi_core.settings.resolve import HostInfo, resolve
 from tgi_core.settings.slices import (
     DeviceName,
     DType,
+    ImageLimits,
     ProfileSettings,
     QueuePolicy,
     RunnerSettings,
@@ -80,6 +81,11 @@ class Settings:
     max_client_batch_size: int
     validation_workers: int
     payload_limit: int
+    max_image_fetch_size: int
+    max_images_per_request: int
+    max_image_pixels: int
+    image_fetch_timeout: float
+    image_fetch_allow_private: bool
     disable_grammar_support: bool
     enable_prefill_logprobs: bool
     watermark_gamma: float
@@ -291,6 +297,13 @@ class Settings:
             revision=self.revision,
             hf_token=self.hf_token,
             limits=self.validation_limits(),
+            images=ImageLimits(
+                max_image_fetch_size=self.max_image_fetch_size,
+                max_images_per_request=self.max_images_per_request,
+                max_image_pixels=self.max_image_pixels,
+                image_fetch_timeout=self.image_fetch_timeout,
+                image_fetch_allow_private=self.image_fetch_allow_private,
+            ),
             engine_socket=self.engine_socket,
             metrics_dir=self.metrics_dir,
         )

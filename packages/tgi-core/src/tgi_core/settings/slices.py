@@ -116,6 +116,18 @@ class ValidationLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageLimits:
+    """What a vision model's front end allows of a request's images (ours: TGI has only
+    ``--max-image-fetch-size``, at 1 GiB, and no address, count, pixel or time limit)."""
+
+    max_image_fetch_size: int = 20 * 1024 * 1024  # bytes of one image, fetched or data URL
+    max_images_per_request: int = 8
+    max_image_pixels: int = 7680 * 4320  # an 8K UHD frame
+    image_fetch_timeout: float = 10.0  # seconds for all of a request's fetches together
+    image_fetch_allow_private: bool = False  # loopback, private, link-local... addresses
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     """What the HTTP front end and the launcher need."""
 
@@ -138,5 +150,6 @@ class ServerSettings:
     revision: str | None = None
     hf_token: str | None = None
     limits: ValidationLimits = field(default_factory=ValidationLimits)
+    images: ImageLimits = field(default_factory=ImageLimits)
     engine_socket: str | None = None
     metrics_dir: str | None = None
