@@ -10,6 +10,7 @@ import random
 import shutil
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tgi_vlm.llava_next import ImageProcessorConfig
+
 MakeImage = Callable[..., bytes]
 DataUrl = Callable[[bytes, str], str]
 RandomImage = Callable[..., Image.Image]
@@ -27,6 +30,9 @@ SERVED_SIZE = (12, 20)  # (height, width) of the PNG the HTTP server serves
 NUM_LARGE_BYTES = 5000
 SLOW_HEADER_DELAY_S = 1.5
 SLOW_BODY_STEP_S = 0.05
+SLOW_IMAGE_DELAY_S = 0.3
+HUGE_DECLARED_BYTES = 10 << 30
+BOMB_SIDE = 8000  # 64 Mpixels (8 MB decoded as 1-bit) in a PNG of a few KB
 
 
 def random_image(height: int, width: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
@@ -73,9 +79,13 @@ def data_url() -> DataUrl:
 class _ImageHandler(BaseHTTPRequestHandler):
     """Routes: ``/image.png``, ``/missing`` (404 page), ``/large`` (with Content-Length),
     ``/large-unsized`` (no Content-Length, closed at the end), ``/slow-headers`` (answers
-    late), ``/slow-body`` (sends its body a byte at a time)."""
+    late), ``/slow-body`` (sends its body a byte at a time), ``/slow-image.png`` (the PNG after
+    ``SLOW_IMAGE_DELAY_S``), ``/huge`` (an endless body), ``/huge-declared`` (declares 10 GiB),
+    ``/bomb.png`` (a small PNG of ``BOMB_SIDE``² pixels), ``/redirect?to=<url>`` (302).
+    ``/redirect-loop`` (302 to itself)."""
 
     png: bytes = b""
+    bomb: bytes = b""
 
     def do_GET(self) -> None:
         routes: dict[str, Callable[[], None]] = {
@@ -85,8 +95,23 @@ class _ImageHandler(BaseHTTPRequestHandler):
             "/large-unsized": self._send_unsized,
             "/slow-headers": self._send_late,
             "/slow-body": self._send_slowly,
+            "/slow-image.png": self._send_after_a_while,
+            "/huge": self._send_endlessly,
+            "/huge-declared": self._send_declared_huge,
+            "/bomb.png": lambda: self._send(200, self.bomb, "image/png"),
+            "/redirect-loop": lambda: self._redirect("/redirect-loop"),
         }
-        routes.get(self.path, lambda: self._send(404, b"", "text/plain"))()
+        path, _, query = self.path.partition("?")
+        if path == "/redirect":
+            self._redirect(urllib.parse.parse_qs(query)["to"][0])
+            return
+        routes.get(path, lambda: self._send(404, b"", "text/plain"))()
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -119,6 +144,29 @@ class _ImageHandler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(SLOW_BODY_STEP_S)
 
+    def _send_after_a_while(self) -> None:
+        time.sleep(SLOW_IMAGE_DELAY_S)
+        with contextlib.suppress(OSError):
+            self._send(200, self.png, "image/png")
+
+    def _send_endlessly(self) -> None:
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+        with contextlib.suppress(OSError):  # until the client hangs up (or 1 GiB)
+            for _ in range(1024):
+                self.wfile.write(b"\0" * (1 << 20))
+
+    def _send_declared_huge(self) -> None:
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(HUGE_DECLARED_BYTES))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(b"\0" * 1000)
+
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: no access log on stderr."""
 
@@ -136,7 +184,8 @@ class ImageServer:
 def image_server(make_image: MakeImage) -> Iterator[ImageServer]:
     """A real HTTP server on 127.0.0.1 (port chosen by the OS), stopped at teardown."""
     png = make_image(*SERVED_SIZE, seed=7)
-    handler = type("Handler", (_ImageHandler,), {"png": png})
+    bomb = encode_image(Image.new("1", (BOMB_SIDE, BOMB_SIDE)), "PNG")
+    handler = type("Handler", (_ImageHandler,), {"png": png, "bomb": bomb})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -160,6 +209,14 @@ def image_server(make_image: MakeImage) -> Iterator[ImageServer]:
 TINY_PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 TINY_IMAGE_TOKEN_ID = 100
 TINY_VOCAB_SIZE = 128
+# Our options for tiny_hf_image_processor (what its saved preprocessor_config.json reads as).
+TINY_PROCESSOR = ImageProcessorConfig.from_dict(
+    {
+        "size": {"shortest_edge": 32},
+        "crop_size": {"height": 32, "width": 32},
+        "image_grid_pinpoints": TINY_PINPOINTS,
+    }
+)
 
 
 def build_tiny_hf_config(**overrides: Any) -> Any:

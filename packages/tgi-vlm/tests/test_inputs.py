@@ -4,16 +4,23 @@ errors TGI's router answers for bad images."""
 from __future__ import annotations
 
 import base64
+import re
+import struct
+import subprocess
+import sys
+import zlib
 from typing import Any
 
 import pytest
 
 from tgi_core.errors import ValidationError
+from tgi_core.settings.slices import ImageLimits
 from tgi_vlm import (
     ImageChunk,
     ImageInputError,
     TextChunk,
     has_images,
+    image_spans,
     images_of,
     split_inputs,
 )
@@ -165,3 +172,74 @@ def test_url_ends_at_the_first_closing_parenthesis(png: bytes) -> None:
     encoded = base64.b64encode(png).decode()
     prompt = f"![](data:image/png;base64,{encoded})) tail"
     assert split_inputs(prompt)[1:] == [TextChunk(") tail")]
+
+
+# TGI's regex, the reference for where images are (too slow for hostile prompts to use).
+TGI_IMAGE_MARKDOWN = re.compile(r"!\[\]\([^)]*\)")
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["", "![](", "![]()", "a![](b)c![](d))e", "![](![](x)", "!![](x)![]y)", "![](\n)\n![](x"],
+)
+def test_image_spans_are_the_regex_matches(prompt: str) -> None:
+    expected = [match.span() for match in TGI_IMAGE_MARKDOWN.finditer(prompt)]
+    assert list(image_spans(prompt)) == expected
+
+
+def test_parsing_a_hostile_prompt_is_linear() -> None:
+    """``"![](" * n`` costs the regex n²/2 steps: 200,000 of them took ~3 minutes. Parsed in
+    a child process with a generous bound (it takes milliseconds), so that a regression
+    fails instead of freezing the test run."""
+    code = (
+        "from tgi_vlm import has_images, image_spans, split_inputs\n"
+        "for prompt in ('![](' * 200_000, '![](' * 200_000 + ')', 'x![]' * 200_000):\n"
+        "    has_images(prompt); list(image_spans(prompt))\n"
+        "assert len(split_inputs('![](' * 200_000 + 'x![]' * 200_000)) == 1\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_images_are_counted_before_any_is_read(png: bytes, data_url: Any) -> None:
+    limits = ImageLimits(max_images_per_request=2)
+    assert len(images_of(split_inputs(data_url(png, "image/png") * 2, limits))) == 2
+    # The third is not even a valid image: the count is checked first.
+    with pytest.raises(ImageInputError) as raised:
+        split_inputs(data_url(png, "image/png") * 2 + "![](ftp://x)", limits)
+    assert raised.value.detail == "`inputs` supports up to 2 images. Given: 3"
+    with pytest.raises(ImageInputError) as raised:
+        split_inputs("![]()" * 100_000)
+    assert raised.value.detail == "`inputs` supports up to 8 images. Given: 100000"
+
+
+def test_a_data_url_over_the_size_limit(png: bytes, data_url: Any) -> None:
+    limits = ImageLimits(max_image_fetch_size=len(png) - 1)
+    with pytest.raises(ImageInputError) as raised:
+        split_inputs(data_url(png, "image/png"), limits)
+    assert raised.value.detail == (
+        f"Image size {len(png)} bytes exceeds maximum allowed size of {len(png) - 1} bytes"
+    )
+
+
+def test_pixels_are_checked_from_the_header(png: bytes, data_url: Any) -> None:
+    with pytest.raises(ImageInputError) as raised:
+        split_inputs(data_url(png, "image/png"), ImageLimits(max_image_pixels=34))
+    assert raised.value.detail == "invalid image: Image size (35 pixels) exceeds limit of 34 pixels"
+    [chunk] = split_inputs(data_url(png, "image/png"), ImageLimits(max_image_pixels=35))
+    assert (chunk.height, chunk.width) == (5, 7)
+
+
+def test_a_header_beyond_pillows_own_bound_is_refused_unread(data_url: Any) -> None:
+    """A PNG whose header claims 100,000² pixels and holds none: refused (by Pillow's own
+    decompression-bomb bound, which fires first) without decoding anything."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    fake = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+    fake += chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageInputError) as raised:
+        split_inputs(data_url(fake, "image/png"))
+    assert raised.value.detail.startswith("invalid image: Image size (10000000000 pixels) exceeds")

@@ -1,16 +1,25 @@
 """``preprocess`` against transformers 5's ``LlavaNextImageProcessorPil``: the same pixel
-values, patch for patch (transformers' batch padding of patches aside)."""
+values, patch for patch (transformers' batch padding of patches aside); the split between the
+front end (raw patches) and the engine (pixel values, no decoding)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
+from tgi_core.contract import ImageInput
+from tgi_core.settings.slices import ImageLimits
+from tgi_vlm import ImageInputError
 from tgi_vlm.llava_next import ImageProcessorConfig, preprocess
-from tgi_vlm.llava_next.processing import to_rgb
+from tgi_vlm.llava_next.patches import PATCHES_MIMETYPE, to_rgb
+from tgi_vlm.llava_next.processing import processed_image
+from tgi_vlm.llava_next.prompt import prompt_encoder_for
+
+from .conftest import encode_image, tiny_tokenizer
 
 SIZES = [(10, 10), (50, 70), (70, 50), (5, 200), (200, 5), (33, 33), (100, 37), (64, 64)]
 
@@ -95,3 +104,38 @@ def test_llava_v16_geometry_equals_transformers(random_image: Any) -> None:
     processed = preprocess(image, config)
     assert processed.num_patches == expected.shape[0] == 5
     torch.testing.assert_close(processed.pixel_values, expected, atol=1e-6, rtol=0)
+
+
+def test_the_front_end_sends_raw_patches_and_the_engine_decodes_nothing(
+    llava_folder: Path, config: ImageProcessorConfig, random_image: Any, data_url: Any
+) -> None:
+    """The HTTP worker decodes the image once and cuts it; the engine gets raw patches (the
+    same pixel values as ``preprocess``), and refuses an encoded image rather than decode it."""
+    encoder = prompt_encoder_for(str(llava_folder), tiny_tokenizer())
+    assert encoder is not None
+    image = random_image(50, 70, seed=3)
+    png = encode_image(image, "PNG")
+    _, [sent] = encoder.encode_with_images(f"hello {data_url(png, 'image/png')} world")
+    assert sent.mimetype == f"{PATCHES_MIMETYPE};height=32;width=32"
+    assert (sent.height, sent.width) == (50, 70)
+    assert len(sent.data) == 5 * 32 * 32 * 3  # base image + a 2 x 2 grid, RGB
+    torch.testing.assert_close(
+        processed_image(sent, config).pixel_values,
+        preprocess(image, config).pixel_values,
+        atol=0,
+        rtol=0,
+    )
+    with pytest.raises(ValueError, match="not LLaVA-NeXT patches: 'image/png'"):
+        processed_image(ImageInput(png, "image/png", 50, 70), config)
+
+
+def test_the_prompt_encoder_enforces_the_image_limits(llava_folder: Path, data_url: Any) -> None:
+    limits = ImageLimits(max_image_pixels=100)
+    encoder = prompt_encoder_for(str(llava_folder), tiny_tokenizer(), limits)
+    assert encoder is not None
+    png = encode_image(Image.new("RGB", (11, 10)), "PNG")
+    with pytest.raises(ImageInputError) as raised:
+        encoder.encode_with_images(data_url(png, "image/png"))
+    assert (
+        raised.value.detail == "invalid image: Image size (110 pixels) exceeds limit of 100 pixels"
+    )

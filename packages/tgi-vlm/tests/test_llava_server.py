@@ -12,6 +12,7 @@ from typing import Any
 
 import falcon.testing
 import pytest
+from PIL import Image
 
 from tgi_core.contract import PrefillShape
 from tgi_core.settings import Settings
@@ -23,7 +24,8 @@ from tgi_server.engine_client import InProcessEngineClient
 from tgi_vlm.llava_next import LlavaNextConfig, num_image_tokens
 from tgi_vlm.llava_next.prompt import LlavaNextPromptEncoder, prompt_encoder_for
 
-from .test_llava_serving import encoded, hf_tokens
+from .conftest import encode_image, random_image
+from .test_llava_serving import hf_tokens
 
 NUM_NEW = 6
 MAX_INPUT_TOKENS = 200
@@ -71,8 +73,8 @@ def client(served: Served) -> falcon.testing.TestClient:
     return falcon.testing.TestClient(served.app)
 
 
-def markdown(data: bytes) -> str:
-    return f"![](data:image/png;base64,{base64.b64encode(data).decode()})"
+def markdown(image: Image.Image) -> str:
+    return f"![](data:image/png;base64,{base64.b64encode(encode_image(image, 'PNG')).decode()})"
 
 
 def generate(client: falcon.testing.TestClient, inputs: str) -> Any:
@@ -83,9 +85,9 @@ def generate(client: falcon.testing.TestClient, inputs: str) -> Any:
 def test_generate_with_an_image_answers_transformers_tokens(
     client: falcon.testing.TestClient, tiny_hf_model: Any, tiny_hf_processor: Any
 ) -> None:
-    image, image_input = encoded(40, 24, 1)
+    image = random_image(40, 24, seed=1)
     _, expected = hf_tokens(tiny_hf_model, tiny_hf_processor, "hello <image> world", [image])
-    result = generate(client, f"hello {markdown(image_input.data)} world")
+    result = generate(client, f"hello {markdown(image)} world")
     assert result.status_code == 200, result.text
     details = result.json["details"]
     ids = [token["id"] for token in details["tokens"]]
@@ -109,10 +111,10 @@ def test_invalid_image_is_a_422(client: falcon.testing.TestClient) -> None:
 def test_image_features_count_as_input_tokens(
     client: falcon.testing.TestClient, served: Served
 ) -> None:
-    _, image_input = encoded(64, 64, 2)
+    image = random_image(64, 64, seed=2)
     num_tokens = 2 + 3 * num_image_tokens(served.config, 64, 64)  # hello, world, 3 images
     assert num_tokens + NUM_NEW > MAX_TOTAL_TOKENS
-    result = generate(client, "hello " + markdown(image_input.data) * 3 + " world")
+    result = generate(client, "hello " + markdown(image) * 3 + " world")
     assert result.status_code == 422
     assert result.json["error"] == (
         f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
@@ -142,8 +144,8 @@ def test_a_literal_image_placeholder_beside_an_image_is_a_422(
 ) -> None:
     """One feature per placeholder: a stray ``<image>`` in the text is refused up front (the
     runner would otherwise fail the whole prefill batch)."""
-    _, image_input = encoded(40, 24, 1)
-    result = generate(client, f"hello <image> {markdown(image_input.data)} world")
+    image = random_image(40, 24, seed=1)
+    result = generate(client, f"hello <image> {markdown(image)} world")
     assert result.status_code == 422
     assert result.json["error"] == (
         "Input validation error: the prompt's text holds <image> placeholders of its own: "
@@ -153,9 +155,9 @@ def test_a_literal_image_placeholder_beside_an_image_is_a_422(
 
 
 def test_truncating_a_prompt_with_images_is_a_422(client: falcon.testing.TestClient) -> None:
-    _, image_input = encoded(40, 24, 1)
+    image = random_image(40, 24, seed=1)
     body = {
-        "inputs": f"hello {markdown(image_input.data)} world",
+        "inputs": f"hello {markdown(image)} world",
         "parameters": {"max_new_tokens": NUM_NEW, "truncate": 3},
     }
     result = client.simulate_post("/generate", json=body)

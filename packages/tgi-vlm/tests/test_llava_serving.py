@@ -4,7 +4,6 @@ with a text-only prompt), and prompts with different images never share prefix-c
 
 from __future__ import annotations
 
-import io
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +20,9 @@ from tgi_hpu_kernels.device.cpu import CpuDevice
 from tgi_scheduler import Engine
 from tgi_vlm.llava_next import LlavaNextConfig, num_image_tokens
 from tgi_vlm.llava_next.embedder import LlavaNextEmbedder, prompt_embedder_for
+from tgi_vlm.llava_next.patches import patches_input
 
-from .conftest import TINY_IMAGE_TOKEN_ID, random_image
+from .conftest import TINY_IMAGE_TOKEN_ID, TINY_PROCESSOR, random_image
 
 NUM_NEW = 6
 BLOCK_SIZE = 4
@@ -30,10 +30,9 @@ TEXT_PROMPT = (1, 2, 2, 1)  # hello world world hello
 
 
 def encoded(height: int, width: int, seed: int) -> tuple[Image.Image, ImageInput]:
+    """A random image and what the front end sends the engine for it (its raw patches)."""
     image = random_image(height, width, seed=seed)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return image, ImageInput(buffer.getvalue(), "image/png", height, width)
+    return image, patches_input(image, TINY_PROCESSOR)
 
 
 @pytest.fixture(scope="module")

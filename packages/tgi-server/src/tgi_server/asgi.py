@@ -98,7 +98,7 @@ def build_app(
         tokenizer,
         ModelInfo(model_id=settings.model_id),
         metrics_dir=server.metrics_dir,
-        prompt_encoder=prompt_encoder_for(settings.model_id, tokenizer),
+        prompt_encoder=prompt_encoder_for(settings.model_id, tokenizer, server.images),
     )
     app.add_middleware(EngineClientCloser(engine))
     return app

@@ -1,28 +1,30 @@
 """Vision-language inputs (markdown images, data URLs) and LLaVA-NeXT.
 
 ``split_inputs`` turns a prompt into text and image chunks as TGI's router does (images
-fetched and checked, ``ImageInputError`` with TGI's messages otherwise); the model-specific
-parts live in subpackages (``tgi_vlm.llava_next``). Nothing imported here needs torch.
+fetched and checked within ``ImageLimits``, ``ImageInputError`` with TGI's messages
+otherwise); the model-specific parts live in subpackages (``tgi_vlm.llava_next``). Nothing
+imported here needs torch.
 """
 
 from tgi_vlm.__about__ import __version__
 from tgi_vlm.chunks import ImageChunk, InputChunk, TextChunk, chunks_to_string
 from tgi_vlm.errors import ImageInputError
-from tgi_vlm.fetch import DEFAULT_MAX_IMAGE_FETCH_SIZE, FetchLimits, fetch_image
-from tgi_vlm.inputs import IMAGE_MARKDOWN, has_images, images_of, split_inputs
+from tgi_vlm.fetch import DEFAULT_IMAGE_LIMITS, LoadedImage, fetch_image
+from tgi_vlm.inputs import has_images, image_spans, images_of, read_inputs, split_inputs
 
 __all__ = [
-    "DEFAULT_MAX_IMAGE_FETCH_SIZE",
-    "IMAGE_MARKDOWN",
-    "FetchLimits",
+    "DEFAULT_IMAGE_LIMITS",
     "ImageChunk",
     "ImageInputError",
     "InputChunk",
+    "LoadedImage",
     "TextChunk",
     "__version__",
     "chunks_to_string",
     "fetch_image",
     "has_images",
+    "image_spans",
     "images_of",
+    "read_inputs",
     "split_inputs",
 ]

@@ -37,7 +37,21 @@ class ImageInputError(ValidationError):
 
     @classmethod
     def too_large(cls, num_bytes: int, max_image_fetch_size: int) -> ImageInputError:
+        """TGI's message; ``num_bytes`` is what was read when the size was not declared
+        (reading stops one byte past the limit)."""
         return cls(
             f"Image size {num_bytes} bytes exceeds maximum allowed size of "
             f"{max_image_fetch_size} bytes"
         )
+
+    @classmethod
+    def too_many_pixels(cls, num_pixels: int, max_image_pixels: int) -> ImageInputError:
+        """Ours (TGI has no pixel limit), worded as Pillow's decompression-bomb error."""
+        return cls.invalid_image(
+            f"Image size ({num_pixels} pixels) exceeds limit of {max_image_pixels} pixels"
+        )
+
+    @classmethod
+    def too_many_images(cls, num_images: int, max_images: int) -> ImageInputError:
+        """Ours (TGI has no count limit), worded as TGI's ``stop`` count error."""
+        return cls(f"`inputs` supports up to {max_images} images. Given: {num_images}")

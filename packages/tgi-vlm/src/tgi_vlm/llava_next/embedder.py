@@ -1,7 +1,8 @@
 """LLaVA-NeXT's prompt embedder: the runner's hook that puts image features in a prefill.
 
 ``LlavaNextEmbedder`` implements ``tgi_hpu_kernels.prompt_embedding.PromptEmbedder``: for each
-prefill item with images it decodes and preprocesses them, runs the vision side once for the
+prefill item with images it turns their patches into pixel values (the front end decoded,
+checked and cut the images: nothing is decoded here), runs the vision side once for the
 item, and writes the features over the item's ``<image>`` rows of this step (rows already in
 the prefix cache are skipped: their KV exists). ``prompt_embedder_for`` builds it for a
 runner's settings when the checkpoint is a ``llava_next`` folder, and returns None otherwise.
@@ -10,20 +11,18 @@ The language model itself is the runner's (``tgi_hpu_kernels.loader.multimodal``
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from tgi_core.contract import ImageInput, PrefillItem
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.loader import resolve_source, torch_dtype
 from tgi_vlm.llava_next.config import ImageProcessorConfig, LlavaNextConfig
-from tgi_vlm.llava_next.processing import preprocess
+from tgi_vlm.llava_next.processing import processed_image
 from tgi_vlm.llava_next.vision import LlavaNextVision
 from tgi_vlm.llava_next.weights import load_llava_next_vision
 
@@ -52,7 +51,7 @@ class LlavaNextEmbedder:
 
     def image_features(self, images: Sequence[ImageInput]) -> Tensor:
         """``[num_image_tokens of all images, text hidden]``: the features, in prompt order."""
-        processed = [preprocess(Image.open(io.BytesIO(i.data)), self._processor) for i in images]
+        processed = [processed_image(image, self._processor) for image in images]
         return torch.cat(self._vision.embed(processed))
 
     @torch.inference_mode()

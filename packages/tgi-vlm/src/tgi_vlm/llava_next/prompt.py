@@ -1,10 +1,12 @@
 """The front end's LLaVA-NeXT prompt encoder (torch-free): markdown images in, ids out.
 
 ``LlavaNextPromptEncoder`` implements ``tgi_core.validation.ImagePromptEncoder``: it reads
-the prompt's ``![](url)`` images (``split_inputs``, TGI's messages on a bad image), tokenizes
-``tokenizer_query`` (each image as its ``<image>`` placeholders, so ``max_input_tokens``
-counts image features, as TGI's router does) and hands the images to the engine as
-``ImageInput``s. ``prompt_encoder_for`` builds it for a local ``llava_next`` folder.
+the prompt's ``![](url)`` images (``read_inputs``: counted, fetched, checked and decoded once,
+within ``ImageLimits``, TGI's messages on a bad image), tokenizes ``tokenizer_query`` (each
+image as its ``<image>`` placeholders, so ``max_input_tokens`` counts image features, as TGI's
+router does) and hands each image to the engine as the raw patches the vision tower takes
+(``patches_input``), cut here in the HTTP worker so that the engine decodes nothing.
+``prompt_encoder_for`` builds it for a local ``llava_next`` folder.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 
 from tgi_core.contract import ImageInput
 from tgi_core.errors import ValidationError
+from tgi_core.settings.slices import ImageLimits
 from tgi_core.validation.generate import TextEncoder
-from tgi_vlm.chunks import ImageChunk
-from tgi_vlm.fetch import DEFAULT_FETCH_LIMITS, FetchLimits
-from tgi_vlm.inputs import split_inputs
-from tgi_vlm.llava_next.config import LlavaNextConfig
+from tgi_vlm.chunks import InputChunk
+from tgi_vlm.fetch import DEFAULT_IMAGE_LIMITS, LoadedImage
+from tgi_vlm.inputs import read_inputs
+from tgi_vlm.llava_next.config import ImageProcessorConfig, LlavaNextConfig
+from tgi_vlm.llava_next.patches import patches_input
 from tgi_vlm.llava_next.tokens import IMAGE_TOKEN, num_image_tokens, tokenizer_query
 
 __all__ = ["LlavaNextPromptEncoder", "prompt_encoder_for"]
@@ -32,10 +36,12 @@ class LlavaNextPromptEncoder:
         self,
         tokenizer: TextEncoder,
         config: LlavaNextConfig,
-        limits: FetchLimits = DEFAULT_FETCH_LIMITS,
+        processor: ImageProcessorConfig,
+        limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
     ) -> None:
         self._tokenizer = tokenizer
         self._config = config
+        self._processor = processor
         self._limits = limits
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> Sequence[int]:
@@ -44,14 +50,18 @@ class LlavaNextPromptEncoder:
     def encode_with_images(
         self, text: str, *, add_special_tokens: bool = True
     ) -> tuple[Sequence[int], tuple[ImageInput, ...]]:
-        chunks = split_inputs(text, self._limits)
+        chunks: list[InputChunk] = []
+        inputs: list[ImageInput] = []
+        # One image's pixels at a time: each is cut into patches and dropped before the next.
+        for part in read_inputs(text, self._limits):
+            if isinstance(part, LoadedImage):
+                chunks.append(part.chunk)
+                inputs.append(patches_input(part.image, self._processor))
+            else:
+                chunks.append(part)
         query = tokenizer_query(chunks, self._config)
         ids = self._tokenizer.encode(query, add_special_tokens=add_special_tokens)
-        images = tuple(
-            ImageInput(c.data, c.mimetype, c.height, c.width)
-            for c in chunks
-            if isinstance(c, ImageChunk)
-        )
+        images = tuple(inputs)
         if images:
             # The runner writes exactly one feature per placeholder: a literal `<image>` in
             # the text would leave features and placeholders unmatched and fail the batch.
@@ -65,14 +75,15 @@ class LlavaNextPromptEncoder:
 
 
 def prompt_encoder_for(
-    model_id: str, tokenizer: TextEncoder, limits: FetchLimits = DEFAULT_FETCH_LIMITS
+    model_id: str, tokenizer: TextEncoder, limits: ImageLimits = DEFAULT_IMAGE_LIMITS
 ) -> LlavaNextPromptEncoder | None:
     """The encoder for ``model_id`` when it is a local LLaVA-NeXT folder, else None."""
-    config_path = Path(model_id) / "config.json"
+    folder = Path(model_id)
     try:
-        raw = json.loads(config_path.read_text())
+        raw = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
     if not isinstance(raw, dict) or raw.get("model_type") != "llava_next":
         return None
-    return LlavaNextPromptEncoder(tokenizer, LlavaNextConfig.from_dict(raw), limits)
+    processor = ImageProcessorConfig.from_folder(folder)
+    return LlavaNextPromptEncoder(tokenizer, LlavaNextConfig.from_dict(raw), processor, limits)
