@@ -26,7 +26,14 @@ from tgi_server.generation import Pipeline, ValidationWorkers
 from tgi_server.http_errors import register_error_handlers
 from tgi_server.ipc.messages import EngineInfo
 from tgi_server.metrics import ServerMetrics
-from tgi_server.middleware import ApiKey, Cors, EngineLifespan, JsonBody
+from tgi_server.middleware import (
+    PROTECTED_PATHS,
+    ApiKey,
+    CanonicalPath,
+    Cors,
+    EngineLifespan,
+    JsonBody,
+)
 from tgi_server.openapi import build_openapi
 from tgi_server.resources import Served
 from tgi_server.resources.chat import ChatCompletions
@@ -99,12 +106,12 @@ def create_app(
         model_info: what ``/info``, ``/v1/models`` and the OpenAI routes report.
         metrics_dir: prometheus-client's multiprocess directory when several workers
             serve (see ``tgi_server.metrics``); None for one process.
+        prompt_encoder: a VLM's prompt encoder (``tgi_vlm``): prompts' markdown images
+            become placeholder tokens and images sent to the engine.
 
     Raises:
         ValueError: ``metrics_dir`` is given but prometheus-client is not in
             multiprocess mode.
-        prompt_encoder: a VLM's prompt encoder (``tgi_vlm``): prompts' markdown images
-            become placeholder tokens and images sent to the engine.
     """
     if settings.skip_tokenizer_in_tgi and not tokenizer.is_transparent:
         tokenizer = TokenIdsTokenizer.wrapping(tokenizer)
@@ -118,17 +125,7 @@ def create_app(
         system_fingerprint=f"{__version__}-{model_info.docker_label or 'native'}",
         default_return_full_text=model_info.model_pipeline_tag in (None, "text-generation"),
     )
-    middleware: list[Any] = [Cors(settings.cors_allow_origin)]
-    if settings.api_key:
-        middleware.append(ApiKey(settings.api_key))
     metrics_resource = MetricsResource(engine, metrics, model_info.warmup)
-    lifespan = EngineLifespan(engine, workers, on_connected=metrics_resource.adopt)
-    middleware += [JsonBody(settings.payload_limit), lifespan]
-    # Every response sets its own type; empty ones (health, 401/404/405) get none, as from
-    # axum. Falcon types media_type as str but skips the header when it is None.
-    app: App = App(middleware=middleware, media_type=None)  # type: ignore[call-overload]
-    register_error_handlers(app, metrics)
-
     health = Health(engine)
     compat = CompatGenerate(pipeline, served, health)
     chat = ChatCompletions(pipeline, served)
@@ -151,6 +148,16 @@ def create_app(
         "/docs": SwaggerUi(),
         OPENAPI_PATH: OpenApiDocument(encode_json(build_openapi(__version__))),
     }
+
+    middleware: list[Any] = [CanonicalPath(), Cors(settings.cors_allow_origin)]
+    if settings.api_key:
+        middleware.append(ApiKey(settings.api_key, [routes[path] for path in PROTECTED_PATHS]))
+    lifespan = EngineLifespan(engine, workers, on_connected=metrics_resource.adopt)
+    middleware += [JsonBody(settings.payload_limit), lifespan]
+    # Every response sets its own type; empty ones (health, 401/404/405) get none, as from
+    # axum. Falcon types media_type as str but skips the header when it is None.
+    app: App = App(middleware=middleware, media_type=None)  # type: ignore[call-overload]
+    register_error_handlers(app, metrics)
     for path, resource in routes.items():
         app.add_route(path, resource)
     return app

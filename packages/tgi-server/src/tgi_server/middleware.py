@@ -1,12 +1,18 @@
-"""The app's middleware: engine lifespan, CORS, API key, and the JSON body extractor.
+"""The app's middleware: engine lifespan, paths, CORS, API key, and the JSON body extractor.
 
 In the order Falcon runs them for a request, as TGI's axum layers do:
+- ``CanonicalPath`` answers 404 (as for any unknown route) to a path that is not spelled
+  exactly as a route is: empty segments (``//generate``), dot segments, backslashes or
+  percent escapes (``/%2Fgenerate``). Falcon's router drops leading slashes and routes on
+  the decoded path; axum matches the raw path, so TGI answers 404 to all of these;
 - ``Cors`` answers preflights itself and adds ``access-control-*`` headers to every
   response (tower-http's ``CorsLayer``: methods GET+POST, header ``content-type``, any
   origin or the ``--cors-allow-origin`` list);
-- ``ApiKey`` (after routing, so unknown paths stay 404): with ``--api-key``, the POST routes
-  TGI protects need ``Authorization: Bearer <key>``, compared case-insensitively on the
-  whole value; anything else is a bare 401;
+- ``ApiKey`` (after routing, so unknown paths stay 404): with ``--api-key``, POST to the
+  resources of the routes TGI protects needs ``Authorization: Bearer <key>``, compared
+  case-insensitively on the whole value (in constant time); anything else is a bare 401.
+  Protection follows the matched resource, not the path's spelling, so no alias of a
+  protected route escapes it;
 - ``JsonBody`` (POST routes): axum's ``Json`` extractor checks, in its order: the
   content type (415), then the size against ``--payload-limit`` (413); the body is left in
   ``req.context.body`` for the resource to decode (400/422 come from ``decode_body``).
@@ -18,8 +24,9 @@ validation pool. The engine client belongs to whoever built the app, who closes 
 
 from __future__ import annotations
 
+import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import falcon
@@ -31,7 +38,16 @@ from tgi_server.generation import ValidationWorkers
 from tgi_server.http_errors import PAYLOAD_TOO_LARGE_MESSAGE, PlainTextError
 from tgi_server.ipc.messages import EngineInfo
 
-__all__ = ["PROTECTED_PATHS", "ApiKey", "Cors", "EngineLifespan", "JsonBody", "request_body"]
+__all__ = [
+    "PROTECTED_PATHS",
+    "ApiKey",
+    "CanonicalPath",
+    "Cors",
+    "EngineLifespan",
+    "JsonBody",
+    "is_canonical_path",
+    "request_body",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +63,8 @@ PROTECTED_PATHS = frozenset(
         "/tokenize",
     }
 )
-"""TGI's "base" routes: POST only (``GET /`` is the unprotected health check)."""
+"""TGI's "base" routes, whose resources ``ApiKey`` guards: POST only (``GET /`` is the
+unprotected health check)."""
 
 _VARY = "origin, access-control-request-method, access-control-request-headers"
 
@@ -123,11 +140,40 @@ class Cors:
         resp.set_header("Vary", _VARY)
 
 
-class ApiKey:
-    """``--api-key``: the protected routes need ``Authorization: Bearer <key>``."""
+class CanonicalPath:
+    """404 for a path that is not spelled as a route is (see ``is_canonical_path``)."""
 
-    def __init__(self, api_key: str) -> None:
-        self._expected = f"Bearer {api_key}".lower()
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        raw_path = req.scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else req.scope.get("path", "/")
+        if not is_canonical_path(path):
+            raise falcon.HTTPNotFound()
+
+
+def is_canonical_path(path: str) -> bool:
+    """Whether ``path`` (the raw request path) is a plain ``/a/b`` path: no empty, ``.`` or
+    ``..`` segment, no backslash, no percent escape (every route is plain ASCII)."""
+    if path == "/":
+        return True
+    if not path.startswith("/") or "%" in path or "\\" in path:
+        return False
+    return all(segment not in ("", ".", "..") for segment in path[1:].split("/"))
+
+
+class ApiKey:
+    """``--api-key``: POST to a protected resource needs ``Authorization: Bearer <key>``.
+
+    TGI compares the whole header value with ``Bearer <key>``, both lowercased; so do we,
+    with ``hmac.compare_digest`` so the time taken does not reveal how much matched.
+
+    Args:
+        api_key: the key.
+        protected: the resources of the protected routes (whatever paths lead to them).
+    """
+
+    def __init__(self, api_key: str, protected: Iterable[object]) -> None:
+        self._expected = f"Bearer {api_key}".lower().encode()
+        self._protected = tuple(protected)
 
     async def process_resource(
         self,
@@ -136,10 +182,10 @@ class ApiKey:
         resource: object,
         params: dict[str, Any],
     ) -> None:
-        if resource is None or req.method != "POST" or req.path not in PROTECTED_PATHS:
+        if req.method != "POST" or not any(resource is guarded for guarded in self._protected):
             return
         token = req.get_header("Authorization")
-        if token is None or token.lower() != self._expected:
+        if token is None or not hmac.compare_digest(token.lower().encode(), self._expected):
             raise falcon.HTTPUnauthorized()
 
 
