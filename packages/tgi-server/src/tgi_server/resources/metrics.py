@@ -43,7 +43,8 @@ class MetricsResource:
         status: EngineStatus | None
         try:
             status = await asyncio.wait_for(self._engine.stats(), STATS_TIMEOUT_S)
-        except (TimeoutError, RuntimeError, TypeError) as exc:
+        # asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11.
+        except (asyncio.TimeoutError, TimeoutError, RuntimeError, TypeError) as exc:
             logger.warning("no engine stats for /metrics: %s", exc or type(exc).__name__)
             status = None
         resp.content_type = CONTENT_TYPE
