@@ -21,6 +21,7 @@ from tgi_core.settings.slices import ServerSettings, ValidationLimits
 from tgi_core.tokenization import TokenIdsTokenizer, TokenizerLike, VocabularyError, token_bytes
 from tgi_core.validation.generate import TextEncoder
 from tgi_server.__about__ import __version__
+from tgi_server.admission import Permits
 from tgi_server.engine_client import EngineClient
 from tgi_server.generation import Pipeline, ValidationWorkers
 from tgi_server.http_errors import register_error_handlers
@@ -94,6 +95,7 @@ def create_app(
     *,
     metrics_dir: str | None = None,
     prompt_encoder: TextEncoder | None = None,
+    cancel_on_disconnect: bool = False,
 ) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
     """The ASGI app of one HTTP worker.
 
@@ -108,6 +110,8 @@ def create_app(
             serve (see ``tgi_server.metrics``); None for one process.
         prompt_encoder: a VLM's prompt encoder (``tgi_vlm``): prompts' markdown images
             become placeholder tokens and images sent to the engine.
+        cancel_on_disconnect: stop a non-streamed generation when its client leaves (the
+            served app does; Falcon's ``TestClient`` cannot drive it, see ``App``).
 
     Raises:
         ValueError: ``metrics_dir`` is given but prometheus-client is not in
@@ -118,7 +122,10 @@ def create_app(
     metrics = ServerMetrics(settings.limits, multiprocess_dir=metrics_dir)
     workers = ValidationWorkers(settings.validation_workers)
     limits = _grammar_limits(settings.limits, tokenizer)
-    pipeline = Pipeline(engine, tokenizer, limits, metrics, workers, encoder=prompt_encoder)
+    permits = Permits(settings.max_concurrent_requests)
+    pipeline = Pipeline(
+        engine, tokenizer, limits, metrics, workers, permits=permits, encoder=prompt_encoder
+    )
     served = Served(
         model_id=model_info.model_id,
         compute_type=settings.compute_type,
@@ -156,7 +163,7 @@ def create_app(
     middleware += [JsonBody(settings.payload_limit), lifespan]
     # Every response sets its own type; empty ones (health, 401/404/405) get none, as from
     # axum. Falcon types media_type as str but skips the header when it is None.
-    app: App = App(middleware=middleware, media_type=None)  # type: ignore[call-overload]
+    app = App(middleware=middleware, media_type=None, cancel_on_disconnect=cancel_on_disconnect)
     register_error_handlers(app, metrics)
     for path, resource in routes.items():
         app.add_route(path, resource)

@@ -1,10 +1,11 @@
 """The request pipeline every generating route shares.
 
-validate (tokenization on the validation thread pool) -> ``GenerationRequest`` -> the engine
-client's ``generate()`` -> per token: its streamed text, logprob, special flag, top tokens
--> ``Generation``, one finished sequence with TGI's timings. Also here: ``best_of`` (N
-sequences with their own seeds, the best mean logprob wins), TGI's ``x-*`` headers and the
-per-sequence metrics (durations, token counts).
+admit (a concurrency permit, ``tgi_server.admission``) -> validate (tokenization on the
+validation thread pool) -> ``GenerationRequest`` -> the engine client's ``generate()`` -> per
+token: its streamed text, logprob, special flag, top tokens -> ``Generation``, one finished
+sequence with TGI's timings. Also here: ``best_of`` (N sequences with their own seeds, the
+best mean logprob wins), TGI's ``x-*`` headers and the per-sequence metrics (durations,
+token counts).
 
 Each route's JSON and SSE rendering lives in ``tgi_server.resources``, and so do chat
 templating (``resources.chat``) and the per-request counting (``tgi_request_count``,
@@ -30,6 +31,7 @@ from tgi_core.settings.slices import ValidationLimits
 from tgi_core.tokenization import IncrementalDetokenizer, TokenizerLike
 from tgi_core.validation import GenerateLike, ValidRequest, validate_generate
 from tgi_core.validation.generate import TextEncoder
+from tgi_server.admission import Permit, Permits
 from tgi_server.engine_client import EngineClient
 from tgi_server.metrics import ServerMetrics
 
@@ -228,6 +230,7 @@ class Pipeline:
         limits: the validation limits.
         metrics: where per-sequence durations and token counts go.
         workers: the validation thread pool.
+        permits: this worker's concurrency permits (``admit``).
         encoder: what prompts are tokenized with, when not ``tokenizer`` (a VLM's
             ``ImagePromptEncoder``, which also reads the prompt's images).
     """
@@ -240,14 +243,25 @@ class Pipeline:
         metrics: ServerMetrics,
         workers: ValidationWorkers,
         *,
+        permits: Permits,
         encoder: TextEncoder | None = None,
     ) -> None:
         self.engine = engine
+        self.permits = permits
         self.tokenizer = tokenizer
         self.encoder = encoder or tokenizer
         self.limits = limits
         self.metrics = metrics
         self.workers = workers
+
+    def admit(self) -> Permit:
+        """One sequence's permit, taken before ``validate`` and held until its generation
+        ends (a context manager).
+
+        Raises:
+            OverloadedError: none is free (TGI's immediate 429).
+        """
+        return self.permits.take()
 
     async def validate(
         self, request: GenerateLike, *, stream: bool, default_return_full_text: bool = False
@@ -306,14 +320,16 @@ class Pipeline:
         return None
 
     async def generate_complete(self, request: GenerateLike, started: float) -> Generation:
-        """Validate (not streaming) and generate one sequence, which must finish.
+        """Admit, validate (not streaming) and generate one sequence, which must finish.
 
         Raises:
-            ValidationError, OverloadedError, GenerationError: as ``validate``/``stream``.
+            OverloadedError: as ``admit``, or from the engine.
+            ValidationError, GenerationError: as ``validate``/``stream``.
             IncompleteGenerationError: the engine stream ended without its final token.
         """
-        valid = await self.validate(request, stream=False)
-        generation = await self.generate(valid, started)
+        with self.admit():
+            valid = await self.validate(request, stream=False)
+            generation = await self.generate(valid, started)
         if generation is None:
             raise IncompleteGenerationError()
         return generation

@@ -6,6 +6,10 @@ Gunicorn by hand sets the same variables (``PORT``, ``HOSTNAME``, ``WORKERS``,
 ``GRACEFUL_TERMINATION_TIMEOUT``, ``LOG_LEVEL``, ``JSON_OUTPUT``, ``TGI_ENGINE_SOCKET``...).
 The app is ``tgi_server.asgi:app`` unless the command line names another.
 
+Workers are uvicorn's, bounded by ``limit_concurrency`` (``http_concurrency_limit``): past
+it uvicorn answers 503 without calling the app, so a flood of connections cannot make a
+worker hold unbounded requests.
+
 Two hooks: ``post_fork`` gives each worker its index (Gunicorn's worker age, unique for the
 master's lifetime) for the request ids it sends the engine, before the worker builds its
 app; ``child_exit`` tells prometheus-client's multiprocess mode that a worker is gone.
@@ -16,10 +20,35 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from uvicorn_worker import UvicornWorker
+
 from tgi_core.settings import Settings
 from tgi_server.logging_setup import logging_config, python_level
 
 _settings = Settings.from_process(argv=[]).server()
+# Connections and requests of one worker beyond the generating ones it admits: health
+# checks, metrics scrapes, idle keep-alive connections, requests being answered 429.
+_HTTP_MARGIN = 64
+
+
+def http_concurrency_limit(max_concurrent_requests: int) -> int:
+    """uvicorn's ``limit_concurrency`` for one worker: the connections (idle keep-alive ones
+    included) and requests it serves at once before it answers 503.
+
+    A worker admits at most ``max_concurrent_requests`` generations (the rest get 429,
+    ``tgi_server.admission``); as many again, plus a margin, leaves room for the requests
+    that are not generations and for clients that keep connections open.
+    """
+    return 2 * max_concurrent_requests + _HTTP_MARGIN
+
+
+class BoundedUvicornWorker(UvicornWorker):  # type: ignore[misc]  # untyped
+    """uvicorn's Gunicorn worker with ``limit_concurrency`` from the settings."""
+
+    CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 (uvicorn-worker's own annotation)
+        **UvicornWorker.CONFIG_KWARGS,
+        "limit_concurrency": http_concurrency_limit(_settings.max_concurrent_requests),
+    }
 
 
 def _bind_address(hostname: str, port: int) -> str:
@@ -27,7 +56,7 @@ def _bind_address(hostname: str, port: int) -> str:
 
 
 wsgi_app = "tgi_server.asgi:app"
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = BoundedUvicornWorker
 workers = _settings.workers
 bind = [_bind_address(_settings.hostname, _settings.port)]
 # On SIGTERM, workers get this long to finish the requests in flight, then are killed.

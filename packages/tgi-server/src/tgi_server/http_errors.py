@@ -4,6 +4,8 @@
   counted in ``tgi_request_failure{err}`` when the request was counted (``count_request``);
 - ``BodyError`` (``tgi_core.api``): axum's plain-text body rejections (400, 422);
 - ``PlainTextError``: the other plain-text rejections of axum's JSON extractor (413, 415);
+- ``ClientDisconnectedError`` (``tgi_server.streaming``): the client is gone, nobody reads
+  the answer; counted as ``tgi_request_failure{err="dropped"}``, as a dropped stream is;
 - any ``falcon.HTTPError`` (401 from the API key check, 404 unknown route, 405 wrong
   method, and Falcon's 500 for an unexpected exception): the status with an empty body, as
   axum answers them.
@@ -21,6 +23,7 @@ import falcon.asgi
 from tgi_core.api import BodyError
 from tgi_core.errors import TGIError
 from tgi_server.metrics import ServerMetrics
+from tgi_server.streaming import ClientDisconnectedError
 
 __all__ = [
     "PAYLOAD_TOO_LARGE_MESSAGE",
@@ -31,6 +34,8 @@ __all__ = [
 
 PAYLOAD_TOO_LARGE_MESSAGE = "Failed to buffer the request body: length limit exceeded"
 _TEXT = "text/plain; charset=utf-8"
+# nginx's "client closed request": never seen by the client, which is gone.
+_CLIENT_CLOSED_REQUEST = 499
 
 
 class PlainTextError(Exception):
@@ -70,6 +75,17 @@ def register_error_handlers(app: falcon.asgi.App[Any, Any], metrics: ServerMetri
     ) -> None:
         _plain_text(resp, ex.status, ex.message)
 
+    async def on_client_disconnected(
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        ex: ClientDisconnectedError,
+        params: Any,
+    ) -> None:
+        if req.context.get("counted", False):
+            metrics.record_failure("dropped")
+        resp.status = _CLIENT_CLOSED_REQUEST
+        resp.data = b""
+
     async def on_http_error(
         req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: falcon.HTTPError, params: Any
     ) -> None:
@@ -82,6 +98,7 @@ def register_error_handlers(app: falcon.asgi.App[Any, Any], metrics: ServerMetri
     app.add_error_handler(BodyError, on_body_error)
     app.add_error_handler(PlainTextError, on_plain_text_error)
     app.add_error_handler(falcon.HTTPError, on_http_error)
+    app.add_error_handler(ClientDisconnectedError, on_client_disconnected)
 
 
 def _plain_text(resp: falcon.asgi.Response, status: int, message: str) -> None:

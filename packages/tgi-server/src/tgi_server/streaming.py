@@ -10,6 +10,11 @@ through it, the engine client's ``generate()``, so the engine aborts the request
 KV blocks without waiting for the next token. The ASGI ``receive`` callable the watcher needs
 is not public in Falcon, so ``App`` (the application class) puts it into the request scope.
 
+Non-streamed answers stop on disconnect too: ``cancel_on_disconnect`` runs a route's
+responder as a task next to the same kind of watcher, and cancels it when the client leaves
+before the answer, which closes the engine client's ``generate()`` the same way. Without it,
+clients that send long requests and hang up would hold the engine's slots to the end.
+
 What the events contain is each route's business (``tgi_server.resources``).
 """
 
@@ -17,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import falcon.asgi
 
@@ -29,7 +35,9 @@ __all__ = [
     "KEEP_ALIVE_SECONDS",
     "RECEIVE_SCOPE_KEY",
     "App",
+    "ClientDisconnectedError",
     "EventStream",
+    "cancel_on_disconnect",
     "disconnect_waiter",
     "merge_streams",
     "sse_event",
@@ -43,8 +51,18 @@ KEEP_ALIVE = b":\n\n"
 KEEP_ALIVE_SECONDS = 15.0
 DONE_EVENT = b"data: [DONE]\n\n"
 RECEIVE_SCOPE_KEY = "tgi.receive"
+CANCEL_SCOPE_KEY = "tgi.cancel_on_disconnect"
 
 DisconnectWaiter = Callable[[], Awaitable[None]]
+_T = TypeVar("_T")
+_Resource = TypeVar("_Resource")
+Responder = Callable[
+    [_Resource, falcon.asgi.Request, falcon.asgi.Response], Coroutine[Any, Any, None]
+]
+
+
+class ClientDisconnectedError(Exception):
+    """The client left before its answer; its responder was cancelled."""
 
 
 def sse_event(data: bytes) -> bytes:
@@ -76,16 +94,31 @@ def start_stream(
 
 
 class App(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
-    """``falcon.asgi.App`` that exposes the ASGI ``receive`` callable to streaming responses.
+    """``falcon.asgi.App`` that exposes the ASGI ``receive`` callable to its responses.
 
-    Falcon reads ``receive`` only while the request body is read; once a stream response has
-    started, the next message from the server is ``http.disconnect``, which ``EventStream``
-    waits for through ``disconnect_waiter``.
+    Falcon reads ``receive`` only while the request body is read; once the body is read,
+    the next message from the server is ``http.disconnect``, which ``EventStream`` (and
+    ``cancel_on_disconnect`` when ``cancel_on_disconnect`` is set) wait for through
+    ``disconnect_waiter``.
+
+    Args:
+        cancel_on_disconnect: cancel non-streamed responders when their client leaves.
+            Falcon's ``TestClient`` sends ``http.disconnect`` right after the body, as if
+            every client hung up at once, so apps it drives leave this off.
+        *args, **kwargs: ``falcon.asgi.App``'s.
     """
+
+    def __init__(self, *args: Any, cancel_on_disconnect: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cancel_on_disconnect = cancel_on_disconnect
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:  # type: ignore[override]
         if scope.get("type") == "http":
-            scope = {**scope, RECEIVE_SCOPE_KEY: receive}
+            scope = {
+                **scope,
+                RECEIVE_SCOPE_KEY: receive,
+                CANCEL_SCOPE_KEY: self.cancel_on_disconnect,
+            }
         await super().__call__(scope, receive, send)
 
 
@@ -106,6 +139,51 @@ def disconnect_waiter(req: falcon.asgi.Request) -> DisconnectWaiter | None:
                 return
 
     return wait
+
+
+def cancel_on_disconnect(responder: Responder[_Resource]) -> Responder[_Resource]:
+    """Decorate a POST responder: if the client disconnects first, cancel it (in an
+    ``App`` built with ``cancel_on_disconnect``).
+
+    The body must have been read already (``JsonBody`` reads it before the responder
+    runs). A stream's responder returns once the stream is set up, and ``EventStream``
+    watches from then on.
+
+    Raises:
+        ClientDisconnectedError: the client left before the responder finished.
+    """
+
+    @functools.wraps(responder)
+    async def respond(
+        resource: _Resource, req: falcon.asgi.Request, resp: falcon.asgi.Response
+    ) -> None:
+        await until_disconnected(req, responder(resource, req, resp))
+
+    return respond
+
+
+async def until_disconnected(req: falcon.asgi.Request, work: Coroutine[Any, Any, _T]) -> _T:
+    """The result of ``work``, cancelled if the client of ``req`` disconnects first
+    (only in an ``App`` built with ``cancel_on_disconnect``).
+
+    Raises:
+        ClientDisconnectedError: the client left before ``work`` finished.
+    """
+    wait_disconnect = disconnect_waiter(req)
+    if wait_disconnect is None or not req.scope.get(CANCEL_SCOPE_KEY, False):
+        return await work
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_disconnect())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()  # no-op once done; else the client left (or we were cancelled)
+        watcher.cancel()
+        await asyncio.wait((task, watcher))
+    if task.cancelled():
+        logger.info("client disconnected: stopping its request")
+        raise ClientDisconnectedError()
+    return task.result()
 
 
 class EventStream:

@@ -64,7 +64,13 @@ from tgi_server.generation import Generation, Pipeline, StreamStep, generation_h
 from tgi_server.http_errors import count_request
 from tgi_server.middleware import request_body
 from tgi_server.resources import Served
-from tgi_server.streaming import DONE_EVENT, sse_event, sse_headers, start_stream
+from tgi_server.streaming import (
+    DONE_EVENT,
+    cancel_on_disconnect,
+    sse_event,
+    sse_headers,
+    start_stream,
+)
 from tgi_server.tool_calls import ToolCallStream, next_tool_call_id, parse_tool_call
 
 __all__ = ["ChatCompletions", "chat_input", "openai_finish_reason", "render_chat_prompt", "usage"]
@@ -77,6 +83,7 @@ class ChatCompletions:
         self._pipeline = pipeline
         self._served = served
 
+    @cancel_on_disconnect
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         await self.respond(req, resp, decode_body(request_body(req), ChatRequest))
 
@@ -140,16 +147,17 @@ class ChatCompletions:
         ended = False
         try:
             try:
-                valid = await self._pipeline.validate(generate_input, stream=True)
-                tools = ToolCallStream(next_tool_call_id(request)) if using_tools else None
-                async for event in self._token_events(request, valid, started, tools):
-                    yield event
-                if tools is not None and tools.chose_no_tool:
-                    # TGI answers the request again, without tools, on the same stream
-                    plain_input = await chat_input(self._pipeline, _without_tools(request))
-                    valid = await self._pipeline.validate(plain_input, stream=True)
-                    async for event in self._token_events(request, valid, started, None):
+                with self._pipeline.admit():
+                    valid = await self._pipeline.validate(generate_input, stream=True)
+                    tools = ToolCallStream(next_tool_call_id(request)) if using_tools else None
+                    async for event in self._token_events(request, valid, started, tools):
                         yield event
+                    if tools is not None and tools.chose_no_tool:
+                        # TGI answers the request again, without tools, on the same stream
+                        plain_input = await chat_input(self._pipeline, _without_tools(request))
+                        valid = await self._pipeline.validate(plain_input, stream=True)
+                        async for event in self._token_events(request, valid, started, None):
+                            yield event
                 ended = True
                 metrics.request_success.inc()
             except TGIError as error:

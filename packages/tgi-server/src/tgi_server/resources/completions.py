@@ -37,7 +37,13 @@ from tgi_server.http_errors import count_request
 from tgi_server.middleware import request_body
 from tgi_server.resources import Served
 from tgi_server.resources.chat import openai_finish_reason, usage
-from tgi_server.streaming import DONE_EVENT, merge_streams, sse_event, start_stream
+from tgi_server.streaming import (
+    DONE_EVENT,
+    cancel_on_disconnect,
+    merge_streams,
+    sse_event,
+    start_stream,
+)
 
 __all__ = ["Completions"]
 
@@ -61,6 +67,7 @@ class Completions:
         self._pipeline = pipeline
         self._served = served
 
+    @cancel_on_disconnect
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         await self.respond(req, resp, decode_body(request_body(req), CompletionRequest))
 
@@ -151,30 +158,31 @@ class Completions:
         added to ``failures`` (its metric label)."""
         pipeline = self._pipeline
         try:
-            valid = await pipeline.validate(item, stream=True)
-            async for step in pipeline.stream(valid, started):
-                generation = step.generation
-                choice = CompletionChoice(index=index, text=step.token.text, finish_reason="")
-                if generation is None:
-                    chunk = CompletionChunk(
+            with pipeline.admit():
+                valid = await pipeline.validate(item, stream=True)
+                async for step in pipeline.stream(valid, started):
+                    generation = step.generation
+                    choice = CompletionChoice(index=index, text=step.token.text, finish_reason="")
+                    if generation is None:
+                        chunk = CompletionChunk(
+                            created=int(time.time()),
+                            choices=[choice],
+                            model=self._served.model_id,
+                            system_fingerprint=self._served.system_fingerprint,
+                        )
+                        yield sse_event(encode_json(chunk))
+                        continue
+                    choice.finish_reason = generation.finish_reason.value
+                    final = Completion(
                         created=int(time.time()),
-                        choices=[choice],
                         model=self._served.model_id,
                         system_fingerprint=self._served.system_fingerprint,
+                        choices=[choice],
+                        usage=usage(generation),
                     )
-                    yield sse_event(encode_json(chunk))
-                    continue
-                choice.finish_reason = generation.finish_reason.value
-                final = Completion(
-                    created=int(time.time()),
-                    model=self._served.model_id,
-                    system_fingerprint=self._served.system_fingerprint,
-                    choices=[choice],
-                    usage=usage(generation),
-                )
-                yield sse_event(encode_json(final))
-                return
-            raise IncompleteGenerationStreamError()
+                    yield sse_event(encode_json(final))
+                    return
+                raise IncompleteGenerationStreamError()
         except TGIError as error:
             failures.append(error.metric_label)
             yield sse_event(openai_stream_error_body(error))

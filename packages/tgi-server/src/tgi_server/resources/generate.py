@@ -33,7 +33,7 @@ from tgi_server.http_errors import count_request
 from tgi_server.middleware import request_body
 from tgi_server.resources import Served
 from tgi_server.resources.health import Health
-from tgi_server.streaming import sse_event, sse_headers, start_stream
+from tgi_server.streaming import cancel_on_disconnect, sse_event, sse_headers, start_stream
 
 __all__ = ["CompatGenerate", "Generate", "GenerateStream", "generate_response"]
 
@@ -45,6 +45,7 @@ class Generate:
         self._pipeline = pipeline
         self._served = served
 
+    @cancel_on_disconnect
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         request = decode_body(request_body(req), GenerateRequest)
         count_request(req, self._pipeline.metrics)
@@ -79,6 +80,7 @@ class CompatGenerate:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         await self._health.on_get(req, resp)
 
+    @cancel_on_disconnect
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         await self.respond(req, resp, decode_body(request_body(req), CompatGenerateRequest))
 
@@ -114,10 +116,12 @@ async def generate(
         TGIError: validation, engine or incomplete-generation errors.
     """
     started = time.perf_counter()
-    valid = await pipeline.validate(
-        request, stream=False, default_return_full_text=default_return_full_text
-    )
-    best, others = await pipeline.generate_best_of(valid, started)
+    with pipeline.admit() as permit:
+        valid = await pipeline.validate(
+            request, stream=False, default_return_full_text=default_return_full_text
+        )
+        permit.add(valid.best_of - 1)  # one per sequence, as TGI's best_of takes
+        best, others = await pipeline.generate_best_of(valid, started)
     if best is None:
         raise IncompleteGenerationError()
     pipeline.metrics.request_success.inc()
@@ -162,25 +166,26 @@ async def stream_events(
     ended = False
     try:
         try:
-            valid = await pipeline.validate(
-                request, stream=True, default_return_full_text=default_return_full_text
-            )
-            index = 0
-            async for step in pipeline.stream(valid, started):
-                index += 1
-                event = StreamResponse(
-                    index=index,
-                    token=step.token,
-                    top_tokens=step.top_tokens,
-                    generated_text=None,
-                    details=None,
+            with pipeline.admit():
+                valid = await pipeline.validate(
+                    request, stream=True, default_return_full_text=default_return_full_text
                 )
-                generation = step.generation
-                if generation is not None:
-                    event.generated_text = generation.full_text
-                    event.details = _stream_details(generation)
-                    ended = True
-                yield sse_event(encode_json(event))
+                index = 0
+                async for step in pipeline.stream(valid, started):
+                    index += 1
+                    event = StreamResponse(
+                        index=index,
+                        token=step.token,
+                        top_tokens=step.top_tokens,
+                        generated_text=None,
+                        details=None,
+                    )
+                    generation = step.generation
+                    if generation is not None:
+                        event.generated_text = generation.full_text
+                        event.details = _stream_details(generation)
+                        ended = True
+                    yield sse_event(encode_json(event))
             if not ended:
                 raise IncompleteGenerationStreamError()
             metrics.request_success.inc()

@@ -14,6 +14,7 @@ from tgi_server.middleware import request_body
 from tgi_server.resources.chat import ChatCompletions
 from tgi_server.resources.completions import Completions
 from tgi_server.resources.generate import CompatGenerate
+from tgi_server.streaming import cancel_on_disconnect
 
 __all__ = ["Invocations"]
 
@@ -28,6 +29,7 @@ class Invocations:
         self._chat = chat
         self._completions = completions
 
+    @cancel_on_disconnect
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         request = decode_invocations(request_body(req))
         if isinstance(request, CompatGenerateRequest):
