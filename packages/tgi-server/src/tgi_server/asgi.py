@@ -99,6 +99,7 @@ def build_app(
         ModelInfo(model_id=settings.model_id),
         metrics_dir=server.metrics_dir,
         prompt_encoder=prompt_encoder_for(settings.model_id, tokenizer, server.images),
+        cancel_on_disconnect=True,
     )
     app.add_middleware(EngineClientCloser(engine))
     return app
