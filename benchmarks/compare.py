@@ -58,7 +58,12 @@ from machine import (  # noqa: E402
     wait_until_quiet,
 )
 
-LLAMA_SERVER = ROOT / ".cache" / "peers" / "bin" / "llama-server"
+# Where build_llama_server.sh puts its build: the user's cache, shared by every clone.
+PEERS_CACHE = Path(
+    os.environ.get("PEERS_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tgi-gaudi" / "peers"
+)
+LLAMA_SERVER = PEERS_CACHE / "bin" / "llama-server"
 FIXED_SLOTS = 32
 
 

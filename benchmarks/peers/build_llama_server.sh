@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Build llama.cpp's `llama-server` (CPU, Release) from the llama.cpp source vendored in the
-# llama-cpp-python sdist, into .cache/peers/ (git-ignored). Idempotent: an existing working
-# binary is kept. No network at run time: curl, OpenSSL and the web-UI download are off.
+# llama-cpp-python sdist, into the user's cache (outside the clone, so that every clone and
+# every CI run on a machine shares one build). Idempotent: an existing working binary is
+# kept. No network at run time: curl, OpenSSL and the web-UI download are off.
 #
-#   bash benchmarks/peers/build_llama_server.sh          # -> .cache/peers/bin/llama-server
+#   bash benchmarks/peers/build_llama_server.sh   # -> ~/.cache/tgi-gaudi/peers/bin/llama-server
 #
-# Environment: LLAMA_CPP_PYTHON_VERSION (default: newest sdist on PyPI), JOBS (default: 2),
-# PYTHON (default: python3). The build runs under `nice -n 19`: the cores are shared.
+# Environment: PEERS_CACHE (default: ${XDG_CACHE_HOME:-~/.cache}/tgi-gaudi/peers; compare.py
+# reads the same), LLAMA_CPP_PYTHON_VERSION (default: newest sdist on PyPI), JOBS (default:
+# 2), PYTHON (default: python3). The build runs under `nice -n 19`: the cores are shared.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-CACHE="$ROOT/.cache/peers"
+CACHE="${PEERS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tgi-gaudi/peers}"
 BIN="$CACHE/bin/llama-server"
 PYTHON="${PYTHON:-python3}"
 JOBS="${JOBS:-2}"
