@@ -96,6 +96,52 @@ def test_too_many_stop_sequences() -> None:
     assert validate(stop=stops[:4]).stop_sequences == stops[:4]
 
 
+def test_a_stop_sequence_longer_than_the_matched_tail_is_refused() -> None:
+    assert list(validate(stop=["x" * 300]).stop_sequences) == ["x" * 300]
+    message = error_of(stop=["ok", "x" * 400_000])
+    assert message == "`stop` sequences must have at most 300 characters. Given: 400000"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("temperature", 1e39, "`temperature` must be a finite float32 number. Given: 1e+39"),
+        ("temperature", 1e-50, "`temperature` must be strictly positive"),
+        ("repetition_penalty", 1e-50, "`repetition_penalty` must be strictly positive"),
+        (
+            "repetition_penalty",
+            1e39,
+            "`repetition_penalty` must be a finite float32 number. Given: 1e+39",
+        ),
+        (
+            "repetition_penalty",
+            float("inf"),
+            "`repetition_penalty` must be a finite float32 number. Given: inf",
+        ),
+        ("top_p", 1e-50, "`top_p` must be > 0.0 and < 1.0"),
+        ("top_p", 1.0 - 1e-12, "`top_p` must be > 0.0 and < 1.0"),  # 1.0 in float32
+        ("typical_p", 1e-50, "`typical_p` must be > 0.0 and < 1.0"),
+        (
+            "frequency_penalty",
+            float("-inf"),
+            "`frequency_penalty` must be a finite float32 number. Given: -inf",
+        ),
+    ],
+)
+def test_values_float32_cannot_hold_are_refused(field: str, value: float, message: str) -> None:
+    # The runner computes in float32: these would become inf or 0 there, and NaN scores.
+    assert error_of(**{field: value}) == message
+
+
+def test_small_values_float32_can_hold_are_kept_as_given() -> None:
+    sampling = validate(temperature=1e-40, repetition_penalty=3e38, top_p=1e-30).sampling
+    assert (sampling.temperature, sampling.repetition_penalty, sampling.top_p) == (
+        1e-40,
+        3e38,
+        1e-30,
+    )
+
+
 def test_seed_with_best_of() -> None:
     message = error_of(best_of=2, do_sample=True, seed=7)
     assert message == "`seed` must not be set when `best_of` > 1"

@@ -147,3 +147,38 @@ def test_a_regex_the_runner_cannot_compile_is_refused_at_validation(regex: str) 
     with pytest.raises(ValidationError) as info:
         compile_grammar(GrammarType(type="regex", value=regex), disable_grammar_support=False)
     assert str(info.value).startswith("Input validation error: grammar is not valid: ")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "regex", "value": r"[\s\S]{0,20000}"},
+        {"type": "regex", "value": "(a{1000}){1000}"},
+        {"type": "regex", "value": r"\p{L}{5000}"},  # Rust syntax: estimated from its text
+        {"type": "regex", "value": r"[\s\S]{0,1000}"},  # small estimate, big automaton
+        {"type": "json", "value": {"properties": {"s": {"type": "string", "maxLength": 20000}}}},
+        {"type": "json", "value": {"properties": {"a": {"type": "array", "maxItems": 1000}}}},
+    ],
+)
+def test_grammars_too_big_for_the_runner_are_refused(body: dict[str, Any]) -> None:
+    assert error_of(body).startswith("grammar is too complex: ")
+
+
+def test_grammars_within_the_bounds_compile() -> None:
+    assert compiled({"type": "regex", "value": r"[\s\S]{0,100}"}) == r"[\s\S]{0,100}"
+    schema = {"properties": {"s": {"type": "string", "maxLength": 100}}}
+    assert re.fullmatch(compiled({"type": "json", "value": schema}), '{"s": "hello"}')
+
+
+def test_deeply_nested_json_is_a_validation_error() -> None:
+    nested = "[" * 100_000 + "]" * 100_000
+    assert error_of({"type": "json", "value": nested}) == (
+        "grammar is not valid: schema nested too deeply"
+    )
+    deep: dict[str, Any] = {}
+    for _ in range(5000):
+        deep = {"properties": deep}
+    grammar = GrammarType(type="json", value=deep)
+    with pytest.raises(ValidationError) as info:
+        compile_grammar(grammar, disable_grammar_support=False)
+    assert info.value.detail == "grammar is not valid: schema nested too deeply"

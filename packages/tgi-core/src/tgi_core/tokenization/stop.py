@@ -3,13 +3,15 @@
 TGI appends each generated token's text (decoded with special tokens kept) to a buffer,
 trims the buffer to its last 200 characters once it passes 300, and stops when the buffer
 *ends* with a stop sequence (``re.search(re.escape(stop) + "$")``, so, like TGI, a stop
-sequence followed by one final newline also matches). Counting tokens and EOS are the
+sequence followed by one final newline also matches). The same test is done here with
+``endswith``: no pattern to compile, and each token costs at most the stops' lengths (which
+validation bounds by ``MAX_STOP_TAIL_CHARS``, longer ones could never match the tail), so a
+request's matching is linear in its generated text. Counting tokens and EOS are the
 scheduler's business, not this module's.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from tgi_core.contract import StopChecker
@@ -32,7 +34,7 @@ class StopSequenceChecker:
     ``stop_sequence`` is the sequence that matched (None until one does).
     """
 
-    __slots__ = ("_detokenizer", "_patterns", "_tail", "stop_sequence")
+    __slots__ = ("_detokenizer", "_stops", "_tail", "stop_sequence")
 
     def __init__(
         self,
@@ -42,7 +44,7 @@ class StopSequenceChecker:
         prompt_ids: Sequence[int] = (),
     ) -> None:
         self._detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids=prompt_ids)
-        self._patterns = [(stop, re.compile(re.escape(stop) + "$")) for stop in stop_sequences]
+        self._stops = tuple(stop_sequences)
         self._tail = ""
         self.stop_sequence: str | None = None
 
@@ -54,8 +56,12 @@ class StopSequenceChecker:
         if len(tail) > MAX_STOP_TAIL_CHARS:
             tail = tail[-_KEPT_TAIL_CHARS:]
         self._tail = tail
-        for stop, pattern in self._patterns:
-            if pattern.search(tail):
+        # TGI's "$": at the very end, or before one final newline
+        before_newline = len(tail) - 1 if tail.endswith("\n") else None
+        for stop in self._stops:
+            if tail.endswith(stop) or (
+                before_newline is not None and tail.endswith(stop, 0, before_newline)
+            ):
                 self.stop_sequence = stop
                 return True
         return False

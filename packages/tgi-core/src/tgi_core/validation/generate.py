@@ -17,7 +17,9 @@ carries to the runner (``tgi_core.validation.grammar``).
 
 from __future__ import annotations
 
-import random
+import math
+import secrets
+import struct
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +32,7 @@ from tgi_core.settings.slices import ValidationLimits
 from tgi_core.validation.grammar import compile_grammar
 
 __all__ = [
+    "MAX_STOP_SEQUENCE_CHARS",
     "GenerateInput",
     "GenerateLike",
     "ImagePromptEncoder",
@@ -38,6 +41,12 @@ __all__ = [
     "random_seed",
     "validate_generate",
 ]
+
+
+MAX_STOP_SEQUENCE_CHARS = 300
+"""Longest stop sequence accepted: the stop checker matches the last 300 characters of the
+text (TGI's tail, ``tgi_core.tokenization.stop.MAX_STOP_TAIL_CHARS``), so a longer one could
+never match, and it would cost the engine thread at every token."""
 
 
 class TextEncoder(Protocol):
@@ -144,8 +153,9 @@ class ValidRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def random_seed() -> int:
-    """A random u64, TGI's seed for a request that did not set one."""
-    return random.getrandbits(64)
+    """A random u64, TGI's seed for a request that did not set one (from ``secrets``: a
+    Mersenne Twister's outputs would let one client predict the others' seeds)."""
+    return secrets.randbits(64)
 
 
 def validate_generate(
@@ -179,6 +189,13 @@ def validate_generate(
     if num_stops > limits.max_stop_sequences:
         msg = (
             f"`stop` supports up to {limits.max_stop_sequences} stop sequences. Given: {num_stops}"
+        )
+        raise ValidationError(msg)
+    longest_stop = max(map(len, params.stop), default=0)
+    if longest_stop > MAX_STOP_SEQUENCE_CHARS:
+        msg = (
+            f"`stop` sequences must have at most {MAX_STOP_SEQUENCE_CHARS} characters. "
+            f"Given: {longest_stop}"
         )
         raise ValidationError(msg)
     if params.seed is not None and best_of > 1:
@@ -260,20 +277,21 @@ def _sampling_params(
     )
     if best_of > 1 and not (params.do_sample or any_warper_set):
         raise ValidationError("you must use sampling when `best_of` is > 1")
+    # Ranges are checked on the float32 values the runner computes with (TGI parses f32).
     temperature = 1.0 if params.temperature is None else params.temperature
-    if temperature <= 0.0:
+    if _float32("temperature", temperature) <= 0.0:
         raise ValidationError("`temperature` must be strictly positive")
     repetition_penalty = 1.0 if params.repetition_penalty is None else params.repetition_penalty
-    if repetition_penalty <= 0.0:
+    if _float32("repetition_penalty", repetition_penalty) <= 0.0:
         raise ValidationError("`repetition_penalty` must be strictly positive")
     frequency_penalty = 0.0 if params.frequency_penalty is None else params.frequency_penalty
-    if not -2.0 <= frequency_penalty <= 2.0:
+    if not -2.0 <= _float32("frequency_penalty", frequency_penalty) <= 2.0:
         raise ValidationError("`frequency_penalty` must be >= -2.0 and <= 2.0")
     top_p = 1.0 if params.top_p is None else params.top_p
-    if params.top_p is not None and not 0.0 < top_p < 1.0:
+    if params.top_p is not None and not 0.0 < _float32("top_p", top_p) < 1.0:
         raise ValidationError("`top_p` must be > 0.0 and < 1.0")
     typical_p = 1.0 if params.typical_p is None else params.typical_p
-    if params.typical_p is not None and not 0.0 < typical_p < 1.0:
+    if params.typical_p is not None and not 0.0 < _float32("typical_p", typical_p) < 1.0:
         raise ValidationError("`typical_p` must be > 0.0 and < 1.0")
     top_k = 0 if params.top_k is None else params.top_k
     if params.top_k is not None and top_k <= 0:
@@ -293,6 +311,22 @@ def _sampling_params(
         frequency_penalty=frequency_penalty,
         watermark=params.watermark,
     )
+
+
+def _float32(name: str, value: float) -> float:
+    """``value`` as the runner's float32 sees it.
+
+    A value that overflows float32 (1e39) would turn scores into inf and NaN, so it is
+    refused here; one that underflows (1e-50) becomes 0.0 and meets the range checks that
+    follow (TGI's "strictly positive" rules).
+    """
+    try:
+        value32: float = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        value32 = math.inf
+    if not math.isfinite(value32):
+        raise ValidationError(f"`{name}` must be a finite float32 number. Given: {value}")
+    return value32
 
 
 def _tokenize(

@@ -16,7 +16,10 @@ its messages (each prefixed "Input validation error: " in answers):
 
 Then, beyond TGI (whose shards fail the whole batch on a regex they cannot compile), every
 regex must build an automaton in ``outlines_core`` (the runner's compiler), checked over a
-vocabulary of the 256 single bytes: "grammar is not valid: <why>".
+vocabulary of the 256 single bytes: "grammar is not valid: <why>", and that automaton must
+be small enough for the runner to compile over the model's vocabulary in bounded time and
+memory: "grammar is too complex: <why>" (``grammar_bounds``). JSON nested deeper than
+Python's recursion allows is "grammar is not valid: schema nested too deeply".
 
 The reasons after the colons are those of Python's ``json``, ``jsonschema`` and
 ``outlines_core``, not serde's and jsonschema-rs's words. Compiled schemas are cached
@@ -37,10 +40,12 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from tgi_core.api.generate import GrammarType
 from tgi_core.errors import ValidationError
+from tgi_core.validation.grammar_bounds import check_estimate, check_transitions
 
 __all__ = ["compile_grammar", "regex_from_schema"]
 
 _NOT_SUPPORTED = "grammar is not supported"
+_TOO_DEEP = "grammar is not valid: schema nested too deeply"
 _CACHE_SIZE = 256
 
 
@@ -70,6 +75,8 @@ def regex_from_schema(schema: Any) -> str:
         text = json.dumps(schema, ensure_ascii=False, allow_nan=False)
     except ValueError as exc:  # NaN or infinity (msgspec decodes 1e400 as inf)
         raise ValidationError(f"grammar is not valid: {exc}") from exc
+    except RecursionError as exc:
+        raise ValidationError(_TOO_DEEP) from exc
     return _compiled(text)
 
 
@@ -80,6 +87,8 @@ def _schema(value: Any) -> Any:
             return json.loads(value)
         except ValueError as exc:
             raise ValidationError(f"grammar is not valid: {exc}") from exc
+        except RecursionError as exc:
+            raise ValidationError(_TOO_DEEP) from exc
     if isinstance(value, dict):
         return value
     raise ValidationError(_NOT_SUPPORTED)
@@ -88,13 +97,13 @@ def _schema(value: Any) -> Any:
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _compiled(text: str) -> str:
     # Keyed by the schema's JSON text: key order matters (it is the order of the output).
-    schema = json.loads(text)
     try:
+        schema = json.loads(text)
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise ValidationError(f"grammar is not valid: {exc.message}") from exc
     except RecursionError as exc:
-        raise ValidationError("grammar is not valid: schema nested too deeply") from exc
+        raise ValidationError(_TOO_DEEP) from exc
     if not isinstance(schema, dict) or "properties" not in schema:
         raise ValidationError("grammar is not valid: Grammar must have a 'properties' field")
     try:
@@ -105,11 +114,14 @@ def _compiled(text: str) -> str:
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _checked_regex(regex: str) -> str:
-    """``regex``, once ``outlines_core`` built an automaton from it (the runner will too)."""
+    """``regex``, once ``outlines_core`` built an automaton from it (the runner will too),
+    small enough for the runner (``grammar_bounds``)."""
+    check_estimate(regex)
     try:
-        Index(regex, _byte_vocabulary())
+        index = Index(regex, _byte_vocabulary())
     except ValueError as exc:
         raise ValidationError(f"grammar is not valid: {exc}") from exc
+    check_transitions(index.get_transitions())
     return regex
 
 
