@@ -261,3 +261,48 @@ def test_top_k_and_top_p_restrict_the_support(params: SamplingParams, allowed: s
         sampler.add_sequence(seed, msgspec.structs.replace(params, seed=seed), [0], 1)
     drawn = set(sampler.sample(range(500), logits.expand(500, 6)).token_ids)
     assert drawn == allowed
+
+
+EXTREME = [
+    SamplingParams(do_sample=True, seed=1, temperature=1e-40),
+    SamplingParams(do_sample=True, seed=2, temperature=1e-40, top_p=1e-30, typical_p=1e-30),
+    SamplingParams(do_sample=True, seed=3, temperature=3e38, top_k=3),
+    SamplingParams(repetition_penalty=1e-40),
+    SamplingParams(do_sample=True, seed=4, repetition_penalty=3e38, temperature=1e-30),
+    SamplingParams(do_sample=True, seed=5, repetition_penalty=1e-40, frequency_penalty=2.0),
+]
+
+
+@pytest.mark.parametrize("params", EXTREME)
+def test_extreme_parameters_give_a_valid_token_without_touching_other_rows(
+    params: SamplingParams,
+) -> None:
+    vocab = 64
+    neighbour = SamplingParams(do_sample=True, seed=9, temperature=0.7, top_n_tokens=2)
+    allowed = torch.zeros(vocab, dtype=torch.bool)
+    allowed[[5, 17, 40]] = True  # a grammar-like mask: only these may be chosen
+    alone = Sampler(vocab, CPU)
+    alone.add_sequence(1, neighbour, [1, 2, 3], 3)
+    sampler = Sampler(vocab, CPU)
+    sampler.add_sequence(0, params, [5, 17, 5, 2], 2)
+    sampler.add_sequence(1, neighbour, [1, 2, 3], 3)
+    for step in range(4):
+        logits = _randn(2, vocab, seed=step, scale=50.0)
+        logits[0] = logits[0].masked_fill(~allowed, float("-inf"))
+        result = sampler.sample([0, 1], logits)
+        assert allowed[result.token_ids[0]]
+        assert math.isfinite(result.logprobs[0]) and result.logprobs[0] <= 0.0
+        expected = alone.sample([1], logits[1:].clone())
+        assert result.token_ids[1] == expected.token_ids[0]
+        assert result.logprobs[1] == pytest.approx(expected.logprobs[0], abs=1e-5)
+
+
+def test_a_row_with_nothing_finite_falls_back_to_its_raw_argmax() -> None:
+    vocab = 16
+    sampler = Sampler(vocab, CPU)
+    sampler.add_sequence(0, SamplingParams(do_sample=True, seed=1, temperature=1e-40), [1], 1)
+    logits = torch.full((1, vocab), -3.0)
+    logits[0, 11] = -1.0  # every score / 1e-40 is -inf in float32: nothing left to sample
+    result = sampler.sample([0], logits)
+    assert result.token_ids == [11]
+    assert result.logprobs[0] == pytest.approx(logits[0].log_softmax(-1)[11].item())

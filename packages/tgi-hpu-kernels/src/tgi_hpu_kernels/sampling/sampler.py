@@ -39,6 +39,8 @@ __all__ = ["SampleResult", "Sampler"]
 
 _MAX_EXACT_FLOAT32_INT = 1 << 24  # token ids travel to the host inside a float32 tensor
 _PROMPT_LOGPROBS_CHUNK = 512  # rows of prompt logits log-softmaxed at once (bounds memory)
+_NEG_INF = float("-inf")
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +156,12 @@ class Sampler:
         if not seq_ids:
             return SampleResult([], [], [])
         plan = self._plan(seq_ids)
-        scores = self._process(plan, logits[:, : self.vocab_size])
+        logits = logits[:, : self.vocab_size]
+        scores = self._process(plan, logits)
         logprobs = scores.log_softmax(dim=-1)
         token_ids = self._choose(plan, scores, logprobs)
+        if plan.changes_scores:
+            _fall_back_(logits, logprobs, token_ids)
         self._record(plan, token_ids)
         return self._result(plan, token_ids, logprobs)
 
@@ -299,6 +304,22 @@ class Sampler:
                 if host[offset + size + j] != float("-inf")  # filtered out by a warper
             )
         return SampleResult(chosen, host[num_rows : 2 * num_rows], top_tokens)
+
+
+def _fall_back_(logits: torch.Tensor, logprobs: torch.Tensor, token_ids: torch.Tensor) -> None:
+    """Rows whose processed distribution is not a distribution (NaN, or nothing finite:
+    extreme temperatures or penalties overflowing float32) take the argmax of their raw
+    (grammar-masked) logits instead, and report its logprobs; the other rows are untouched.
+
+    Costs one device-to-host sync, and nothing more while every row is finite.
+    """
+    finite = logprobs.amax(dim=-1).isfinite() & ~logprobs.isnan().any(dim=-1)
+    if bool(finite.all()):
+        return
+    rows = (~finite).nonzero()[:, 0]
+    raw = logits.index_select(0, rows).float().nan_to_num_(nan=_NEG_INF, posinf=_FLOAT32_MAX)
+    logprobs.index_copy_(0, rows, raw.log_softmax(dim=-1))
+    token_ids.index_copy_(0, rows, raw.argmax(dim=-1))
 
 
 def _check(params: SamplingParams, token_ids: Sequence[int], num_prompt_tokens: int) -> None:
