@@ -14,6 +14,7 @@ under ``<repo>/.cache/clients-venv`` and reused while it stays valid.
 from __future__ import annotations
 
 import fcntl
+import os
 import subprocess
 import sys
 import venv
@@ -26,6 +27,7 @@ from tgi_server.testing import LaunchedService, is_running, launch_service, proc
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS_VENV = ROOT / ".cache" / "clients-venv"
+CLIENTS_LOCK = Path(__file__).with_name("clients-constraints.txt")
 TEXT_GENERATION = "text-generation==0.7.0"
 
 # Small limits and coarse buckets: 18 shapes to warm up; Connected after 15-50 s here.
@@ -109,7 +111,10 @@ def text_generation_python() -> Path:
         if not _venv_is_valid(python):
             venv.EnvBuilder(with_pip=True, clear=True).create(CLIENTS_VENV)
             install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            subprocess.run([*install, TEXT_GENERATION], check=True, timeout=600)
+            # The client has its own lock: the suite's (PIP_CONSTRAINT) pins a newer hub.
+            environ = {k: v for k, v in os.environ.items() if k != "PIP_CONSTRAINT"}  # noqa: TID251
+            locked = [*install, "--constraint", str(CLIENTS_LOCK), TEXT_GENERATION]
+            subprocess.run(locked, check=True, timeout=600, env=environ)
     assert _venv_is_valid(python)
     return python
 

@@ -30,9 +30,21 @@ CONTROL = "control character (\\u0000-\\u001F) found while parsing a string"
 def _decoder_accepts(data: bytes) -> bool:
     try:
         msgspec.json.decode(data)
-    except msgspec.ValidationError:
-        return True  # well-formed, out of the decoder's number range: not a syntax matter
+    except msgspec.ValidationError:  # a number beyond its range: it stopped there, so the
+        return _stdlib_accepts(data)  # standard library (no range limit) judges the rest
     except msgspec.DecodeError:
+        return False
+    return True
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(name)  # NaN and Infinity are not JSON
+
+
+def _stdlib_accepts(data: bytes) -> bool:
+    try:
+        json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError included
         return False
     return True
 
