@@ -285,3 +285,36 @@ def test_sentencepiece_choice_with_space_pieces(tiny_llama) -> None:
         text = tokenizer.decode([*prompt[1:], *result.token_ids[:-1]])
         assert text in ("is it yes", "is it no"), text
         assert result.token_ids[-1] == 2
+
+
+def test_a_broken_grammar_fails_its_sequence_alone(tiny_llama) -> None:
+    runner, tokenizer = tiny_llama
+    prompt = tuple(tokenizer.encode("is it"))
+    yes_no = SamplingParams(grammar=" (yes|no)")
+    [alone] = _generate(runner, [prompt], [yes_no], max_new_tokens=10, first_seq_id=60)
+    per_seq = MAX_SEQ_LEN // BLOCK_SIZE
+    tables = [tuple(range(i * per_seq, (i + 1) * per_seq)) for i in range(3)]
+    bad = tokenizer.encode("{", add_special_tokens=False)[-1]  # " (yes|no)" cannot start so
+    items = (
+        PrefillItem(70, prompt, len(prompt), 0, tables[0], yes_no),
+        PrefillItem(71, prompt, len(prompt), 0, tables[1], SamplingParams(grammar="(")),
+        PrefillItem(72, (*prompt, bad), len(prompt), 0, tables[2], yes_no),  # a recompute
+    )
+    outputs = runner.execute(StepPlan(1, PrefillShape(3, len(prompt) + 1), prefill=items)).outputs
+    assert outputs[1].error is not None and outputs[1].error.startswith("grammar is not valid")
+    assert outputs[2].error is not None and "does not continue its grammar" in outputs[2].error
+    assert outputs[0].error is None
+    generated = [outputs[0].token_id]
+    released: tuple[int, ...] = (71, 72)  # the scheduler releases what failed
+    while generated[-1] not in runner.eos_token_ids and len(generated) < 10:
+        position = len(prompt) + len(generated) - 1
+        decode = (DecodeItem(70, generated[-1], position, tables[0]),)
+        plan = StepPlan(
+            1 + len(generated), DecodeShape(1, per_seq), decode=decode, released=released
+        )
+        [output] = runner.execute(plan).outputs
+        assert output.error is None
+        generated.append(output.token_id)
+        released = ()
+    assert generated == alone.token_ids
+    runner.execute(StepPlan(99, None, released=(70,)))

@@ -314,6 +314,26 @@ def test_a_failed_decode_fails_the_running_batch(make_engine: MakeEngine) -> Non
     assert run_until_idle(engine) == {}
 
 
+@pytest.mark.parametrize("fail_at", [1, 3])  # at its prefill, or while decoding
+def test_a_sequence_the_runner_fails_alone_fails_only_its_request(
+    make_engine: MakeEngine, fail_at: int
+) -> None:
+    engine, runner = make_engine(runner={"fail_after": {2: fail_at}})
+    for request_id, first in ((1, 100), (2, 200), (3, 300)):
+        engine.add_request(req(request_id, 5, max_new_tokens=6, first=first))
+    events = run_until_idle(engine)
+    message = "Request failed during generation: Server error: scripted failure of sequence 2"
+    assert events[2][-1] == RequestFailed(2, message, "generation")
+    assert len(tokens(events[2])) == fail_at - 1
+    for other in (1, 3):  # the neighbours finish untouched and never see its error
+        assert len(tokens(events[other])) == 6
+        assert not any(isinstance(e, RequestFailed) for e in events[other])
+    stats = engine.stats()
+    assert stats.num_failed_steps == 0 and stats.kv_blocks_used == 0
+    assert stats.batch_size == 0 and stats.queue_size == 0
+    assert runner.live_seq_ids == frozenset() and runner.violations == []
+
+
 def test_update_rejects_an_output_for_another_plan() -> None:
     settings = SchedulerSettings(max_input_tokens=32, max_total_tokens=64, block_size=4)
     scheduler = Scheduler(settings, BlockAllocator(64, 4), eos_token_ids=[2])

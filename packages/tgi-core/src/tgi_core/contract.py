@@ -177,6 +177,11 @@ class SequenceOutput(msgspec.Struct, frozen=True, gc=False):
     and temperature (what TGI reports). ``top_tokens`` has ``top_n_tokens`` entries when the
     sequence asked for them. ``prompt_logprobs`` is set on a prefill output when the item
     asked for it: one value per prompt token, ``None`` for the first.
+
+    ``error`` is set when this sequence, and only it, could not go on (its grammar broke,
+    its sampling state was refused): the other fields mean nothing, the scheduler fails
+    that request alone with this text (TGI's 424) and the rest of the batch carries on.
+    A failure of the whole step is an exception of ``ModelRunner.execute`` instead.
     """
 
     seq_id: int
@@ -184,6 +189,7 @@ class SequenceOutput(msgspec.Struct, frozen=True, gc=False):
     logprob: float
     top_tokens: tuple[TopToken, ...] = ()
     prompt_logprobs: tuple[float | None, ...] | None = None
+    error: str | None = None
 
 
 class StepOutput(msgspec.Struct, frozen=True, gc=False):

@@ -3,9 +3,10 @@
 One step: drop released sequences, register new prefills with the sampler, build the step's
 tensors (``step_inputs``), run the model through the device's step runner (graphs where the
 device has them), take the logits of each real sequence's last token, sample, and answer
-one ``SequenceOutput`` per item in plan order. The runner owns device tensors only (weights,
-KV cache, graphs); request bookkeeping stays in the scheduler, and the sampler and grammar
-state of live sequences in ``sequence_sampling.py``.
+one ``SequenceOutput`` per item in plan order (with ``error`` set for a sequence that failed
+alone: its grammar or parameters; the step goes on for the others). The runner owns
+device tensors only (weights, KV cache, graphs); request bookkeeping stays in the
+scheduler, and the sampler and grammar state of live sequences in ``sequence_sampling.py``.
 """
 
 from __future__ import annotations
@@ -329,8 +330,11 @@ class TorchModelRunner:
         logits, hidden, inputs = self._forward(plan)
         result = self._sequences.sample(step, logits)
         prompt_logprobs = self._prompt_logprobs(plan, hidden, inputs)
+        failed = step.failed  # sequences failed alone: only their own request hears why
         outputs = tuple(
-            SequenceOutput(
+            SequenceOutput(seq_id, 0, 0.0, error=failed[seq_id])
+            if seq_id in failed
+            else SequenceOutput(
                 seq_id=seq_id,
                 token_id=result.token_ids[i],
                 logprob=result.logprobs[i],

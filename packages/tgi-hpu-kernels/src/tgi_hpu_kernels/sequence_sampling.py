@@ -7,6 +7,10 @@ forward pass (``prepare``), applied to the logits, sampled, and the guides advan
 chosen tokens (``sample``). Both parts are built lazily: the grammar one pulls in
 ``outlines_core`` and needs the tokenizer's token bytes.
 
+A failure that belongs to one sequence (its parameters or grammar refused at its prefill,
+a token that breaks its grammar) drops that sequence's state and is reported in
+``PreparedStep.failed``; the other rows of the step go on.
+
 What does not live here: the forward pass, step tensors and prompt logprobs (``runner.py``),
 the sampling maths (``sampling/``) and the regex guides themselves (``sampling/grammar.py``).
 """
@@ -14,7 +18,7 @@ the sampling maths (``sampling/``) and the regex guides themselves (``sampling/g
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,6 +40,7 @@ class PreparedStep:
     seq_ids: list[int]
     grammar: GrammarConstraints | None  # None when no live sequence is constrained
     mask: GrammarMask | None  # None when no row of this step is constrained
+    failed: dict[int, str] = field(default_factory=dict)  # sequences failed alone, and why
 
 
 class SequenceSampling:
@@ -114,22 +119,46 @@ class SequenceSampling:
     def prepare(self, plan: StepPlan) -> PreparedStep:
         """Register the plan's prefills and write its grammar masks, before the forward pass
         so that the host work overlaps the device."""
+        failed: dict[int, str] = {}
         for item in plan.prefill:
-            self.add_prefill(item)
+            try:
+                self.add_prefill(item)
+            except ValueError as exc:  # its own parameters or grammar (GrammarError)
+                failed[item.seq_id] = str(exc)
+                self.release([item.seq_id])
         seq_ids = [item.seq_id for item in plan.prefill] or [item.seq_id for item in plan.decode]
         grammar = self._grammar if self._grammar and self._grammar.num_sequences else None
         mask = grammar.prepare(seq_ids, self._vocab_size) if grammar else None
-        return PreparedStep(seq_ids, grammar, mask)
+        return PreparedStep(seq_ids, grammar, mask, failed)
 
     def sample(self, step: PreparedStep, logits: Tensor) -> SampleResult:
         """Mask ``logits`` ``[len(step.seq_ids), vocab]``, choose one token per row and move
-        the grammar guides over them."""
+        the grammar guides over them; a failed row (``step.failed``, which this extends)
+        gets token 0 and no logprobs."""
         grammar, mask = step.grammar, step.mask
         if grammar is not None and mask is not None:
             grammar.apply_(mask, logits)
-        result = self.sampler.sample(step.seq_ids, logits)
+        if not step.failed:
+            result = self.sampler.sample(step.seq_ids, logits)
+        else:
+            result = self._sample_rows(step, logits)
         if grammar is not None:
-            grammar.advance(step.seq_ids, result.token_ids)
+            step.failed.update(grammar.advance(step.seq_ids, result.token_ids))
+        return result
+
+    def _sample_rows(self, step: PreparedStep, logits: Tensor) -> SampleResult:
+        """Sample the rows that did not fail; placeholders for the others."""
+        rows = [i for i, seq_id in enumerate(step.seq_ids) if seq_id not in step.failed]
+        index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+        live = self.sampler.sample([step.seq_ids[i] for i in rows], logits.index_select(0, index))
+        from tgi_hpu_kernels.sampling import SampleResult
+
+        num_rows = len(step.seq_ids)
+        result = SampleResult([0] * num_rows, [0.0] * num_rows, [()] * num_rows)
+        for j, i in enumerate(rows):
+            result.token_ids[i] = live.token_ids[j]
+            result.logprobs[i] = live.logprobs[j]
+            result.top_tokens[i] = live.top_tokens[j]
         return result
 
     def _grammar_for_step(self) -> GrammarConstraints:

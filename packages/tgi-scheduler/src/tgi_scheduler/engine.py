@@ -8,7 +8,8 @@
 
 plus the refusals of requests that found ``max_concurrent_requests`` in flight (TGI's 429,
 reported among the next step's events) and the failure of a plan the runner could not run
-(TGI's 424 for that plan's requests; the others carry on). The engine is single-threaded:
+(TGI's 424 for that plan's requests; the others carry on). A failure the runner reports
+for one sequence (``SequenceOutput.error``) fails that request only. The engine is single-threaded:
 call ``add_request``, ``abort`` and ``step`` from one thread (the server's engine loop).
 """
 
@@ -31,7 +32,7 @@ from tgi_core.settings.slices import SchedulerSettings
 from tgi_scheduler.block_allocator import BlockAllocator
 from tgi_scheduler.buckets import all_shapes
 from tgi_scheduler.limits import check_limits
-from tgi_scheduler.scheduler import Scheduler, StopCheckerFactory
+from tgi_scheduler.scheduler import GENERATION_ERROR_PREFIX, Scheduler, StopCheckerFactory
 from tgi_scheduler.stats import SchedulerStats
 
 __all__ = ["GENERATION_ERROR_PREFIX", "OVERLOADED_MESSAGE", "Engine"]
@@ -39,7 +40,6 @@ __all__ = ["GENERATION_ERROR_PREFIX", "OVERLOADED_MESSAGE", "Engine"]
 logger = logging.getLogger(__name__)
 
 OVERLOADED_MESSAGE = "Model is overloaded"
-GENERATION_ERROR_PREFIX = "Request failed during generation: Server error: "
 
 
 class Engine:

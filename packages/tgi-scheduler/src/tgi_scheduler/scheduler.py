@@ -49,7 +49,9 @@ from tgi_scheduler.queue import make_queue
 from tgi_scheduler.sequence import FINISH_REASONS, Sequence, SequenceStatus
 from tgi_scheduler.stats import SchedulerStats, StepCounters
 
-__all__ = ["Scheduler"]
+__all__ = ["GENERATION_ERROR_PREFIX", "Scheduler"]
+
+GENERATION_ERROR_PREFIX = "Request failed during generation: Server error: "
 
 StopCheckerFactory = Callable[[GenerationRequest], StopChecker | None]
 
@@ -277,7 +279,8 @@ class Scheduler:
         """Apply the runner's output for ``plan``; return one event per surviving sequence.
 
         Sequences aborted since the plan was made are skipped. Finished sequences free their
-        blocks and are released with the next plan.
+        blocks and are released with the next plan; so do those the runner failed alone
+        (``SequenceOutput.error``), each with its own error text.
 
         Raises:
             ValueError: the output does not answer this plan item for item.
@@ -300,6 +303,10 @@ class Scheduler:
                 )
             seq = running.get(out.seq_id)
             if seq is None:
+                continue
+            if out.error is not None:
+                self._retire(seq, SequenceStatus.FINISHED_FAILED)
+                events.append(RequestFailed(seq.seq_id, GENERATION_ERROR_PREFIX + out.error))
                 continue
             mark_computed(seq)
             token_id = out.token_id

@@ -2,9 +2,10 @@
 
 It implements the real protocol (``tgi_core.contract.ModelRunner``) without a model: the next
 token of a sequence is ``(last token + 1) % vocab_size``, or ``eos_token_id`` once a sequence
-has generated the number of tokens scripted for it in ``eos_after``. While it runs it checks
-what a device runner relies on, and records every violation in ``violations`` (and raises
-``PlanInvariantError`` when ``strict``):
+has generated the number of tokens scripted for it in ``eos_after``; a sequence scripted in
+``fail_after`` reports a failure of its own (``SequenceOutput.error``) at that token
+instead. While it runs it checks what a device runner relies on, and records every
+violation in ``violations`` (and raises ``PlanInvariantError`` when ``strict``):
 
 - after warmup, every plan's shape is one warmup ran (else ``num_unwarmed_shapes`` grows);
 - the shape covers the plan (batch, new tokens, block-table width; ``num_blocks`` is 0 exactly
@@ -93,6 +94,8 @@ class FakeRunner:
         strict: raise ``PlanInvariantError`` on a violation (it is recorded either way).
         record_plans: keep every plan in ``plans``.
         fail_step_ids: steps whose ``execute`` raises ``RuntimeError`` (after releases).
+        fail_after: ``{seq_id: n}``: sequence ``seq_id`` fails alone at its n-th generated
+            token, with the error text ``f"scripted failure of sequence {seq_id}"``.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class FakeRunner:
         strict: bool = True,
         record_plans: bool = True,
         fail_step_ids: Collection[int] = (),
+        fail_after: Mapping[int, int] | None = None,
     ) -> None:
         self._num_kv_blocks = num_kv_blocks
         self._block_size = block_size
@@ -118,6 +122,7 @@ class FakeRunner:
         self.strict = strict
         self.record_plans = record_plans
         self.fail_step_ids = set(fail_step_ids)
+        self.fail_after = dict(fail_after or {})
         self.plans: list[StepPlan] = []
         self.violations: list[str] = []
         self.elapsed_seconds = 0.0
@@ -305,6 +310,8 @@ class FakeRunner:
     ) -> SequenceOutput:
         tokens = live.token_ids
         num_generated = len(tokens) - live.num_prompt_tokens + 1
+        if self.fail_after.get(seq_id) == num_generated:
+            return SequenceOutput(seq_id, 0, 0.0, error=f"scripted failure of sequence {seq_id}")
         if self.eos_after.get(seq_id) == num_generated:
             token_id = self.eos_token_id
         else:

@@ -146,13 +146,23 @@ class GrammarConstraints:
         else:
             logits.index_add_(0, mask.rows, bias)
 
-    def advance(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> None:
-        """Move each constrained sequence's guide over the token it was given."""
+    def advance(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> dict[int, str]:
+        """Move each constrained sequence's guide over the token it was given.
+
+        Returns the sequences whose token broke their grammar, with why; their guides are
+        dropped (a failure of one sequence, never of the batch).
+        """
         guides = self._guides
+        failed: dict[int, str] = {}
         for seq_id, token_id in zip(seq_ids, token_ids, strict=True):
             guide = guides.get(seq_id)
             if guide is not None and token_id not in self._eos_token_ids:
-                _advance(guide, seq_id, token_id)
+                try:
+                    _advance(guide, seq_id, token_id)
+                except GrammarError as exc:
+                    failed[seq_id] = str(exc)
+                    del guides[seq_id]
+        return failed
 
     def _index(self, regex: str) -> Any:
         index = self._indexes.get(regex)
