@@ -46,6 +46,7 @@ from tgi_server.ipc import (
     Submit,
     decode_engine_message,
     encode,
+    heartbeat_path,
     make_socket_dir,
     socket_path,
 )
@@ -290,6 +291,7 @@ class EngineProcess:
             os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
         self.path.unlink(missing_ok=True)
+        heartbeat_path(self.path).unlink(missing_ok=True)  # left by a killed engine
         self.socket_dir.rmdir()
 
 

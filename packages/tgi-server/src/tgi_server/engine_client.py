@@ -7,6 +7,14 @@ event to its request's asyncio queue. ``InProcessEngineClient`` talks to an
 are unique across workers, and both abort a request at once when its consumer stops early
 (client disconnected, task cancelled, ``aclose``), so the engine frees its KV blocks.
 
+A dead engine is known at once: the ZeroMQ client watches its socket's disconnect, then
+ends every stream in flight and answers every later request with TGI's generation error
+(``Request failed during generation: Server error: the engine process disconnected``, a 424)
+without waiting. ``health`` answers within ``HEALTH_TIMEOUT_S``: False when the engine is
+gone or hung past its step deadline (its heartbeat, ``tgi_server.ipc.heartbeat``); when it
+is only busy in a long step, the last answer it gave, as TGI answers from its last known
+state.
+
 Validation, tokenization and rendering are the HTTP layer's job, not this module's.
 """
 
@@ -22,14 +30,11 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import NamedTuple, Protocol, TypeVar
 
-import msgspec
-import zmq
-import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
-
 from tgi_core.contract import GenerationRequest, RequestEvent, RequestFailed
 from tgi_scheduler.engine import GENERATION_ERROR_PREFIX
 from tgi_server.engine.inprocess import InProcessEngine
+from tgi_server.ipc.connection import DealerConnection
+from tgi_server.ipc.heartbeat import HeartbeatReader, heartbeat_path
 from tgi_server.ipc.messages import (
     Abort,
     EngineInfo,
@@ -44,23 +49,34 @@ from tgi_server.ipc.messages import (
     StepEvents,
     Submit,
     WorkerMessage,
-    decode_engine_message,
     encode,
     is_final_event,
 )
-from tgi_server.ipc.sockets import connect_dealer, new_identity
+from tgi_server.ipc.sockets import new_identity
 
-__all__ = ["EngineClient", "InProcessEngineClient", "ZmqEngineClient"]
+__all__ = [
+    "HEALTH_TIMEOUT_S",
+    "EngineClient",
+    "EngineGoneError",
+    "InProcessEngineClient",
+    "ZmqEngineClient",
+]
 
 logger = logging.getLogger(__name__)
 
 _Reply = TypeVar("_Reply", HelloReply, HealthReply, StatsReply)
 _T = TypeVar("_T")
 ENGINE_GONE_DETAIL = "the engine process disconnected"
+# /health must answer within 1 s, whatever the engine does.
+HEALTH_TIMEOUT_S = 0.5
 # A request id is (tag << 32) | counter: the tag (worker index or pid, < 2**22 on Linux)
 # keeps ids unique across workers, and stays below the engine's probe ids (2**62).
 _COUNTER_BITS = 32
 _COUNTER_MASK = (1 << _COUNTER_BITS) - 1
+
+
+class EngineGoneError(RuntimeError):
+    """The engine process is gone: nothing will answer."""
 
 
 class EngineClient(Protocol):
@@ -74,7 +90,10 @@ class EngineClient(Protocol):
         ...
 
     async def health(self) -> bool:
-        """TGI's health check: True when the last generation succeeded or a probe does."""
+        """TGI's health check: True when the last generation succeeded or a probe does.
+
+        Answers within ``HEALTH_TIMEOUT_S``.
+        """
         ...
 
     async def stats(self) -> EngineStatus: ...
@@ -109,6 +128,8 @@ class _ClientBase(abc.ABC):
         self._nonces = itertools.count(1)
         self._streams: dict[int, _Stream] = {}
         self._pending: dict[int, _Pending] = {}
+        self._gone: str | None = None  # why the engine is gone; it never comes back
+        self._last_healthy = True
 
     @abc.abstractmethod
     def _tag(self) -> int:
@@ -133,6 +154,9 @@ class _ClientBase(abc.ABC):
         request_id = request.request_id
         if request_id in self._streams:
             raise ValueError(f"request id {request_id} is already streaming")
+        if self._gone is not None:
+            yield RequestFailed(request_id, self._gone)
+            return
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
         finished = False
@@ -147,13 +171,20 @@ class _ClientBase(abc.ABC):
             if not finished:
                 self._send_nowait(Abort(request_id))
 
-    async def health(self, timeout_s: float | None = None) -> bool:
-        """TGI's health check; False also when the engine does not answer in time."""
+    async def health(self, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
+        """TGI's health check; when the engine does not answer in time, see ``_busy``."""
         try:
             reply = await self._ask(HealthPing, HealthReply, timeout_s)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            return self._last_healthy and self._busy()
+        except EngineGoneError:
             return False
+        self._last_healthy = reply.healthy
         return reply.healthy
+
+    def _busy(self) -> bool:
+        """Whether an engine that did not answer is known to be alive (in a long step)."""
+        return False
 
     async def stats(self) -> EngineStatus:
         return (await self._ask(StatsQuery, StatsReply)).status
@@ -167,14 +198,20 @@ class _ClientBase(abc.ABC):
         reply_type: type[_Reply],
         timeout_s: float | None = None,
     ) -> _Reply:
+        if self._gone is not None:
+            raise EngineGoneError(self._gone)
         self._prepare()
         nonce = next(self._nonces)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[EngineMessage] = loop.create_future()
         self._pending[nonce] = _Pending(loop, future)
-        try:
+
+        async def send_and_wait() -> EngineMessage:
             await self._send(make(nonce))
-            reply = await asyncio.wait_for(future, timeout_s or self.reply_timeout_s)
+            return await future
+
+        try:
+            reply = await asyncio.wait_for(send_and_wait(), timeout_s or self.reply_timeout_s)
         finally:
             self._pending.pop(nonce, None)
         if not isinstance(reply, reply_type):
@@ -196,73 +233,15 @@ class _ClientBase(abc.ABC):
             if stream is not None:  # else the consumer stopped and aborted it
                 stream.queue.put_nowait(event)
 
-    def _fail_streams(self, message: str) -> None:
-        """End every stream in flight with ``RequestFailed(generation)``."""
+    def _engine_gone(self, message: str) -> None:
+        """The engine is gone: end every stream and wait, and refuse what comes later."""
+        if self._gone is None:
+            logger.error("the engine is gone; failing %d request(s)", len(self._streams))
+        self._gone = message
         self._put_events([RequestFailed(request_id, message) for request_id in self._streams])
-
-
-class _Connection:
-    """One DEALER connection to the engine, owned by one event loop in one process.
-
-    A reader task hands each engine message to the client; a watcher task ends every stream
-    in flight when the engine's side of the socket goes away (the engine process died), so
-    HTTP requests fail with TGI's 424 instead of waiting forever.
-    """
-
-    def __init__(self, client: ZmqEngineClient, identity: bytes) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.pid = os.getpid()
-        self.context = zmq.asyncio.Context()
-        self.socket = connect_dealer(self.context, client.socket_path, identity)
-        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self.tasks = (
-            self.loop.create_task(self._read(client), name="tgi-engine-reader"),
-            self.loop.create_task(self._watch(client), name="tgi-engine-watcher"),
-        )
-
-    def usable(self) -> bool:
-        return self.pid == os.getpid() and self.loop is asyncio.get_running_loop()
-
-    async def _read(self, client: ZmqEngineClient) -> None:
-        while True:
-            data = await self.socket.recv()
-            try:
-                message = decode_engine_message(data)
-            except msgspec.DecodeError as exc:
-                logger.warning("dropping an undecodable engine message: %s", exc)
-                continue
-            client._dispatch(message)
-
-    async def _watch(self, client: ZmqEngineClient) -> None:
-        while True:
-            event = parse_monitor_message(await self.monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_DISCONNECTED and client._streams:
-                logger.error("the engine disconnected; failing %d request(s)", len(client._streams))
-                client._fail_streams(GENERATION_ERROR_PREFIX + ENGINE_GONE_DETAIL)
-
-    def send_nowait(self, data: bytes) -> None:
-        # Unlimited high-water mark: a non-blocking send completes at once.
-        with contextlib.suppress(zmq.ZMQError, RuntimeError):
-            self.socket.send(data, zmq.NOBLOCK)
-
-    async def aclose(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.close()
-
-    def close(self) -> None:
-        """Close without awaiting; after a fork, only forget: the sockets are the parent's."""
-        if self.pid != os.getpid():
-            return
-        if not self.loop.is_closed():
-            for task in self.tasks:
-                task.cancel()
-        with contextlib.suppress(zmq.ZMQError):
-            self.socket.disable_monitor()
-        self.monitor.close(linger=0)
-        self.socket.close(linger=0)
-        self.context.term()
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(EngineGoneError(message))
 
 
 class ZmqEngineClient(_ClientBase):
@@ -270,7 +249,8 @@ class ZmqEngineClient(_ClientBase):
 
     It connects lazily, from the event loop it is first used in (Gunicorn forks workers
     after the app is built), and reconnects if used from another loop or after a fork.
-    If the engine goes away, the streams in flight end with ``RequestFailed(generation)``.
+    If the engine goes away, the streams in flight end with ``RequestFailed(generation)``,
+    and so does every later request, at once.
 
     Args:
         socket_path: the engine socket (``ipc://`` is added).
@@ -288,16 +268,45 @@ class ZmqEngineClient(_ClientBase):
         super().__init__(reply_timeout_s)
         self.socket_path = Path(socket_path)
         self._worker_index = worker_index
-        self._connection: _Connection | None = None
+        self._connection: DealerConnection | None = None
+        self._heartbeat = HeartbeatReader(heartbeat_path(self.socket_path))
 
     def _tag(self) -> int:
         return self._worker_index if self._worker_index is not None else os.getpid()
+
+    async def health(self, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
+        if self._heartbeat.overdue() is not None:
+            return False  # hung past its step deadline: the launcher is about to kill it
+        return await super().health(timeout_s)
+
+    def _busy(self) -> bool:
+        # TGI answers from its last known state without asking the shards: an engine
+        # whose heartbeat is within the step deadline is only busy in a long step.
+        return self._heartbeat.fresh()
+
+    async def info(self) -> EngineInfo:
+        """The ``EngineInfo``; waits as long as the engine's heartbeat is fresh.
+
+        A worker asks at its start; an engine in a long step must not fail that start (a
+        worker that fails to boot stops Gunicorn).
+        """
+        while True:
+            try:
+                return await super().info()
+            except asyncio.TimeoutError:
+                if not self._heartbeat.fresh():
+                    raise
 
     def _prepare(self) -> None:
         if self._connection is not None and self._connection.usable():
             return
         self._forget()
-        self._connection = _Connection(self, new_identity(self._tag()))
+        self._connection = DealerConnection(
+            self.socket_path, new_identity(self._tag()), self._dispatch, self._disconnected
+        )
+
+    def _disconnected(self) -> None:
+        self._engine_gone(GENERATION_ERROR_PREFIX + ENGINE_GONE_DETAIL)
 
     def _forget(self) -> None:
         if self._connection is not None:
@@ -324,6 +333,7 @@ class ZmqEngineClient(_ClientBase):
         elif connection is not None:
             connection.close()
         self._forget()
+        self._heartbeat.close()
 
 
 class InProcessEngineClient(_ClientBase):

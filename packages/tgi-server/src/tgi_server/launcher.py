@@ -12,8 +12,14 @@ environment with ``-e/--env``, then ``Launcher(settings).run()``:
 4. wait until ``GET /health`` answers 200, then log ``Connected`` (TGI's line); from then
    on ``--prometheus-port`` serves the metrics too (bound before anything starts, so a
    busy port fails at once; see ``tgi_server.metrics_listener``);
-5. supervise: if either child exits, stop the other and exit 1. SIGTERM or SIGINT drains
-   instead: Gunicorn first (its workers finish their requests within
+5. supervise: if either child exits, stop the other and exit 1. So does a hung engine: the
+   watchdog reads the engine loop's heartbeat (``tgi_server.ipc.heartbeat``), and when no
+   step ended within ``ENGINE_STEP_TIMEOUT`` (an endless step, a stuck collective, a stopped
+   process) it kills the engine. After a failure nothing can be served: the workers, which
+   know the engine is gone, answer 424 and /health 503 for ``_FAILURE_LINGER_S`` (so load
+   balancers see it), then the survivors get ``_FAILURE_GRACE_S`` to stop before they are
+   killed, so an orchestrator restarts the service promptly. SIGTERM or SIGINT
+   drains instead: Gunicorn first (its workers finish their requests within
    ``--graceful-termination-timeout``, the engine still serving them), then the engine;
    whatever is still alive at the deadline is killed. Exit 0.
 
@@ -44,7 +50,7 @@ from types import FrameType
 from tgi_core.settings import HelpRequested, Settings, SettingsError, render_help
 from tgi_server.__about__ import __version__
 from tgi_server.engine import EngineStartupError, start_engine_process, wait_until_ready
-from tgi_server.ipc import make_socket_dir, socket_path
+from tgi_server.ipc import HeartbeatReader, heartbeat_path, make_socket_dir, socket_path
 from tgi_server.logging_setup import configure_logging
 from tgi_server.metrics_listener import MetricsListener
 
@@ -60,6 +66,8 @@ _POLL_S = 0.1
 _HTTP_READY_TIMEOUT_S = 300.0  # workers booting: imports, tokenizer, connecting the engine
 _GUNICORN_KILL_MARGIN_S = 5.0  # Gunicorn kills its own workers at the deadline; then us
 _ENGINE_MIN_WAIT_S = 10.0  # the engine's drain after Gunicorn's: nothing left in flight
+_FAILURE_LINGER_S = 2.0  # after a crash: /health answers 503 before the listener closes
+_FAILURE_GRACE_S = 3.0  # then: time for the survivors to stop
 
 
 class StartupError(RuntimeError):
@@ -157,12 +165,16 @@ class Launcher:
         self._children: list[Child] = []
         self._temp_dirs: list[Path] = []
         self._metrics_listener: MetricsListener | None = None
+        self._heartbeat: HeartbeatReader | None = None
+        self._failed = False
 
     def run(self) -> int:
         """Start, serve, shut down; the exit status (0 after a signal, 1 after a failure)."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
         try:
-            return self._serve()
+            status = self._serve()
+            self._failed = status != 0
+            return status
         finally:
             self._shutdown()
             for sig, handler in previous.items():
@@ -201,6 +213,7 @@ class Launcher:
             )
         except EngineStartupError as error:
             raise StartupError(f"{engine.name} exited before it was ready") from error
+        self._heartbeat = HeartbeatReader(heartbeat_path(path))
         warmup = info.warmup
         logger.info(
             "Engine ready in %.1f s: %d KV blocks of %d tokens, %s shapes warmed up",
@@ -269,7 +282,7 @@ class Launcher:
                 )
 
     def _supervise(self) -> bool:
-        """Wait for a stop signal (False) or a child's exit (True)."""
+        """Wait for a stop signal (False), or a child's exit or a hung engine (True)."""
         while not self._stop.wait(_POLL_S):
             for child in self._children:
                 if not child.alive():
@@ -280,14 +293,38 @@ class Launcher:
                         child.process.returncode,
                     )
                     return True
+            if self._engine_hung():
+                return True
         return False
+
+    def _engine_hung(self) -> bool:
+        """The watchdog: kill an engine whose step outlived ``ENGINE_STEP_TIMEOUT``."""
+        overdue = None if self._heartbeat is None else self._heartbeat.overdue()
+        if overdue is None:
+            return False
+        engine = self._children[0]
+        logger.error(
+            "The engine (pid %d) ended no step in %.1f s (ENGINE_STEP_TIMEOUT %s s): killing it",
+            engine.pid,
+            overdue,
+            self.settings.engine_step_timeout,
+        )
+        engine.process.kill()  # SIGKILL: a hung (or stopped) process handles nothing else
+        return True
 
     def _shutdown(self) -> None:
         """Stop the children (webserver first, then the engine), remove the temp dirs."""
+        if self._failed and any(c.name == "webserver" and c.alive() for c in self._children):
+            self._stop.wait(_FAILURE_LINGER_S)
         deadline = time.monotonic() + self.server.graceful_termination_timeout
         for child in reversed(self._children):  # the engine started first: it stops last
+            if self._failed:
+                child.stop(time.monotonic() + _FAILURE_GRACE_S)
+                continue
             margin = _GUNICORN_KILL_MARGIN_S if child.name == "webserver" else _ENGINE_MIN_WAIT_S
             child.stop(max(deadline, time.monotonic()) + margin)
+        if self._heartbeat is not None:
+            self._heartbeat.close()
         if self._metrics_listener is not None:
             self._metrics_listener.close()
         for folder in self._temp_dirs:

@@ -13,6 +13,12 @@ generation makes the engine healthy again.
 ``request_stop`` starts a drain: new submits are refused, requests in flight may finish
 within ``drain_timeout_s``, the rest fail, then ``run`` returns.
 
+Every iteration calls ``heartbeat`` (the watchdog's proof of life, see
+``tgi_server.ipc.heartbeat``). A worker that goes away (killed, restarted) is noticed when a
+send to it fails; so that requests still waiting in the queue are freed too, a worker with
+requests in flight that was sent nothing for ``_WORKER_CHECK_S`` gets an empty
+``StepEvents``.
+
 The loop never waits on a worker: the transport's sends never block. It knows nothing about
 sockets (``tgi_server.ipc.sockets``, ``tgi_server.engine.inprocess``) or how the engine is
 built (``tgi_server.engine.build``).
@@ -23,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Literal, Protocol
 
 from tgi_core.contract import GenerationRequest, RequestEvent, RequestFailed, TokenEvent
@@ -58,6 +64,7 @@ SHUTDOWN_DETAIL = "the engine shut down before the request finished"
 # Liveness probes use ids no client produces (clients stay below 2**54).
 PROBE_REQUEST_ID_BASE = 1 << 62
 _PROBE_TOKEN_ID = 0
+_WORKER_CHECK_S = 1.0
 
 
 class EngineLike(Protocol):
@@ -95,6 +102,8 @@ class EngineLoop:
         info: what ``Hello`` is answered with.
         drain_timeout_s: how long a drain lets requests in flight finish.
         idle_poll_ms: the longest a poll blocks while idle (bounds the reaction to a stop).
+        heartbeat: called once per iteration (between steps, and at least every
+            ``idle_poll_ms`` while idle).
     """
 
     def __init__(
@@ -105,12 +114,16 @@ class EngineLoop:
         *,
         drain_timeout_s: float = 90.0,
         idle_poll_ms: int = 100,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
         self._transport = transport
         self._info = info
         self._drain_timeout_s = drain_timeout_s
         self._idle_poll_ms = idle_poll_ms
+        self._heartbeat = heartbeat
+        self._next_worker_check = 0.0
+        self._last_sent: dict[Hashable, float] = {}  # worker -> when it was last sent to
         self._routes: dict[int, Hashable] = {}  # request_id -> worker that submitted it
         self._step_due = False  # a submit's refusal arrives in the next step's events
         self._healthy = True
@@ -139,6 +152,8 @@ class EngineLoop:
         """Serve until ``request_stop`` and the drain complete."""
         drain_deadline: float | None = None
         while True:
+            if self._heartbeat is not None:
+                self._heartbeat()
             if drain_deadline is None and self._stop.is_set():
                 drain_deadline = time.monotonic() + self._drain_timeout_s
                 logger.info("draining %d request(s) in flight", len(self._routes))
@@ -151,6 +166,7 @@ class EngineLoop:
                 self._apply(worker, message)
             if self._step_due or self._engine.has_unfinished():
                 self._step()
+            self._check_workers()
         self._fail_in_flight(GENERATION_ERROR_PREFIX + SHUTDOWN_DETAIL)
         logger.info("engine loop stopped after %d step(s)", self._num_steps)
 
@@ -225,8 +241,22 @@ class EngineLoop:
             self._engine.add_request(probe)
 
     def _send(self, worker: Hashable, message: EngineMessage) -> None:
-        if not self._transport.send(worker, message):
+        if self._transport.send(worker, message):
+            self._last_sent[worker] = time.monotonic()
+        else:
             self._drop_worker(worker)
+
+    def _check_workers(self) -> None:
+        """Probe the quiet workers with requests in flight, every ``_WORKER_CHECK_S``."""
+        now = time.monotonic()
+        if now < self._next_worker_check:
+            return
+        self._next_worker_check = now + _WORKER_CHECK_S
+        owners = set(self._routes.values())
+        self._last_sent = {w: t for w, t in self._last_sent.items() if w in owners}
+        for worker in owners:
+            if self._last_sent.get(worker, 0.0) < now - _WORKER_CHECK_S:
+                self._send(worker, StepEvents(()))
 
     def _drop_worker(self, worker: Hashable) -> None:
         """A worker went away: free its requests at once."""

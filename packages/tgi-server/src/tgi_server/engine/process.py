@@ -15,6 +15,10 @@ answers a ``Hello`` with its ``EngineInfo`` (the ready message: model, KV blocks
 supported total tokens, the limits, the warmup report). SIGTERM or SIGINT starts a drain
 (new requests are refused, those in flight get ``graceful_termination_timeout`` seconds to
 finish); a second signal ends the drain at once. The socket file is removed on the way out.
+
+Next to the socket (``<path>.heartbeat``) the loop keeps its heartbeat, with the step deadline
+(``ENGINE_STEP_TIMEOUT``): the launcher and the workers read it to tell a hung engine, which
+cannot tell itself (``tgi_server.ipc.heartbeat``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 
@@ -38,6 +42,7 @@ from tgi_core.settings import HelpRequested, Settings, SettingsError
 from tgi_scheduler import Engine
 from tgi_server.engine.build import build_engine, close_runner
 from tgi_server.engine.loop import EngineLoop
+from tgi_server.ipc.heartbeat import HeartbeatWriter, heartbeat_path
 from tgi_server.ipc.messages import EngineInfo, Hello, HelloReply, decode_engine_message, encode
 from tgi_server.ipc.sockets import RouterTransport, endpoint, new_identity
 from tgi_server.logging_setup import configure_logging
@@ -62,20 +67,29 @@ class EngineStartupError(RuntimeError):
 
 
 def serve_engine(
-    engine: Engine, info: EngineInfo, path: str | Path, *, drain_timeout_s: float = 90.0
+    engine: Engine,
+    info: EngineInfo,
+    path: str | Path,
+    *,
+    drain_timeout_s: float = 90.0,
+    step_timeout_s: float = 120.0,
 ) -> None:
     """Bind the engine socket at ``path`` and serve until SIGTERM/SIGINT and the drain end.
 
-    Signal handlers are installed only when called from the main thread.
+    ``step_timeout_s`` is the deadline the heartbeat's readers enforce. Signal handlers are
+    installed only when called from the main thread.
     """
-    transport = RouterTransport(path)
-    loop = EngineLoop(engine, transport, info, drain_timeout_s=drain_timeout_s)
-    try:
+    with ExitStack() as cleanup:
+        heartbeat = HeartbeatWriter(heartbeat_path(path), step_timeout_s)
+        cleanup.callback(heartbeat.close)
+        transport = RouterTransport(path)
+        cleanup.callback(transport.close)
+        loop = EngineLoop(
+            engine, transport, info, drain_timeout_s=drain_timeout_s, heartbeat=heartbeat.beat
+        )
         with _stop_on_signals(loop):
             logger.info("engine ready on %s (pid %d)", endpoint(path), info.pid)
             loop.run()
-    finally:
-        transport.close()
     logger.info("engine stopped")
 
 
@@ -89,6 +103,7 @@ def run_engine(settings: Settings, path: str | Path) -> None:
             ready.info,
             path,
             drain_timeout_s=float(settings.graceful_termination_timeout),
+            step_timeout_s=settings.engine_step_timeout,
         )
     finally:  # after SIGTERM's drain too: the runner writes what must outlive the process
         close_runner(ready.engine)

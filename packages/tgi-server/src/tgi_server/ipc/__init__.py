@@ -1,5 +1,7 @@
 """IPC between the HTTP workers and the engine process: wire messages and ZeroMQ sockets."""
 
+from tgi_server.ipc.connection import DealerConnection
+from tgi_server.ipc.heartbeat import HeartbeatReader, HeartbeatWriter, heartbeat_path
 from tgi_server.ipc.messages import (
     Abort,
     EngineInfo,
@@ -30,11 +32,14 @@ from tgi_server.ipc.sockets import (
 
 __all__ = [
     "Abort",
+    "DealerConnection",
     "EngineInfo",
     "EngineMessage",
     "EngineStatus",
     "HealthPing",
     "HealthReply",
+    "HeartbeatReader",
+    "HeartbeatWriter",
     "Hello",
     "HelloReply",
     "RouterTransport",
@@ -48,6 +53,7 @@ __all__ = [
     "decode_worker_message",
     "encode",
     "endpoint",
+    "heartbeat_path",
     "is_final_event",
     "make_socket_dir",
     "new_identity",
