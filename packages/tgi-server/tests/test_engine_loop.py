@@ -51,14 +51,14 @@ class ScriptedRunner(FakeRunner):
 
     ``pause_before``: the engine thread blocks in that ``execute`` call (0-based count) until
     ``resume`` is set, so a test can act while requests are certainly in flight.
-    ``fail_after``: from that many executed steps on, the device is ``broken`` and every step
+    ``break_after``: from that many executed steps on, the device is ``broken`` and every step
     raises, until the test clears ``broken``.
     """
 
-    def __init__(self, *, pause_before: int | None = None, fail_after: int | None = None) -> None:
+    def __init__(self, *, pause_before: int | None = None, break_after: int | None = None) -> None:
         super().__init__(num_kv_blocks=128, block_size=16)
         self.pause_before = pause_before
-        self.fail_after = fail_after
+        self.break_after = break_after
         self.num_executed = 0
         self.paused = threading.Event()
         self.resume = threading.Event()
@@ -68,7 +68,7 @@ class ScriptedRunner(FakeRunner):
         if self.num_executed == self.pause_before:
             self.paused.set()
             assert self.resume.wait(30), "the test never resumed the runner"
-        if self.num_executed == self.fail_after:
+        if self.num_executed == self.break_after:
             self.broken.set()
         self.num_executed += 1
         if self.broken.is_set():
@@ -276,7 +276,7 @@ def test_overloaded_requests_fail_with_tgi_message() -> None:
 
 
 def test_runner_failure_fails_requests_marks_unhealthy_and_loop_goes_on() -> None:
-    runner = ScriptedRunner(fail_after=3)  # one prefill and two decodes succeed
+    runner = ScriptedRunner(break_after=3)  # one prefill and two decodes succeed
     engine = make_engine(runner)
 
     async def scenario() -> None:
