@@ -19,6 +19,7 @@ LIMITS = ValidationLimits(
     max_input_tokens=4095,
     max_total_tokens=4096,
     max_generation_chunk=1024,
+    enable_prefill_logprobs=True,
 )
 
 

@@ -30,7 +30,7 @@ ARGV = [
     "--dtype", "float32", "--device", "cpu",
     "--max-input-tokens", "448", "--max-total-tokens", "512",
     "--max-batch-prefill-tokens", "512", "--max-batch-size", "4",
-    "--num-kv-blocks", "96", "--max-concurrent-requests", "16",
+    "--num-kv-blocks", "96", "--max-concurrent-requests", "16", "--enable-prefill-logprobs",
 ]  # fmt: skip
 
 

@@ -36,6 +36,12 @@ both `max_batch_prefill_tokens` and `max_total_tokens` must fit in it;
 `--sharded true` needs `--num-shard` > 1 (or a device list such as `CUDA_VISIBLE_DEVICES`),
 `--sharded false` forbids `--num-shard` > 1; `--validation-workers` > 0; `--ngrok` needs
 `--ngrok-authtoken` and `--ngrok-edge`; LoRA adapters read `id`, `id@revision` or `id=path`.
+
+Every setting either works or says otherwise. **Refused** settings are accepted only at
+their default: any other value, by flag or variable, stops the launcher with one line and
+exit status 2 (after the cross-checks above), rather than being silently ignored.
+**No effect** settings accept every value and have nothing to change here, for the reason
+given. A test fails when a setting that works is read by nothing.
 """
 
 
@@ -63,6 +69,8 @@ def _row(spec: Spec) -> str:
     meaning = spec.help
     if spec.kind.expected.startswith("one of: ") and spec.kind.takes_value:
         meaning += f" One of: {spec.kind.expected.removeprefix('one of: ')}."
+    if spec.status.note:
+        meaning += f" **{spec.status.note[0].upper()}{spec.status.note[1:]}.**"
     cells = [flag, env, default if spec.default_text else "–", meaning]
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |\n"
 

@@ -69,8 +69,10 @@ __all__ = [
 ]
 
 SMOLLM2_GGUF = EMBEDDED_MODEL_FILE
-HARNESS_LIMITS = ValidationLimits(max_input_tokens=64, max_total_tokens=96)
-"""The request limits of ``Harness`` apps (and of its scheduler)."""
+HARNESS_LIMITS = ValidationLimits(
+    max_input_tokens=64, max_total_tokens=96, enable_prefill_logprobs=True
+)
+"""The request limits of ``Harness`` apps (and of its scheduler); prefill logprobs allowed."""
 
 App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 

@@ -8,6 +8,7 @@ a choice) are the kinds' business (``kinds.py``); defaults are ``resolve.py``'s.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tgi_core.settings.errors import SettingsError
@@ -16,7 +17,7 @@ from tgi_core.settings.fields import FIELDS
 if TYPE_CHECKING:
     from tgi_core.settings.model import Settings
 
-__all__ = ["check", "find_num_shards"]
+__all__ = ["check", "check_refused", "find_num_shards"]
 
 _DISPLAY = {spec.name: spec.display for spec in FIELDS}
 # TGI's launcher: adapter_id, adapter_id=path, adapter_id@revision (one '@' at most).
@@ -73,6 +74,26 @@ def check(settings: Settings) -> None:
     for adapter in settings.lora_adapters:
         if adapter.count("@") > 1 or not _LORA_ADAPTER.match(adapter):
             raise _error(f"Invalid LoRA adapter format: {adapter}", "lora_adapters")
+
+
+def check_refused(
+    from_cli: Mapping[str, object], from_env: Mapping[str, object], environ: Mapping[str, str]
+) -> None:
+    """Raise ``SettingsError`` for the first refused setting (``Spec.status``) given a value
+    other than its default, naming the flag or variable that set it."""
+    for spec in FIELDS:
+        if spec.status.kind != "refused":
+            continue
+        if spec.name in from_cli and from_cli[spec.name] != spec.default:
+            where = f"the argument '{spec.display}'"
+        elif spec.name in from_env and from_env[spec.name] != spec.default:
+            env = next(name for name in spec.env_names if environ.get(name))
+            where = f"the environment variable {env}"
+            if spec.long is not None:
+                where = f"the argument '{spec.display}' (from environment variable {env})"
+        else:
+            continue
+        raise SettingsError(f"{where} is refused: {spec.status.reason}")
 
 
 def _check_token_limits(settings: Settings) -> None:

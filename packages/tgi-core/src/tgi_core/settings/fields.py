@@ -23,7 +23,7 @@ from tgi_core.settings.kinds import (
     choice,
     number,
 )
-from tgi_core.settings.spec import BATCHING, HARDWARE, LIMITS, MODEL, SERVER, Spec
+from tgi_core.settings.spec import BATCHING, HARDWARE, LIMITS, MODEL, SERVER, Spec, moot, refused
 
 __all__ = ["FIELDS", "FLAG_FIELDS"]
 
@@ -42,6 +42,9 @@ _QUANTIZE = choice(
 _FRACTION = number("a number in (0, 1]", lambda x: 0 < x <= 1)
 _NON_NEGATIVE = number("a non-negative number", lambda x: x >= 0)
 _POSITIVE = number("a positive number", lambda x: x > 0)
+_NOT_YET = "not supported yet by this server"
+_NO_TRACES = f"{_NOT_YET} (no traces are exported)"
+_NO_NGROK = "not supported by this server (no ngrok tunnel)"
 
 _MODEL_FIELDS = (
     Spec(
@@ -75,6 +78,7 @@ _MODEL_FIELDS = (
         _QUANTIZE,
         None,
         "Quantization method; pre-quantized models declare theirs in their config.",
+        status=refused(f"{_NOT_YET} (FP8 on Gaudi: QUANT_CONFIG)"),
     ),
     Spec(
         "kv_cache_dtype",
@@ -89,6 +93,7 @@ _MODEL_FIELDS = (
         FLAG,
         False,
         "Execute modelling code from the hub; pass --revision too.",
+        status=refused(f"{_NOT_YET}; only the built-in architectures load"),
     ),
     Spec(
         "speculate",
@@ -96,6 +101,7 @@ _MODEL_FIELDS = (
         NON_NEGATIVE_INT,
         None,
         "The number of input ids to speculate on (n-gram or medusa).",
+        status=refused(_NOT_YET),
     ),
     Spec(
         "rope_scaling",
@@ -117,6 +123,7 @@ _MODEL_FIELDS = (
         TEXT_LIST,
         (),
         "LoRA adapters to load: comma list of id, id@revision or id=path.",
+        status=refused(_NOT_YET),
     ),
     Spec(
         "tokenizer_config_path",
@@ -132,6 +139,7 @@ _MODEL_FIELDS = (
         TEXT,
         None,
         "A directory that replaces the hub cache for weights.",
+        status=refused(f"{_NOT_YET}; use --huggingface-hub-cache"),
     ),
 )
 
@@ -176,6 +184,7 @@ _HARDWARE_FIELDS = (
         TEXT,
         "/tmp/text-generation-server",
         "Socket path prefix between the web server and the shards (one per rank).",
+        status=refused("not used by this server: it names its own ZeroMQ sockets"),
     ),
     Spec(
         "cuda_memory_fraction",
@@ -190,8 +199,19 @@ _HARDWARE_FIELDS = (
         INT_LIST,
         (1, 2, 4, 8, 16, 32),
         "Batch sizes to capture CUDA graphs for; 0 disables (CUDA only).",
+        status=refused(
+            f"{_NOT_YET}; CUDA decode graphs are captured for every batch bucket, and "
+            "ENABLE_HPU_GRAPH=false turns them off"
+        ),
     ),
-    Spec("disable_custom_kernels", HARDWARE, FLAG, False, "Do not use custom kernels."),
+    Spec(
+        "disable_custom_kernels",
+        HARDWARE,
+        FLAG,
+        False,
+        "Do not use custom kernels: the CPU backend runs torch ops instead of its native "
+        "kernels (other devices have none of ours).",
+    ),
 )
 
 _LIMIT_FIELDS = (
@@ -304,7 +324,8 @@ _LIMIT_FIELDS = (
         LIMITS,
         FLAG,
         False,
-        "Allow clients to ask for prompt logprobs (decoder_input_details).",
+        "Allow clients to ask for prompt logprobs (decoder_input_details); without it, "
+        "their details hold an empty prefill, as TGI-Gaudi's do.",
         envs=("ENABLE_PREFILL_LOGPROBS", "REQUEST_LOGPROBS"),
     ),
     Spec(
@@ -408,23 +429,40 @@ _SERVER_FIELDS = (
         "Seconds to wait for in-flight requests on shutdown.",
         short="g",
     ),
-    Spec("otlp_endpoint", SERVER, TEXT, None, "OpenTelemetry collector endpoint."),
+    Spec(
+        "otlp_endpoint",
+        SERVER,
+        TEXT,
+        None,
+        "OpenTelemetry collector endpoint.",
+        status=refused(_NO_TRACES),
+    ),
     Spec(
         "otlp_service_name",
         SERVER,
         TEXT,
         "text-generation-inference.router",
         "OpenTelemetry service name.",
+        status=refused(_NO_TRACES),
     ),
-    Spec("ngrok", SERVER, FLAG, False, "Enable ngrok tunneling."),
-    Spec("ngrok_authtoken", SERVER, TEXT, None, "ngrok authentication token.", secret=True),
-    Spec("ngrok_edge", SERVER, TEXT, None, "ngrok edge."),
+    Spec("ngrok", SERVER, FLAG, False, "Enable ngrok tunneling.", status=refused(_NO_NGROK)),
+    Spec(
+        "ngrok_authtoken",
+        SERVER,
+        TEXT,
+        None,
+        "ngrok authentication token.",
+        secret=True,
+        status=refused(_NO_NGROK),
+    ),
+    Spec("ngrok_edge", SERVER, TEXT, None, "ngrok edge.", status=refused(_NO_NGROK)),
     Spec(
         "usage_stats",
         SERVER,
         choice("on", "off", "no-stack"),
         "on",
-        "Anonymous usage statistics (accepted for compatibility; nothing is sent).",
+        "Anonymous usage statistics.",
+        status=moot("this server never sends usage statistics, whatever the value"),
     ),
     Spec(
         "env", SERVER, FLAG, False, "Print the runtime environment at start-up.", short="e", envs=()

@@ -60,6 +60,8 @@ def _entry(spec: Spec, width: int) -> list[str]:
         notes.append(f"[possible values: {spec.kind.expected.removeprefix('one of: ')}]")
     if spec.repeatable:
         notes.append("[repeatable]")
+    if spec.status.note:
+        notes.append(f"[{spec.status.note}]")
     wrapped_notes = [
         line
         for note in notes

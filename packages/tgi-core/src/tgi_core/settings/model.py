@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tgi_core.settings.checks import check
+from tgi_core.settings.checks import check, check_refused
 from tgi_core.settings.errors import SettingsError
 from tgi_core.settings.fields import FIELDS
 from tgi_core.settings.parse import read_sources
@@ -158,13 +158,15 @@ class Settings:
             host: installation facts for the defaults; detected when None.
 
         Raises:
-            SettingsError: a bad value or an inconsistent combination (one-line message).
+            SettingsError: a bad value, an inconsistent combination or a value this server
+                refuses (one-line message).
             HelpRequested: ``-h/--help`` or ``-V/--version`` was given.
         """
-        given = read_sources(argv, environ)
-        values = resolve(given, environ, host or HostInfo.detect())
+        from_cli, from_env = read_sources(argv, environ)
+        values = resolve({**from_env, **from_cli}, environ, host or HostInfo.detect())
         settings = cls(**values)
         check(settings)
+        check_refused(from_cli, from_env, environ)
         return settings
 
     @classmethod
@@ -250,7 +252,6 @@ class Settings:
             warmup_enabled=self.warmup_enabled,
             quant_config=self.quant_config,
             kv_cache_dtype=self.kv_cache_dtype,
-            trust_remote_code=self.trust_remote_code,
             hf_token=self.hf_token,
             huggingface_hub_cache=self.huggingface_hub_cache,
             num_shard=self.num_shard,
@@ -261,14 +262,11 @@ class Settings:
             rope_scaling=rope_scaling,
             rope_factor=rope_factor,
             profile=self.profile(),
-            quantize=self.quantize,
             watermark_gamma=self.watermark_gamma,
             watermark_delta=self.watermark_delta,
-            enable_prefill_logprobs=self.enable_prefill_logprobs,
             base_image_tokens=self.base_image_tokens,
-            cuda_graphs=tuple(size for size in self.cuda_graphs if size > 0),
-            weights_cache_override=self.weights_cache_override,
             hf_hub_offline=self.hf_hub_offline,
+            disable_custom_kernels=self.disable_custom_kernels,
         )
 
     def server(self) -> ServerSettings:

@@ -26,11 +26,13 @@ _HELP: dict[str, Literal["help", "version"]] = {"--help": "help", "--version": "
 _SHORT_HELP: dict[str, Literal["help", "version"]] = {"h": "help", "V": "version"}
 
 
-def read_sources(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, object]:
-    """The values set on the command line, then in the environment for the rest (CLI wins)."""
+def read_sources(
+    argv: Sequence[str], environ: Mapping[str, str]
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The values set on the command line, and those set in the environment for the rest
+    (CLI wins), apart so that an error can say where a value came from."""
     given = read_argv(argv)
-    given.update(read_environ(environ, skip=frozenset(given)))
-    return given
+    return given, read_environ(environ, skip=frozenset(given))
 
 
 def read_argv(argv: Sequence[str]) -> dict[str, object]:

@@ -79,7 +79,6 @@ class RunnerSettings:
     warmup_enabled: bool = True
     quant_config: str | None = None
     kv_cache_dtype: str | None = None
-    trust_remote_code: bool = False
     hf_token: str | None = None
     huggingface_hub_cache: str | None = None
     num_shard: int = 1
@@ -90,14 +89,11 @@ class RunnerSettings:
     rope_scaling: str | None = None
     rope_factor: float | None = None
     profile: ProfileSettings = field(default_factory=ProfileSettings)
-    quantize: str | None = None
     watermark_gamma: float = 0.5
     watermark_delta: float = 2.0
-    enable_prefill_logprobs: bool = False  # --enable-prefill-logprobs / REQUEST_LOGPROBS
     base_image_tokens: int = 2048
-    cuda_graphs: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # batch sizes; () = no CUDA graphs
-    weights_cache_override: str | None = None
-    hf_hub_offline: bool = False
+    hf_hub_offline: bool = False  # load from the hub's cache only (HF_HUB_OFFLINE)
+    disable_custom_kernels: bool = False  # the CPU backend's native kernels off
 
 
 @dataclass(frozen=True, slots=True)

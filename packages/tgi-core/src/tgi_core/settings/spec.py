@@ -7,6 +7,7 @@ variables); nothing here knows a particular setting.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from tgi_core.settings.kinds import Kind
 
@@ -19,8 +20,47 @@ __all__ = [
     "PROFILING",
     "SECTIONS",
     "SERVER",
+    "WORKS",
     "Spec",
+    "Status",
+    "moot",
+    "refused",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Whether a setting does what its help says, so that no accepted flag is silently ignored.
+
+    ``works``: it does. ``refused``: only its default is accepted; any other value stops
+    start-up (exit 2) with ``reason``. ``moot``: every value is accepted and none has
+    anything to change here, for ``reason``.
+    """
+
+    kind: Literal["works", "refused", "moot"] = "works"
+    reason: str = ""
+
+    @property
+    def note(self) -> str:
+        """What ``--help`` and the docs show ("" when it works)."""
+        if self.kind == "refused":
+            return f"refused: {self.reason}"
+        if self.kind == "moot":
+            return f"no effect: {self.reason}"
+        return ""
+
+
+WORKS = Status()
+
+
+def refused(reason: str) -> Status:
+    """A setting accepted only at its default; ``reason`` says why, in a user's words."""
+    return Status("refused", reason)
+
+
+def moot(reason: str) -> Status:
+    """A setting accepted with any value, none of which changes anything, for ``reason``."""
+    return Status("moot", reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +79,7 @@ class Spec:
     default_doc: str | None = None
     secret: bool = False
     stored: bool = True  # False: read, then folded into another setting (legacy alias)
+    status: Status = WORKS
 
     @property
     def long(self) -> str | None:

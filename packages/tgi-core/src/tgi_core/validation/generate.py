@@ -126,11 +126,14 @@ class ValidRequest(msgspec.Struct, frozen=True, kw_only=True):
     adapter_id: str | None
     watermark: bool
     images: tuple[ImageInput, ...] = ()
+    # decoder_input_details and --enable-prefill-logprobs: without the flag, the details'
+    # prefill is empty (TGI-Gaudi's behaviour).
+    prefill_logprobs: bool = False
 
     def to_generation_request(
         self, request_id: int, *, ignore_eos: bool = False
     ) -> GenerationRequest:
-        """The engine's message for this request (prompt logprobs iff decoder_input_details)."""
+        """The engine's message for this request (prompt logprobs iff ``prefill_logprobs``)."""
         return GenerationRequest(
             request_id=request_id,
             prompt_ids=self.input_ids,
@@ -138,7 +141,7 @@ class ValidRequest(msgspec.Struct, frozen=True, kw_only=True):
             sampling=self.sampling,
             stop_sequences=self.stop_sequences,
             ignore_eos=ignore_eos,
-            prompt_logprobs=self.decoder_input_details,
+            prompt_logprobs=self.prefill_logprobs,
             adapter_id=self.adapter_id,
             images=self.images,
         )
@@ -246,6 +249,7 @@ def validate_generate(
         adapter_id=params.adapter_id,
         watermark=params.watermark,
         images=images,
+        prefill_logprobs=params.decoder_input_details and limits.enable_prefill_logprobs,
     )
 
 

@@ -22,7 +22,7 @@ def select_device(name: str = "auto", settings: RunnerSettings | None = None) ->
         name: the device; "auto" picks hpu > cuda > cpu by availability.
         settings: the runner settings whose device switches the backend honours
             (ENABLE_HPU_GRAPH, LIMIT_HPU_GRAPH, USE_FLASH_ATTENTION, FLASH_ATTENTION_RECOMPUTE,
-            num_threads); defaults when None.
+            num_threads, disable_custom_kernels); defaults when None.
 
     Raises:
         ValueError: an unknown name, or a device that is not available here.
@@ -35,7 +35,9 @@ def select_device(name: str = "auto", settings: RunnerSettings | None = None) ->
     if name == "cpu":
         from tgi_hpu_kernels.device.cpu import CpuDevice
 
-        return CpuDevice(num_threads=settings.num_threads)
+        return CpuDevice(
+            num_threads=settings.num_threads, use_native=not settings.disable_custom_kernels
+        )
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")

@@ -2,8 +2,8 @@
 
 ``resolve_source`` turns ``RunnerSettings.model_id`` into a ``ModelSource``; it reads no
 weights. The Hub is asked only when the id is not a local path, with ``HF_TOKEN``
-(``settings.hf_token``) and the configured cache; offline it fails with a message that says
-what to do instead.
+(``settings.hf_token``) and the configured cache; with HF_HUB_OFFLINE only that cache is read.
+Offline it fails with a message that says what to do instead.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def _download(settings: RunnerSettings) -> Path:
             token=settings.hf_token,
             cache_dir=settings.huggingface_hub_cache,
             allow_patterns=_HUB_PATTERNS,
+            local_files_only=settings.hf_hub_offline,
         )
     # Offline, unknown or gated repositories raise many types (OSError, httpx/requests
     # errors, HfHubHTTPError); all of them mean the same thing to the user.
