@@ -2,10 +2,11 @@
 
 Each ``Spec`` names a setting (the ``Settings`` attribute), and its flag is derived from the
 name as clap derives it (``max_batch_size`` -> ``--max-batch-size``, value name and
-environment variable ``MAX_BATCH_SIZE``). ``FIELDS`` joins these with the environment-only
-variables of ``env_fields.py``: it is the one table that ``--help``, ``docs/settings.md``
-and the parser read. Derived defaults (``default`` None with a ``default_doc``) are computed
-in ``resolve.py``; cross-checks live in ``checks.py``.
+environment variable ``MAX_BATCH_SIZE``). ``FIELDS`` joins these, the HTTP server's flags
+(``server_fields.py``) and the environment-only variables of ``env_fields.py``: it is the
+one table that ``--help``, ``docs/settings.md`` and the parser read. Derived defaults
+(``default`` None with a ``default_doc``) are computed in ``resolve.py``; cross-checks live
+in ``checks.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from tgi_core.settings.kinds import (
     choice,
     number,
 )
-from tgi_core.settings.spec import BATCHING, HARDWARE, LIMITS, MODEL, SERVER, Spec, moot, refused
+from tgi_core.settings.server_fields import SERVER_FIELDS
+from tgi_core.settings.spec import BATCHING, HARDWARE, LIMITS, MODEL, Spec, refused
 
 __all__ = ["FIELDS", "FLAG_FIELDS"]
 
@@ -43,8 +45,6 @@ _FRACTION = number("a number in (0, 1]", lambda x: 0 < x <= 1)
 _NON_NEGATIVE = number("a non-negative number", lambda x: x >= 0)
 _POSITIVE = number("a positive number", lambda x: x > 0)
 _NOT_YET = "not supported yet by this server"
-_NO_TRACES = f"{_NOT_YET} (no traces are exported)"
-_NO_NGROK = "not supported by this server (no ngrok tunnel)"
 
 _MODEL_FIELDS = (
     Spec(
@@ -400,77 +400,8 @@ _BATCHING_FIELDS = (
     ),
 )
 
-_SERVER_FIELDS = (
-    Spec(
-        "hostname",
-        SERVER,
-        TEXT,
-        "0.0.0.0",
-        "The IP address to listen on; anything but an IP address means 0.0.0.0.",
-    ),
-    Spec("port", SERVER, PORT, 3000, "The port to listen on.", short="p"),
-    Spec("prometheus_port", SERVER, PORT, 9000, "The port of the /metrics server."),
-    Spec("workers", SERVER, POSITIVE_INT, 1, "Gunicorn HTTP worker processes."),
-    Spec("api_key", SERVER, TEXT, None, "Require this bearer token on every request.", secret=True),
-    Spec(
-        "cors_allow_origin",
-        SERVER,
-        TEXT_LIST,
-        (),
-        "Allowed CORS origins; repeat the flag (the env var takes a comma list).",
-        repeatable=True,
-    ),
-    Spec("json_output", SERVER, FLAG, False, "Log in JSON (for telemetry)."),
-    Spec(
-        "graceful_termination_timeout",
-        SERVER,
-        NON_NEGATIVE_INT,
-        90,
-        "Seconds to wait for in-flight requests on shutdown.",
-        short="g",
-    ),
-    Spec(
-        "otlp_endpoint",
-        SERVER,
-        TEXT,
-        None,
-        "OpenTelemetry collector endpoint.",
-        status=refused(_NO_TRACES),
-    ),
-    Spec(
-        "otlp_service_name",
-        SERVER,
-        TEXT,
-        "text-generation-inference.router",
-        "OpenTelemetry service name.",
-        status=refused(_NO_TRACES),
-    ),
-    Spec("ngrok", SERVER, FLAG, False, "Enable ngrok tunneling.", status=refused(_NO_NGROK)),
-    Spec(
-        "ngrok_authtoken",
-        SERVER,
-        TEXT,
-        None,
-        "ngrok authentication token.",
-        secret=True,
-        status=refused(_NO_NGROK),
-    ),
-    Spec("ngrok_edge", SERVER, TEXT, None, "ngrok edge.", status=refused(_NO_NGROK)),
-    Spec(
-        "usage_stats",
-        SERVER,
-        choice("on", "off", "no-stack"),
-        "on",
-        "Anonymous usage statistics.",
-        status=moot("this server never sends usage statistics, whatever the value"),
-    ),
-    Spec(
-        "env", SERVER, FLAG, False, "Print the runtime environment at start-up.", short="e", envs=()
-    ),
-)
-
 FLAG_FIELDS: tuple[Spec, ...] = (
-    _MODEL_FIELDS + _HARDWARE_FIELDS + _LIMIT_FIELDS + _BATCHING_FIELDS + _SERVER_FIELDS
+    _MODEL_FIELDS + _HARDWARE_FIELDS + _LIMIT_FIELDS + _BATCHING_FIELDS + SERVER_FIELDS
 )
 FIELDS: tuple[Spec, ...] = FLAG_FIELDS + ENV_FIELDS
 """Every setting: the launcher flags, then the environment-only variables."""
