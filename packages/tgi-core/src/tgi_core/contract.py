@@ -14,7 +14,9 @@ Sequences are identified by ``seq_id`` (the engine uses the request id). A seque
 data travels once, in a ``PrefillItem``; while it decodes, only the last token, its position
 and its block table travel (``DecodeItem``). The runner keeps whatever per-sequence device
 state it needs (sampling parameters, seeded generators, penalty counts) keyed by ``seq_id``
-and drops it when the id appears in ``StepPlan.released``.
+and drops it when the id appears in ``StepPlan.released``. A runner that needs time to
+ready a request before its prefill (a grammar's index) also implements ``RequestPreparer``:
+the request waits outside the batch until it is ready, and the steps go on meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 import msgspec
 
 __all__ = [
+    "PREPARED",
+    "PREPARING",
     "DecodeItem",
     "DecodeShape",
     "FinishReason",
@@ -34,8 +38,10 @@ __all__ = [
     "ModelRunner",
     "PrefillItem",
     "PrefillShape",
+    "Preparation",
     "RequestEvent",
     "RequestFailed",
+    "RequestPreparer",
     "SamplingParams",
     "SequenceOutput",
     "Shape",
@@ -234,6 +240,41 @@ class ModelRunner(Protocol):
     ) -> WarmupReport: ...
 
     def execute(self, plan: StepPlan) -> StepOutput: ...
+
+
+class Preparation(msgspec.Struct, frozen=True, gc=False):
+    """A runner's answer to ``RequestPreparer.prepare``: ``ready``, still under way (not
+    ready, no error), or failed (``error``: why; that request alone fails, TGI's 424)."""
+
+    ready: bool
+    error: str | None = None
+
+
+PREPARED = Preparation(ready=True)
+PREPARING = Preparation(ready=False)
+
+
+@runtime_checkable
+class RequestPreparer(Protocol):
+    """A runner that readies some requests before their prefill, off the engine thread.
+
+    Some work a prefill needs can take seconds (a grammar's index over the whole
+    vocabulary); done inside a step it would stall every other sequence. The scheduler asks
+    ``prepare`` when a request arrives, at every step while it waits (outside the batch, no
+    KV blocks yet, counted against the concurrency limit), and again before each prefill of
+    it (a recompute's included). It plans a prefill only right after a ready answer; the
+    runner keeps what it prepared at least until the end of its next ``execute``.
+    ``tgi_scheduler.testing.FakeRunner`` implements it; a runner that does not is never asked.
+    """
+
+    def prepare(self, request: GenerationRequest) -> Preparation:
+        """Start or check ``request``'s preparation; never waits for the work itself."""
+        ...
+
+    def wait_prepared(self, timeout_s: float) -> None:
+        """Block until a preparation under way ends, or ``timeout_s``: what the engine does
+        when nothing but preparations is left to wait for."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ reported among the next step's events) and the failure of a plan the runner coul
 (TGI's 424 for that plan's requests; the others carry on). A failure the runner reports
 for one sequence (``SequenceOutput.error``) fails that request only. The engine is single-threaded:
 call ``add_request``, ``abort`` and ``step`` from one thread (the server's engine loop).
+
+A runner that implements ``RequestPreparer`` readies requests off this thread (a grammar's
+index): each step first queues the requests that became ready (and fails those whose
+preparation failed); a step with nothing to run while preparations are under way waits for
+one of them, at most ``IDLE_WAIT_S``, so that an engine loop polling for messages does not spin.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tgi_core.contract import (
     ModelRunner,
     RequestEvent,
     RequestFailed,
+    RequestPreparer,
     Shape,
     WarmupProgress,
     WarmupReport,
@@ -35,11 +41,13 @@ from tgi_scheduler.limits import check_limits
 from tgi_scheduler.scheduler import GENERATION_ERROR_PREFIX, Scheduler, StopCheckerFactory
 from tgi_scheduler.stats import SchedulerStats
 
-__all__ = ["GENERATION_ERROR_PREFIX", "OVERLOADED_MESSAGE", "Engine"]
+__all__ = ["GENERATION_ERROR_PREFIX", "IDLE_WAIT_S", "OVERLOADED_MESSAGE", "Engine"]
 
 logger = logging.getLogger(__name__)
 
 OVERLOADED_MESSAGE = "Model is overloaded"
+IDLE_WAIT_S = 0.02
+"""The longest an idle step waits for a preparation (bounds how late a new message is read)."""
 
 
 class Engine:
@@ -66,7 +74,8 @@ class Engine:
         stop_checker_factory: StopCheckerFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> Engine:
-        """An engine over ``runner`` with a KV block pool of the runner's size."""
+        """An engine over ``runner`` with a KV block pool of the runner's size (and its
+        ``RequestPreparer``, when it implements one)."""
         allocator = BlockAllocator(
             runner.num_kv_blocks, runner.block_size, enable_prefix_caching=settings.prefix_caching
         )
@@ -76,6 +85,7 @@ class Engine:
             eos_token_ids=eos_token_ids,
             stop_checker_factory=stop_checker_factory,
             clock=clock,
+            preparer=runner if isinstance(runner, RequestPreparer) else None,
         )
         return cls(scheduler, runner)
 
@@ -104,8 +114,11 @@ class Engine:
     def step(self) -> list[RequestEvent]:
         """Run one plan; return the events of this step (tokens, finishes, failures)."""
         events, self._refusals = self._refusals, []
+        events.extend(self._scheduler.poll_preparing())
         plan = self._scheduler.schedule()
         if plan is None:
+            if not events:
+                self._scheduler.preparing.wait(IDLE_WAIT_S)
             return events
         if self._warmed is not None and plan.shape is not None and plan.shape not in self._warmed:
             self._scheduler.counters.num_unwarmed_shapes += 1

@@ -18,6 +18,10 @@ renews its reservation and keeps running without a new prefill; if the KV blocks
 history as its prompt, and the runner is told to drop it. A sequence too long to be prefilled
 again within ``max_batch_prefill_tokens`` ends with finish reason ``length`` instead, as TGI
 ends a chunked generation whose re-queued prompt no longer validates.
+
+A request the runner must ready first (``RequestPreparer``: a grammar's index) waits outside
+the queue until it is ready (``Preparing``); so does a sequence about to be prefilled again
+whose preparation must be redone.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tgi_core.contract import (
     PrefillItem,
     RequestEvent,
     RequestFailed,
+    RequestPreparer,
     Shape,
     StepOutput,
     StepPlan,
@@ -45,9 +50,10 @@ from tgi_scheduler.buckets import BucketTables
 from tgi_scheduler.kv_budget import KVBudget
 from tgi_scheduler.limits import check_limits
 from tgi_scheduler.policy import Admission, BatchLimits, concat_limits, next_batch
+from tgi_scheduler.preparing import Preparing
 from tgi_scheduler.queue import make_queue
 from tgi_scheduler.sequence import FINISH_REASONS, Sequence, SequenceStatus
-from tgi_scheduler.stats import SchedulerStats, StepCounters
+from tgi_scheduler.stats import SchedulerStats, StepCounters, snapshot
 
 __all__ = ["GENERATION_ERROR_PREFIX", "Scheduler"]
 
@@ -68,6 +74,7 @@ class Scheduler:
             ``ignore_eos``, and for all with ``settings.ignore_eos_token``, TGI's benchmark mode).
         stop_checker_factory: builds a request's stop-sequence checker (None: no checker).
         clock: seconds, monotonic; used for queue times and the overdue threshold.
+        preparer: the runner's ``RequestPreparer``, when it has one.
 
     Raises:
         ValueError: the settings cannot be served (TGI's router argument checks), or the KV
@@ -82,6 +89,7 @@ class Scheduler:
         eos_token_ids: SequenceOf[int],
         stop_checker_factory: StopCheckerFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
+        preparer: RequestPreparer | None = None,
     ) -> None:
         check_limits(settings, allocator)
         self._settings = settings
@@ -92,7 +100,8 @@ class Scheduler:
         self._clock = clock
         self._tables = BucketTables(settings)
         self._queue = make_queue(settings)
-        self._sequences: dict[int, Sequence] = {}  # in flight: queued or running
+        self._sequences: dict[int, Sequence] = {}  # in flight: preparing, queued or running
+        self._preparing = Preparing(preparer)
         self._running: dict[int, Sequence] = {}  # in admission order
         self._released: list[int] = []  # runner state to drop with the next plan
         self._arrivals = itertools.count()
@@ -110,7 +119,12 @@ class Scheduler:
 
     @property
     def num_waiting(self) -> int:
-        return len(self._queue)
+        """Requests queued or preparing."""
+        return len(self._queue) + len(self._preparing)
+
+    @property
+    def preparing(self) -> Preparing:
+        return self._preparing
 
     @property
     def num_running(self) -> int:
@@ -154,7 +168,8 @@ class Scheduler:
             ignore_eos=self._settings.ignore_eos_token,
         )
         self._sequences[request_id] = seq
-        self._queue.push(seq)
+        if self._preparing.start(seq):
+            self._queue.push(seq)
         return True
 
     def abort(self, request_id: int) -> bool:
@@ -169,21 +184,37 @@ class Scheduler:
         if seq.status == _RUNNING:
             self._retire(seq, SequenceStatus.FINISHED_ABORTED)
         else:
-            self._queue.discard(seq)
+            if seq.status == SequenceStatus.PREPARING:
+                self._preparing.discard(seq)
+            else:
+                self._queue.discard(seq)
             del self._sequences[request_id]
             seq.status = SequenceStatus.FINISHED_ABORTED
         return True
 
     # --- planning -----------------------------------------------------------------------
 
+    def poll_preparing(self) -> list[RequestEvent]:
+        """Queue the requests whose preparation is done; fail those whose preparation failed
+        (TGI's 424, that request alone)."""
+        events: list[RequestEvent] = []
+        for seq, error in self._preparing.poll(self._queue):
+            del self._sequences[seq.seq_id]
+            seq.status = SequenceStatus.FINISHED_FAILED
+            events.append(RequestFailed(seq.seq_id, GENERATION_ERROR_PREFIX + error))
+        return events
+
     def schedule(self) -> StepPlan | None:
         """The next step: a prefill, a decode, releases only, or None when there is nothing."""
         queue = self._queue
         queue.refresh(self._clock())
-        if len(queue):
-            admissions = self._select_prefill()
+        while len(queue):  # each pass parks what is not ready to prefill, or stops
+            selected = self._select_prefill()
+            admissions = self._preparing.keep_ready(selected)
             if admissions:
                 return self._prefill_plan(admissions)
+            if not selected:
+                break
         if self._running:
             return self._decode_plan()
         if len(queue):
@@ -371,28 +402,6 @@ class Scheduler:
     # --- reporting ----------------------------------------------------------------------
 
     def stats(self) -> SchedulerStats:
-        allocator = self._allocator
-        counters = self.counters
-        kv = self._kv
-        usable_tokens = allocator.num_usable_blocks * allocator.block_size
-        return SchedulerStats(
-            queue_size=len(self._queue),
-            batch_size=len(self._running),
-            batch_current_max_tokens=kv.reserved_tokens,
-            batch_max_total_tokens=min(kv.token_budget, usable_tokens),
-            kv_blocks_total=allocator.num_usable_blocks,
-            kv_blocks_used=allocator.num_used,
-            kv_blocks_free=allocator.num_available,
-            kv_blocks_cached=allocator.num_evictable,
-            kv_blocks_reserved=kv.outstanding_blocks,
-            num_prefill_steps=counters.num_prefill_steps,
-            num_decode_steps=counters.num_decode_steps,
-            num_concat_backpressure=counters.num_concat_backpressure,
-            num_concat_wait_exceeded=counters.num_concat_wait_exceeded,
-            num_preemptions=counters.num_preemptions,
-            num_requests_refused=counters.num_requests_refused,
-            num_failed_steps=counters.num_failed_steps,
-            num_unwarmed_shapes=counters.num_unwarmed_shapes,
-            prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,
-            prefix_cache_query_tokens=counters.prefix_cache_query_tokens,
+        return snapshot(
+            self.counters, self._allocator, self._kv, self.num_waiting, len(self._running)
         )

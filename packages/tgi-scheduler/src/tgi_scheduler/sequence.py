@@ -17,8 +17,10 @@ __all__ = ["FINISH_REASONS", "Sequence", "SequenceStatus"]
 
 
 class SequenceStatus(enum.IntEnum):
-    """Ordered so that ``status > PREEMPTED`` means finished."""
+    """Ordered so that ``status > PREEMPTED`` means finished. ``PREPARING``: waiting, out of
+    the queue, for the runner to ready it (``tgi_scheduler.preparing``)."""
 
+    PREPARING = -1
     WAITING = 0
     RUNNING = 1
     PREEMPTED = 2

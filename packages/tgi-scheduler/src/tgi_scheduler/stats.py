@@ -10,9 +10,15 @@ hits, preemptions, shapes run without warmup). Counters only grow.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import msgspec
 
-__all__ = ["SchedulerStats", "StepCounters"]
+if TYPE_CHECKING:
+    from tgi_scheduler.block_allocator import BlockAllocator
+    from tgi_scheduler.kv_budget import KVBudget
+
+__all__ = ["SchedulerStats", "StepCounters", "snapshot"]
 
 
 class StepCounters:
@@ -47,7 +53,7 @@ class StepCounters:
 class SchedulerStats(msgspec.Struct, frozen=True):
     """A snapshot of the scheduler's state and counters.
 
-    Gauges: ``queue_size`` (waiting + preempted), ``batch_size`` (running sequences),
+    Gauges: ``queue_size`` (waiting, preempted and preparing), ``batch_size`` (running sequences),
     ``batch_current_max_tokens`` (tokens reserved by the running batch: each sequence's
     length plus its current generation chunk, TGI's ``max_tokens``; a cached prefix shared by
     several sequences counts once per sequence, so only ``max_batch_total_tokens``, when set,
@@ -81,3 +87,35 @@ class SchedulerStats(msgspec.Struct, frozen=True):
     num_unwarmed_shapes: int
     prefix_cache_hit_tokens: int
     prefix_cache_query_tokens: int
+
+
+def snapshot(
+    counters: StepCounters,
+    allocator: BlockAllocator,
+    kv: KVBudget,
+    queue_size: int,
+    batch_size: int,
+) -> SchedulerStats:
+    """The scheduler's ``SchedulerStats`` from its parts."""
+    usable_tokens = allocator.num_usable_blocks * allocator.block_size
+    return SchedulerStats(
+        queue_size=queue_size,
+        batch_size=batch_size,
+        batch_current_max_tokens=kv.reserved_tokens,
+        batch_max_total_tokens=min(kv.token_budget, usable_tokens),
+        kv_blocks_total=allocator.num_usable_blocks,
+        kv_blocks_used=allocator.num_used,
+        kv_blocks_free=allocator.num_available,
+        kv_blocks_cached=allocator.num_evictable,
+        kv_blocks_reserved=kv.outstanding_blocks,
+        num_prefill_steps=counters.num_prefill_steps,
+        num_decode_steps=counters.num_decode_steps,
+        num_concat_backpressure=counters.num_concat_backpressure,
+        num_concat_wait_exceeded=counters.num_concat_wait_exceeded,
+        num_preemptions=counters.num_preemptions,
+        num_requests_refused=counters.num_requests_refused,
+        num_failed_steps=counters.num_failed_steps,
+        num_unwarmed_shapes=counters.num_unwarmed_shapes,
+        prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,
+        prefix_cache_query_tokens=counters.prefix_cache_query_tokens,
+    )

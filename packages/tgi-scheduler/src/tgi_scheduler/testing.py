@@ -4,12 +4,15 @@ It implements the real protocol (``tgi_core.contract.ModelRunner``) without a mo
 token of a sequence is ``(last token + 1) % vocab_size``, or ``eos_token_id`` once a sequence
 has generated the number of tokens scripted for it in ``eos_after``; a sequence scripted in
 ``fail_after`` reports a failure of its own (``SequenceOutput.error``) at that token
-instead. While it runs it checks what a device runner relies on, and records every
-violation in ``violations`` (and raises ``PlanInvariantError`` when ``strict``):
+instead. It is a ``RequestPreparer`` too: a sequence scripted in ``slow_prepare`` is not
+ready for its first n ``prepare`` calls, one in ``fail_prepare`` then fails its preparation.
+While it runs it checks what a device runner relies on, and records every violation in
+``violations`` (and raises ``PlanInvariantError`` when ``strict``):
 
 - after warmup, every plan's shape is one warmup ran (else ``num_unwarmed_shapes`` grows);
 - the shape covers the plan (batch, new tokens, block-table width; ``num_blocks`` is 0 exactly
   when no sequence reuses cached KV); a plan is a prefill or a decode, never both;
+- a sequence scripted to prepare is prefilled only right after ``prepare`` said ready;
 - sequences are prefilled once before they decode, released at most once, decoded with the
   token and position the runner produced, and their block tables only grow by appending;
 - block tables cover the slots written, and no sequence writes into a block another live
@@ -31,10 +34,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tgi_core.contract import (
+    PREPARED,
+    PREPARING,
     DecodeItem,
     DecodeShape,
+    GenerationRequest,
     PrefillItem,
     PrefillShape,
+    Preparation,
     RequestEvent,
     SequenceOutput,
     Shape,
@@ -96,6 +103,10 @@ class FakeRunner:
         fail_step_ids: steps whose ``execute`` raises ``RuntimeError`` (after releases).
         fail_after: ``{seq_id: n}``: sequence ``seq_id`` fails alone at its n-th generated
             token, with the error text ``f"scripted failure of sequence {seq_id}"``.
+        slow_prepare: ``{seq_id: n}``: ``prepare`` answers "not ready" to its first n calls
+            for ``seq_id`` (``prepare_calls`` counts them).
+        fail_prepare: sequences whose preparation then fails, with the error text
+            ``f"scripted preparation failure of sequence {seq_id}"``.
     """
 
     def __init__(
@@ -112,6 +123,8 @@ class FakeRunner:
         record_plans: bool = True,
         fail_step_ids: Collection[int] = (),
         fail_after: Mapping[int, int] | None = None,
+        slow_prepare: Mapping[int, int] | None = None,
+        fail_prepare: Collection[int] = (),
     ) -> None:
         self._num_kv_blocks = num_kv_blocks
         self._block_size = block_size
@@ -123,6 +136,10 @@ class FakeRunner:
         self.record_plans = record_plans
         self.fail_step_ids = set(fail_step_ids)
         self.fail_after = dict(fail_after or {})
+        self.slow_prepare = dict(slow_prepare or {})
+        self.fail_prepare = set(fail_prepare)
+        self.prepare_calls: dict[int, int] = {}
+        self._prepared: set[int] = set()  # answered ready since the last execute
         self.plans: list[StepPlan] = []
         self.violations: list[str] = []
         self.elapsed_seconds = 0.0
@@ -161,6 +178,11 @@ class FakeRunner:
     def execute(self, plan: StepPlan) -> StepOutput:
         if self.record_plans:
             self.plans.append(plan)
+        scripted = self.slow_prepare.keys() | self.fail_prepare
+        for item in plan.prefill:
+            if item.seq_id in scripted and item.seq_id not in self._prepared:
+                self._violation(f"sequence {item.seq_id} prefilled before it was prepared")
+        self._prepared.clear()
         for seq_id in plan.released:
             self._release(seq_id)
         if plan.step_id in self.fail_step_ids:
@@ -173,6 +195,23 @@ class FakeRunner:
         if self.cost_model is not None:
             self.elapsed_seconds += self.cost_model.seconds(plan.shape)
         return StepOutput(plan.step_id, tuple(outputs))
+
+    # --- RequestPreparer -------------------------------------------------------------------
+
+    def prepare(self, request: GenerationRequest) -> Preparation:
+        seq_id = request.request_id
+        calls = self.prepare_calls[seq_id] = self.prepare_calls.get(seq_id, 0) + 1
+        if calls <= self.slow_prepare.get(seq_id, 0):
+            return PREPARING
+        if seq_id in self.fail_prepare:
+            return Preparation(
+                ready=False, error=f"scripted preparation failure of sequence {seq_id}"
+            )
+        self._prepared.add(seq_id)
+        return PREPARED
+
+    def wait_prepared(self, timeout_s: float) -> None:
+        """Nothing runs in the background: the next ``prepare`` call decides."""
 
     def clock(self) -> float:
         """Virtual time: the device seconds of every step run so far."""
