@@ -4,7 +4,10 @@ One step: drop released sequences, register new prefills with the sampler, build
 tensors (``step_inputs``), run the model through the device's step runner (graphs where the
 device has them), take the logits of each real sequence's last token, sample, and answer
 one ``SequenceOutput`` per item in plan order (with ``error`` set for a sequence that failed
-alone: its grammar or parameters; the step goes on for the others). The runner owns
+alone: its grammar or parameters; the step goes on for the others). As a ``RequestPreparer``
+it compiles a constrained request's grammar index on a background thread, with a deadline,
+before the engine lets the request into the batch (rank 0 only: the other shards never
+sample). The runner owns
 device tensors only (weights, KV cache, graphs); request bookkeeping stays in the
 scheduler, and the sampler and grammar state of live sequences in ``sequence_sampling.py``.
 """
@@ -20,8 +23,10 @@ from torch import Tensor, nn
 
 from tgi_core.contract import (
     DecodeShape,
+    GenerationRequest,
     PrefillItem,
     PrefillShape,
+    Preparation,
     SequenceOutput,
     Shape,
     StepOutput,
@@ -77,7 +82,8 @@ class _StepModule(nn.Module):
 
 
 class TorchModelRunner:
-    """Runs StepPlans on one device (implements ``tgi_core.contract.ModelRunner``).
+    """Runs StepPlans on one device (implements ``tgi_core.contract.ModelRunner`` and
+    ``RequestPreparer``).
 
     Args:
         settings: the runner's settings slice (model, dtype, device, limits, Gaudi switches,
@@ -213,12 +219,23 @@ class TorchModelRunner:
         with self._profiler.step():
             return self._execute(plan, record_shape=True)
 
+    # -- RequestPreparer -------------------------------------------------------------
+
+    def prepare(self, request: GenerationRequest) -> Preparation:
+        """Whether ``request`` may be prefilled without waiting: its grammar's index is
+        compiled (on a background thread, started here if need be, within a deadline)."""
+        return self._sequences.prepare_request(request)
+
+    def wait_prepared(self, timeout_s: float) -> None:
+        self._sequences.wait_prepared(timeout_s)
+
     # -- the rest of the public surface -----------------------------------------------
 
     def close(self) -> None:
         """Rank 0 of several shards: stops the other shards (by PID, after a stop message).
-        Under a MEASURE ``QUANT_CONFIG`` it first writes INC's FP8 statistics. Otherwise a
-        no-op for one shard; call it once, when no step runs any more."""
+        Under a MEASURE ``QUANT_CONFIG`` it first writes INC's FP8 statistics. It stops the
+        grammar compile thread. Call it once, when no step runs any more."""
+        self._sequences.close()
         if self._quantization is not None:
             self._quantization.finalize()
         if self._parallel is not None:

@@ -7,6 +7,10 @@ forward pass (``prepare``), applied to the logits, sampled, and the guides advan
 chosen tokens (``sample``). Both parts are built lazily: the grammar one pulls in
 ``outlines_core`` and needs the tokenizer's token bytes.
 
+Before a constrained request's prefill, the engine asks ``prepare_request`` until its
+grammar's index, compiled on a background thread, is ready (``RequestPreparer``); a prefill
+whose index was never asked for compiles it on the spot.
+
 A failure that belongs to one sequence (its parameters or grammar refused at its prefill,
 a token that breaks its grammar) drops that sequence's state and is reported in
 ``PreparedStep.failed``; the other rows of the step go on.
@@ -24,7 +28,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from tgi_core.contract import DecodeItem, PrefillItem, SamplingParams, StepPlan
+from tgi_core.contract import (
+    PREPARED,
+    DecodeItem,
+    GenerationRequest,
+    PrefillItem,
+    Preparation,
+    SamplingParams,
+    StepPlan,
+)
 
 if TYPE_CHECKING:
     from tgi_hpu_kernels.sampling import Sampler, SampleResult
@@ -91,6 +103,27 @@ class SequenceSampling:
         """The grammar guides, once a constrained sequence arrived (None before)."""
         return self._grammar
 
+    def prepare_request(self, request: GenerationRequest) -> Preparation:
+        """Whether ``request``'s grammar index is ready; starts its compile if need be."""
+        regex = request.sampling.grammar
+        if regex is None:
+            return PREPARED
+        try:
+            grammar = self._grammar_for_step()
+        except ValueError as exc:  # no vocabulary to constrain: that request fails
+            return Preparation(ready=False, error=str(exc))
+        return grammar.compiler.status(regex)
+
+    def wait_prepared(self, timeout_s: float) -> None:
+        """Block until a grammar compile under way ends, or ``timeout_s``."""
+        if self._grammar is not None:
+            self._grammar.compiler.wait(timeout_s)
+
+    def close(self) -> None:
+        """Stop the grammar compile thread, if one started."""
+        if self._grammar is not None:
+            self._grammar.compiler.close()
+
     def release(self, seq_ids: Sequence[int]) -> None:
         """Drop the sampler state and grammar guide of each id; unknown ids are ignored."""
         sampler = self.sampler
@@ -126,6 +159,8 @@ class SequenceSampling:
             except ValueError as exc:  # its own parameters or grammar (GrammarError)
                 failed[item.seq_id] = str(exc)
                 self.release([item.seq_id])
+        if self._grammar is not None:
+            self._grammar.compiler.end_step()  # the prepared prefills have their guides
         seq_ids = [item.seq_id for item in plan.prefill] or [item.seq_id for item in plan.decode]
         grammar = self._grammar if self._grammar and self._grammar.num_sequences else None
         mask = grammar.prepare(seq_ids, self._vocab_size) if grammar else None

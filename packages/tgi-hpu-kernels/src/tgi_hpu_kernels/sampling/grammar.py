@@ -11,21 +11,23 @@ tokens the sampler reports come from the masked scores, as in TGI.
 
 The EOS token is allowed exactly where the text is complete; a model with several EOS ids gets
 all of them there. Ids the tokenizer does not spell (special tokens, a model vocabulary wider
-than the tokenizer's) are never allowed. Compiled regex indexes are cached (LRU by regex).
-Nothing here runs for a batch without constrained sequences. Where the token bytes come from:
+than the tokenizer's) are never allowed. Regex indexes are compiled off the engine thread,
+with a deadline, and cached (``IndexCompiler``, reached through ``compiler``). Nothing here
+runs for a batch without constrained sequences. Where the token bytes come from:
 ``tgi_core.tokenization.token_bytes``.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from outlines_core import Guide, Index, Vocabulary
+from outlines_core import Guide, Vocabulary
 from torch import nn
+
+from tgi_hpu_kernels.sampling.grammar_compiler import COMPILE_DEADLINE_S, IndexCompiler
 
 __all__ = ["GrammarConstraints", "GrammarError", "GrammarMask"]
 
@@ -54,6 +56,7 @@ class GrammarConstraints:
         device: where the logits live.
         max_cached_indexes: compiled regexes kept (compiling a JSON schema's regex can take
             seconds; the same schema comes back request after request).
+        compile_deadline_s: the longest one regex's index may compile.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class GrammarConstraints:
         device: torch.device,
         *,
         max_cached_indexes: int = 32,
+        compile_deadline_s: float = COMPILE_DEADLINE_S,
     ) -> None:
         if not eos_token_ids:
             raise GrammarError("grammar-constrained generation needs an EOS token id")
@@ -74,7 +78,11 @@ class GrammarConstraints:
                 by_bytes.setdefault(data, []).append(token_id)
         if not by_bytes:
             raise GrammarError("grammar-constrained generation needs a token vocabulary")
-        self._vocabulary = Vocabulary(self._eos_id, by_bytes)
+        self._compiler = IndexCompiler(
+            Vocabulary(self._eos_id, by_bytes),
+            max_cached_indexes=max_cached_indexes,
+            deadline_s=compile_deadline_s,
+        )
         self._num_ids = max(*token_bytes, *eos_token_ids) + 1
         self._device = device
         # the EOS ids other than the guide's own copy its column of the mask
@@ -83,9 +91,13 @@ class GrammarConstraints:
         )
         bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
         self._bias_table = torch.where(bits == 1, 0.0, float("-inf")).to(device)  # [256, 8]
-        self._max_cached_indexes = max_cached_indexes
-        self._indexes: OrderedDict[str, Any] = OrderedDict()
         self._guides: dict[int, Any] = {}
+
+    @property
+    def compiler(self) -> IndexCompiler:
+        """Where the regex indexes come from (ask it first: ``add_sequence`` compiles a regex
+        it does not have on the calling thread)."""
+        return self._compiler
 
     @property
     def num_sequences(self) -> int:
@@ -165,18 +177,10 @@ class GrammarConstraints:
         return failed
 
     def _index(self, regex: str) -> Any:
-        index = self._indexes.get(regex)
-        if index is not None:
-            self._indexes.move_to_end(regex)
-            return index
         try:
-            index = Index(regex, self._vocabulary)
-        except (ValueError, RuntimeError) as exc:
-            raise GrammarError(f"grammar is not valid: {exc}") from exc
-        self._indexes[regex] = index
-        if len(self._indexes) > self._max_cached_indexes:
-            self._indexes.popitem(last=False)
-        return index
+            return self._compiler.get(regex)
+        except ValueError as exc:
+            raise GrammarError(str(exc)) from exc
 
 
 def _advance(guide: Any, seq_id: int, token_id: int) -> None:
