@@ -19,7 +19,6 @@ import contextlib
 import importlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,14 +28,13 @@ import falcon.asgi
 import falcon.testing
 import httpx
 import pytest
-import uvicorn
 
 from tgi_core.settings.slices import ServerSettings
 from tgi_server import gunicorn_conf
 from tgi_server.app import ModelInfo, create_app
 from tgi_server.engine_client import InProcessEngineClient
 from tgi_server.resources import metrics as metrics_resource
-from tgi_server.testing import HARNESS_LIMITS, Harness, OpenStream
+from tgi_server.testing import HARNESS_LIMITS, Harness, OpenStream, ServedApp
 
 App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 LONG = {"inputs": "Hello", "parameters": {"max_new_tokens": 90}}  # 4.5 s at 0.05 s a step
@@ -121,26 +119,6 @@ def test_a_request_that_finishes_is_answered_in_a_cancelling_app(harness: Harnes
     assert json.loads(request.body)["generated_text"]
 
 
-class Server:
-    """An app served by uvicorn on a free port of 127.0.0.1, on a thread."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            assert time.monotonic() < deadline and self._thread.is_alive()
-            time.sleep(0.01)
-        self.port: int = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(30)
-
-
 def send_and_keep(port: int, path: str, payload: Any) -> socket.socket:
     """A connection that has sent a POST and not read its answer."""
     body = json.dumps(payload).encode()
@@ -154,7 +132,7 @@ def send_and_keep(port: int, path: str, payload: Any) -> socket.socket:
 
 
 def test_clients_that_send_and_hang_up_free_their_slots(slow: Harness) -> None:
-    server = Server(cancelling_app(slow))
+    server = ServedApp(cancelling_app(slow))
     short = {"inputs": "Hello", "parameters": {"max_new_tokens": 10, "details": True}}
     try:
         hung = [send_and_keep(server.port, path, LONG_REQUESTS[path]) for path in LONG_REQUESTS]

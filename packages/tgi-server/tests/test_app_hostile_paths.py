@@ -9,17 +9,13 @@ route is tried with and without the key, through the ASGI interface and over a r
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import falcon.testing
 import pytest
-import uvicorn
 
 from tgi_server.middleware import PROTECTED_PATHS, is_canonical_path
-from tgi_server.testing import Harness
+from tgi_server.testing import Harness, ServedApp
 
 KEY = "s3cret"
 AUTHORIZED = {"Authorization": f"Bearer {KEY}"}
@@ -96,28 +92,9 @@ def test_canonical_paths() -> None:
 # --- over a real socket: uvicorn's own path parsing ----------------------------------------
 
 
-class Server:
-    """An app served by uvicorn on a free port of 127.0.0.1, on a thread."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            assert time.monotonic() < deadline and self._thread.is_alive()
-            time.sleep(0.01)
-        self.port: int = self._server.servers[0].sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(30)
-
-
 @pytest.fixture(scope="module")
-def keyed_server(harness: Harness) -> Iterator[Server]:
-    server = Server(harness.app(api_key=KEY))
+def keyed_server(harness: Harness) -> Iterator[ServedApp]:
+    server = ServedApp(harness.app(api_key=KEY))
     yield server
     server.stop()
 
@@ -135,7 +112,7 @@ def raw_post(port: int, path: str, body: bytes, headers: dict[str, str]) -> int:
     return int(response.split(b" ", 2)[1])
 
 
-def test_hostile_spellings_over_a_real_socket(keyed_server: Server) -> None:
+def test_hostile_spellings_over_a_real_socket(keyed_server: ServedApp) -> None:
     body = b'{"inputs":"Hello","parameters":{"max_new_tokens":2}}'
     for path in ("/generate", "/v1/chat/completions"):
         for hostile in hostile_spellings(path):

@@ -14,7 +14,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,42 +22,21 @@ from typing import Any
 import falcon.testing
 import httpx
 import pytest
-import uvicorn
 
 from tgi_core.settings.slices import ServerSettings
 from tgi_server.app import ModelInfo, create_app
 from tgi_server.engine_client import InProcessEngineClient
 from tgi_server.metrics import ServerMetrics
 from tgi_server.streaming import EventStream
-from tgi_server.testing import HARNESS_LIMITS, Harness, OpenStream, smollm2_tokenizer
+from tgi_server.testing import HARNESS_LIMITS, Harness, OpenStream, ServedApp, smollm2_tokenizer
 
 COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
 TOKENIZER = smollm2_tokenizer()
 
 
-class Server:
-    """The app served by uvicorn on a free port of 127.0.0.1, on a thread."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            assert time.monotonic() < deadline and self._thread.is_alive()
-            time.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(30)
-
-
 @pytest.fixture(scope="module")
-def server(harness: Harness) -> Iterator[Server]:
-    server = Server(harness.app())
+def server(harness: Harness) -> Iterator[ServedApp]:
+    server = ServedApp(harness.app())
     yield server
     server.stop()
 
@@ -272,7 +250,7 @@ def test_skip_tokenizer_in_tgi_takes_and_returns_token_ids(harness: Harness) -> 
 # --- over real sockets, with real clients ----------------------------------------------------
 
 
-def test_openai_sdk(server: Server) -> None:
+def test_openai_sdk(server: ServedApp) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
     messages = [{"role": "user", "content": "Hi"}]
@@ -296,7 +274,7 @@ def test_openai_sdk(server: Server) -> None:
     assert [model.id for model in client.models.list()] == ["smollm2"]
 
 
-def test_huggingface_hub_client(server: Server) -> None:
+def test_huggingface_hub_client(server: ServedApp) -> None:
     hub = pytest.importorskip("huggingface_hub")
     client = hub.InferenceClient(base_url=server.url)
     output = client.text_generation("Hello", max_new_tokens=3, details=True)
@@ -306,7 +284,7 @@ def test_huggingface_hub_client(server: Server) -> None:
     assert streamed[-1].generated_text == output.generated_text
 
 
-def test_a_dropped_connection_stops_the_generation(harness: Harness, server: Server) -> None:
+def test_a_dropped_connection_stops_the_generation(harness: Harness, server: ServedApp) -> None:
     harness.runner.step_delay_s = 0.05
     payload = {"inputs": "Hello", "parameters": {"max_new_tokens": 90}}
     try:

@@ -371,3 +371,26 @@ def launch_service(
         time.sleep(0.2)
     service.startup_s = time.monotonic() - started
     return service
+
+
+class ServedApp:
+    """An ASGI app served by uvicorn on a free port of 127.0.0.1, on a thread (real sockets,
+    uvicorn's own parsing and disconnects). ``stop`` ends it."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn  # only the socket-level tests need it
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            assert time.monotonic() < deadline and self._thread.is_alive()
+            time.sleep(0.01)
+        self.port: int = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)
