@@ -85,3 +85,11 @@ def test_noise_is_exponential() -> None:
     # neighbouring tokens are uncorrelated
     correlation = torch.corrcoef(torch.stack([noise[:-1], noise[1:]]))[0, 1]
     assert abs(correlation.item()) < 0.01
+
+
+def test_the_top_uniform_still_gives_positive_noise() -> None:
+    # (key 0, second key 7, token 3825391) draws the top 24-bit uniform, which float32
+    # rounds to 1.0: its noise was -0.0, a NaN race that beat every grammar mask.
+    key, second_key = torch.tensor([[0]], dtype=torch.int32), torch.tensor([[7]], dtype=torch.int32)
+    noise = exponential_noise(key, second_key, torch.tensor([[3825391]], dtype=torch.int32))
+    assert 0 < noise.item() < 1e-7  # -log(1 - 2**-24)

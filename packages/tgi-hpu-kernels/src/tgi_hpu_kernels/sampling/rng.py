@@ -98,6 +98,8 @@ def exponential_noise(
     scratch &= (1 << _UNIFORM_BITS) - 1
     uniform = x.view(torch.float32)  # reuse x's memory: the bits are no longer needed
     uniform.copy_(scratch)
-    # (k + 0.5) / 2**24 lies strictly inside (0, 1), so the log is finite.
-    uniform.add_(0.5).mul_(2.0**-_UNIFORM_BITS)
+    # (k + 0.5) / 2**24 lies strictly inside (0, 1), so the log is finite; but float32
+    # rounds k + 0.5 to even, and the top k to 2**24: clamped below 1, its noise stays
+    # positive (a 0 would make the race NaN on grammar-masked tokens, and NaN wins argmax).
+    uniform.add_(0.5).mul_(2.0**-_UNIFORM_BITS).clamp_(max=1.0 - 2.0**-_UNIFORM_BITS)
     return uniform.log_().neg_()
