@@ -85,8 +85,8 @@ def test_engine_messages_round_trip() -> None:
             RequestFailed(3, "Model is overloaded", "overloaded"),
         )
     )
-    counters = dict.fromkeys(SchedulerStats.__struct_fields__, 0)
-    stats = SchedulerStats(**{**counters, "batch_size": 2, "kv_blocks_total": 63})
+    counters = {name: 0 for name in SchedulerStats.__struct_fields__ if name != "steps"}
+    stats = msgspec.convert({**counters, "batch_size": 2, "kv_blocks_total": 63}, SchedulerStats)
     status = EngineStatus(True, False, 2, 10, 0, engine=stats)
     for message in (
         events,

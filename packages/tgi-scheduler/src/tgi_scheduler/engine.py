@@ -16,6 +16,15 @@ A runner that implements ``RequestPreparer`` readies requests off this thread (a
 index): each step first queues the requests that became ready (and fails those whose
 preparation failed); a step with nothing to run while preparations are under way waits for
 one of them, at most ``IDLE_WAIT_S``, so that an engine loop polling for messages does not spin.
+
+Each prefill or decode step is timed (``StepTimer``, TGI's ``tgi_batch_*_duration{method}``):
+``filter`` is ``schedule()``, the bookkeeping that turns the previous batch into this one
+(finished sequences dropped, KV grown, queued ones admitted; TGI's ``filter_batch``), and
+``concat`` that same time for a prefill that joins a running batch; ``forward`` is
+``runner.execute``; ``decode`` is ``update()``, the tokens applied, stop sequences checked
+(they detokenize here) and the events built, as TGI's shard decodes after its forward (the
+streamed text itself is detokenized per request by the HTTP workers); ``inference`` is the
+whole step. ``tgi_batch_next_size`` is the number of queued sequences each prefill admits.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+import msgspec
+
 from tgi_core.contract import (
     GenerationRequest,
     ModelRunner,
@@ -31,6 +42,7 @@ from tgi_core.contract import (
     RequestFailed,
     RequestPreparer,
     Shape,
+    TokenEvent,
     WarmupProgress,
     WarmupReport,
 )
@@ -39,7 +51,7 @@ from tgi_scheduler.block_allocator import BlockAllocator
 from tgi_scheduler.buckets import all_shapes
 from tgi_scheduler.limits import check_limits
 from tgi_scheduler.scheduler import GENERATION_ERROR_PREFIX, Scheduler, StopCheckerFactory
-from tgi_scheduler.stats import SchedulerStats
+from tgi_scheduler.stats import Method, SchedulerStats, StepTimer
 
 __all__ = ["GENERATION_ERROR_PREFIX", "IDLE_WAIT_S", "OVERLOADED_MESSAGE", "Engine"]
 
@@ -63,6 +75,7 @@ class Engine:
         self._runner = runner
         self._refusals: list[RequestEvent] = []
         self._warmed: frozenset[Shape] | None = None
+        self._timer = StepTimer()
 
     @classmethod
     def create(
@@ -115,11 +128,18 @@ class Engine:
         """Run one plan; return the events of this step (tokens, finishes, failures)."""
         events, self._refusals = self._refusals, []
         events.extend(self._scheduler.poll_preparing())
+        num_running = self._scheduler.num_running
+        started = time.perf_counter()
         plan = self._scheduler.schedule()
         if plan is None:
             if not events:
                 self._scheduler.preparing.wait(IDLE_WAIT_S)
             return events
+        scheduled = time.perf_counter()
+        method: Method | None = "prefill" if plan.prefill else "decode" if plan.decode else None
+        if method is not None:  # a plan of releases only is no inference
+            joined = method == "prefill" and num_running > 0
+            self._timer.scheduled(method, len(plan.prefill), scheduled - started, joined=joined)
         if self._warmed is not None and plan.shape is not None and plan.shape not in self._warmed:
             self._scheduler.counters.num_unwarmed_shapes += 1
             logger.warning("step %d runs shape %s, which warmup did not", plan.step_id, plan.shape)
@@ -128,10 +148,20 @@ class Engine:
         except Exception as exc:
             logger.exception("step %d failed; failing its requests", plan.step_id)
             self._scheduler.counters.num_failed_steps += 1
+            if method is not None:
+                self._timer.failed(method)
             message = GENERATION_ERROR_PREFIX + (str(exc) or type(exc).__name__)
             events.extend(self._scheduler.fail(plan, message))
             return events
-        events.extend(self._scheduler.update(plan, output))
+        executed = time.perf_counter()
+        step_events = self._scheduler.update(plan, output)
+        if method is not None:
+            updated = time.perf_counter()
+            num_tokens = sum(isinstance(event, TokenEvent) for event in step_events)
+            self._timer.succeeded(
+                method, executed - scheduled, updated - executed, updated - started, num_tokens
+            )
+        events.extend(step_events)
         return events
 
     def warmup(self, progress: WarmupProgress | None = None) -> WarmupReport:
@@ -152,4 +182,5 @@ class Engine:
         return report
 
     def stats(self) -> SchedulerStats:
-        return self._scheduler.stats()
+        """The scheduler's stats with the engine's step histograms."""
+        return msgspec.structs.replace(self._scheduler.stats(), steps=self._timer.snapshot())

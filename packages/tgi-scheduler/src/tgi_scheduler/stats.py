@@ -6,11 +6,17 @@ boundary as it is; a Prometheus exporter maps its fields onto TGI's metrics
 ``tgi_batch_max_total_tokens``, ``tgi_batch_inference_count{method}``,
 ``tgi_batch_concat{reason}``) plus the Gaudi-side ones TGI lacks (KV blocks, prefix-cache
 hits, preemptions, shapes run without warmup). Counters only grow.
+
+The engine adds ``StepStats``: TGI's per-step histograms (``tgi_batch_*_duration{method}``,
+``tgi_batch_next_size``, ``tgi_request_skipped_tokens``) kept as bucket counts by a
+``StepTimer`` in the engine process, so that every HTTP worker exports the same engine-wide
+values. What each timing measures is the engine's ``Engine.step`` docstring.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
@@ -18,7 +24,39 @@ if TYPE_CHECKING:
     from tgi_scheduler.block_allocator import BlockAllocator
     from tgi_scheduler.kv_budget import KVBudget
 
-__all__ = ["SchedulerStats", "StepCounters", "snapshot"]
+__all__ = [
+    "BATCH_SIZE_BUCKETS",
+    "DURATION_BUCKETS",
+    "SKIPPED_TOKENS_BUCKETS",
+    "HistogramSnapshot",
+    "Method",
+    "MethodStats",
+    "SchedulerStats",
+    "StepCounters",
+    "StepStats",
+    "StepTimer",
+    "snapshot",
+]
+
+Method = Literal["prefill", "decode"]
+
+
+def _duration_buckets(num_buckets: int = 35) -> tuple[float, ...]:
+    """TGI's duration buckets: from 0.1 ms, times 1.5 before each bucket (same float steps)."""
+    buckets: list[float] = []
+    value = 0.0001
+    for _ in range(num_buckets):
+        value *= 1.5
+        buckets.append(value)
+    return tuple(buckets)
+
+
+DURATION_BUCKETS = _duration_buckets()
+"""Upper bounds (s) of every ``*_duration`` histogram, TGI's: 1.5e-4 s times 1.5, 35 of them."""
+BATCH_SIZE_BUCKETS = tuple(float(size) for size in range(1, 1025))
+"""``tgi_batch_next_size``'s upper bounds, TGI's: 1 to 1024."""
+SKIPPED_TOKENS_BUCKETS = (0.0,)
+"""``tgi_request_skipped_tokens``'s upper bounds, TGI's ``0..=speculate`` with no speculation."""
 
 
 class StepCounters:
@@ -66,6 +104,8 @@ class SchedulerStats(msgspec.Struct, frozen=True):
     Counters: prefill/decode steps, TGI's concat reasons, preemptions, refusals
     (``overloaded``), steps whose runner call failed, plans whose shape warmup never ran,
     prefix-cache tokens looked up and found.
+
+    ``steps``: the engine's step histograms (None from a scheduler without an engine).
     """
 
     queue_size: int
@@ -87,6 +127,7 @@ class SchedulerStats(msgspec.Struct, frozen=True):
     num_unwarmed_shapes: int
     prefix_cache_hit_tokens: int
     prefix_cache_query_tokens: int
+    steps: StepStats | None = None
 
 
 def snapshot(
@@ -119,3 +160,122 @@ def snapshot(
         prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,
         prefix_cache_query_tokens=counters.prefix_cache_query_tokens,
     )
+
+
+# --- step timings ---------------------------------------------------------------------------
+
+
+class HistogramSnapshot(msgspec.Struct, frozen=True, array_like=True):
+    """A histogram's state: ``counts[i]`` values fell in ``(bounds[i-1], bounds[i]]``, the
+    last count above every bound (not cumulative); ``sum`` is the sum of the values."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+
+
+class MethodStats(msgspec.Struct, frozen=True):
+    """The steps of one method (prefill or decode): their timings (s) and outcomes."""
+
+    forward: HistogramSnapshot
+    decode: HistogramSnapshot
+    filter: HistogramSnapshot
+    inference: HistogramSnapshot
+    num_success: int
+    num_failure: int
+
+
+class StepStats(msgspec.Struct, frozen=True):
+    """The engine's step histograms (``concat`` is TGI's, recorded under method decode)."""
+
+    prefill: MethodStats
+    decode: MethodStats
+    concat: HistogramSnapshot
+    next_size: HistogramSnapshot
+    skipped_tokens: HistogramSnapshot
+
+
+class _Histogram:
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.total += value * times
+
+    def snapshot(self) -> HistogramSnapshot:
+        return HistogramSnapshot(self.bounds, tuple(self.counts), self.total)
+
+
+class _MethodTimer:
+    __slots__ = ("decode", "filter", "forward", "inference", "num_failure", "num_success")
+
+    def __init__(self) -> None:
+        self.forward = _Histogram(DURATION_BUCKETS)
+        self.decode = _Histogram(DURATION_BUCKETS)
+        self.filter = _Histogram(DURATION_BUCKETS)
+        self.inference = _Histogram(DURATION_BUCKETS)
+        self.num_success = 0
+        self.num_failure = 0
+
+    def snapshot(self) -> MethodStats:
+        return MethodStats(
+            self.forward.snapshot(),
+            self.decode.snapshot(),
+            self.filter.snapshot(),
+            self.inference.snapshot(),
+            self.num_success,
+            self.num_failure,
+        )
+
+
+class StepTimer:
+    """The engine's running step histograms (plain lists: hot path); ``snapshot`` for IPC."""
+
+    __slots__ = ("_concat", "_methods", "_next_size", "_skipped_tokens")
+
+    def __init__(self) -> None:
+        self._methods: dict[Method, _MethodTimer] = {
+            "prefill": _MethodTimer(),
+            "decode": _MethodTimer(),
+        }
+        self._concat = _Histogram(DURATION_BUCKETS)
+        self._next_size = _Histogram(BATCH_SIZE_BUCKETS)
+        self._skipped_tokens = _Histogram(SKIPPED_TOKENS_BUCKETS)
+
+    def scheduled(self, method: Method, num_new: int, seconds: float, *, joined: bool) -> None:
+        """A plan was made in ``seconds``; ``num_new`` sequences came from the queue
+        (``tgi_batch_next_size``), into a running batch when ``joined`` (a concat)."""
+        self._methods[method].filter.observe(seconds)
+        if num_new:
+            self._next_size.observe(num_new)
+        if joined:
+            self._concat.observe(seconds)
+
+    def failed(self, method: Method) -> None:
+        self._methods[method].num_failure += 1
+
+    def succeeded(
+        self, method: Method, forward: float, decode: float, inference: float, num_tokens: int
+    ) -> None:
+        """A step ran: its runner call, its update and the whole step took these seconds,
+        and produced ``num_tokens`` tokens (none of them speculated)."""
+        timer = self._methods[method]
+        timer.forward.observe(forward)
+        timer.decode.observe(decode)
+        timer.inference.observe(inference)
+        timer.num_success += 1
+        self._skipped_tokens.observe(0, num_tokens)
+
+    def snapshot(self) -> StepStats:
+        return StepStats(
+            self._methods["prefill"].snapshot(),
+            self._methods["decode"].snapshot(),
+            self._concat.snapshot(),
+            self._next_size.snapshot(),
+            self._skipped_tokens.snapshot(),
+        )

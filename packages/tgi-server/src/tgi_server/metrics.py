@@ -12,6 +12,29 @@ is read from the engine's ``EngineStatus`` at scrape time and rendered from that
 with TGI's names (``tgi_queue_size``, ``tgi_batch_current_size``, ...) plus our Gaudi-side
 ones (warmup, shapes run unwarmed, KV blocks, prefix-cache hits, preemptions).
 
+The step histograms are the engine's too (``tgi_scheduler.stats.StepTimer``, bucket counts
+kept in the engine process, so every worker shows the same values), with TGI's labels and
+buckets; what each measures on our side, where TGI's router and shards split differently:
+
+- ``tgi_batch_forward_duration{method}``: the runner's ``execute`` of the step (the
+  device's forward and sampling; TGI: the shard's ``forward_ns``).
+- ``tgi_batch_decode_duration{method}``: the scheduler's ``update`` after it: tokens
+  appended, stop sequences checked (their detokenization runs here), events built (TGI: the
+  shard's detokenization). The streamed text is detokenized per request in the HTTP workers,
+  not per batch, so it is not in here.
+- ``tgi_batch_filter_duration{method}``: the scheduler's ``schedule`` of the step, which
+  turns the previous batch into this one (finished sequences dropped, KV grown, queued ones
+  admitted; TGI: ``filter_batch`` after sending the generations).
+- ``tgi_batch_concat_duration{method="decode"}``: that same time for a prefill that joins a
+  running batch (TGI: concatenating the new batch onto the running one).
+- ``tgi_batch_inference_duration{method}``: the whole step, and
+  ``tgi_batch_inference_success`` / ``_failure{method}`` its outcome.
+- ``tgi_batch_next_size``: the number of queued requests each prefill admits (TGI: the size
+  of each batch the queue hands over), buckets 1 to 1024.
+- ``tgi_request_skipped_tokens``: one observation per token a step produced, of the tokens
+  it speculated; always 0 (bucket ``le="0"`` only, TGI's ``0..=speculate``) until
+  speculative decoding exists.
+
 The text is rendered here rather than by ``prometheus_client.generate_latest``, which would
 rename every counter ``<name>_total``: TGI's counters are plain ``tgi_request_count``.
 """
@@ -24,29 +47,23 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import values as prometheus_values
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from tgi_core.contract import WarmupReport
 from tgi_core.settings.slices import ValidationLimits
+from tgi_scheduler.stats import DURATION_BUCKETS, HistogramSnapshot, StepStats
 from tgi_server.ipc.messages import EngineStatus
 
 __all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "ServerMetrics", "engine_families", "linear_buckets"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _duration_buckets(num_buckets: int = 35) -> tuple[float, ...]:
-    """TGI's duration buckets: from 0.1 ms, times 1.5 before each bucket (same float steps)."""
-    buckets: list[float] = []
-    value = 0.0001
-    for _ in range(num_buckets):
-        value *= 1.5
-        buckets.append(value)
-    return tuple(buckets)
-
-
-DURATION_BUCKETS = _duration_buckets()
 
 
 def linear_buckets(max_value: int, num_buckets: int = 100) -> tuple[float, ...]:
@@ -200,11 +217,6 @@ def engine_families(status: EngineStatus | None, warmup: WarmupReport | None) ->
     )
     for name, documentation, value in (
         (
-            "tgi_batch_inference_failure",
-            "Engine steps whose forward failed",
-            stats.num_failed_steps,
-        ),
-        (
             "tgi_unwarmed_shapes",
             "Steps run after warmup at a shape warmup did not run",
             stats.num_unwarmed_shapes,
@@ -222,6 +234,50 @@ def engine_families(status: EngineStatus | None, warmup: WarmupReport | None) ->
         ),
     ):
         families.append(_counter(name, documentation, values={"": value}))
+    if stats.steps is not None:
+        families += _step_families(stats.steps)
+    return families
+
+
+def _step_families(steps: StepStats) -> list[Metric]:
+    """TGI's per-step histograms and outcome counters (see the module docstring)."""
+    methods = {"prefill": steps.prefill, "decode": steps.decode}
+    families: list[Metric] = [
+        _counter(
+            "tgi_batch_inference_success",
+            "Number of successful inference calls",
+            label="method",
+            values={method: stats.num_success for method, stats in methods.items()},
+        ),
+        _counter(
+            "tgi_batch_inference_failure",
+            "Number of failed inference calls",
+            label="method",
+            values={method: stats.num_failure for method, stats in methods.items()},
+        ),
+    ]
+    for name, documentation, attribute in (
+        ("tgi_batch_forward_duration", "Batch forward duration per method", "forward"),
+        ("tgi_batch_decode_duration", "Batch decode duration per method", "decode"),
+        ("tgi_batch_filter_duration", "Batch filtering duration per method", "filter"),
+        ("tgi_batch_inference_duration", "Batch inference duration per method", "inference"),
+    ):
+        histograms = {method: getattr(stats, attribute) for method, stats in methods.items()}
+        families.append(_histogram(name, documentation, histograms, label="method"))
+    families += [
+        _histogram(
+            "tgi_batch_concat_duration",
+            "Batch concatenation duration",
+            {"decode": steps.concat},
+            label="method",
+        ),
+        _histogram("tgi_batch_next_size", "Batch size of the next batch", {"": steps.next_size}),
+        _histogram(
+            "tgi_request_skipped_tokens",
+            "Speculated tokens per request",
+            {"": steps.skipped_tokens},
+        ),
+    ]
     return families
 
 
@@ -236,6 +292,26 @@ def _counter(
     family = CounterMetricFamily(name, documentation, labels=[label] if label else [])
     for label_value, value in values.items():
         family.add_metric([label_value] if label else [], value)
+    return family
+
+
+def _histogram(
+    name: str,
+    documentation: str,
+    histograms: dict[str, HistogramSnapshot],
+    *,
+    label: str | None = None,
+) -> Metric:
+    """A histogram family; ``histograms`` maps each value of ``label`` (``""`` if none) to
+    its bucket counts, made cumulative here as Prometheus wants them."""
+    family = HistogramMetricFamily(name, documentation, labels=[label] if label else [])
+    for label_value, histogram in histograms.items():
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*histogram.bounds, math.inf), histogram.counts, strict=True):
+            total += count
+            buckets.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
+        family.add_metric([label_value] if label else [], buckets, histogram.sum)
     return family
 
 
