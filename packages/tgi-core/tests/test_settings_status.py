@@ -161,8 +161,6 @@ def test_the_refused_and_moot_are_the_ones_we_mean() -> None:
         "weights_cache_override",
         "shard_uds_path",
         "cuda_graphs",
-        "otlp_endpoint",
-        "otlp_service_name",
         "ngrok",
         "ngrok_authtoken",
         "ngrok_edge",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import falcon.asgi
+from opentelemetry.trace import TracerProvider
 
 from tgi_core.api import Info, encode_json
 from tgi_core.contract import WarmupReport
@@ -36,6 +37,7 @@ from tgi_server.middleware import (
     JsonBody,
 )
 from tgi_server.openapi import build_openapi
+from tgi_server.request_log import RequestObserver
 from tgi_server.resources import Served
 from tgi_server.resources.chat import ChatCompletions
 from tgi_server.resources.completions import Completions
@@ -96,6 +98,7 @@ def create_app(
     metrics_dir: str | None = None,
     prompt_encoder: TextEncoder | None = None,
     cancel_on_disconnect: bool = False,
+    tracer_provider: TracerProvider | None = None,
 ) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
     """The ASGI app of one HTTP worker.
 
@@ -112,6 +115,8 @@ def create_app(
             become placeholder tokens and images sent to the engine.
         cancel_on_disconnect: stop a non-streamed generation when its client leaves (the
             served app does; Falcon's ``TestClient`` cannot drive it, see ``App``).
+        tracer_provider: where the generating requests' spans go (``tgi_server.tracing``);
+            None: no traces (each request still gets its log line and request id).
 
     Raises:
         ValueError: ``metrics_dir`` is given but prometheus-client is not in
@@ -160,7 +165,8 @@ def create_app(
     if settings.api_key:
         middleware.append(ApiKey(settings.api_key, [routes[path] for path in PROTECTED_PATHS]))
     lifespan = EngineLifespan(engine, workers, on_connected=metrics_resource.adopt)
-    middleware += [JsonBody(settings.payload_limit), lifespan]
+    tracer = None if tracer_provider is None else tracer_provider.get_tracer("tgi_server")
+    middleware += [JsonBody(settings.payload_limit), RequestObserver(tracer), lifespan]
     # Every response sets its own type; empty ones (health, 401/404/405) get none, as from
     # axum. Falcon types media_type as str but skips the header when it is None.
     app = App(middleware=middleware, media_type=None, cancel_on_disconnect=cancel_on_disconnect)

@@ -6,7 +6,9 @@ tgi_server.asgi:app`` with its settings exported as environment variables
 ``PROMETHEUS_MULTIPROC_DIR`` (the workers' shared metrics folder). Each worker builds its own
 app the first time Gunicorn reads ``app``, after the fork: the settings (from the
 environment only), the model's tokenizer, a ``ZmqEngineClient`` tagged with the worker index
-that Gunicorn's ``post_fork`` hook handed to ``set_worker_index``, and ``create_app``.
+that Gunicorn's ``post_fork`` hook handed to ``set_worker_index``, the worker's tracer
+provider when ``--otlp-endpoint`` is set (``tgi_server.tracing``, flushed at lifespan
+shutdown), and ``create_app``.
 
 The same entry serves people who run Gunicorn (or uvicorn) themselves, next to an engine
 they started::
@@ -31,6 +33,7 @@ from tgi_core.settings import Settings
 from tgi_core.tokenization import load_tokenizer
 from tgi_server.app import ModelInfo, create_app
 from tgi_server.engine_client import ZmqEngineClient
+from tgi_server.tracing import TracerCloser, start_tracing
 from tgi_vlm.llava_next.prompt import prompt_encoder_for
 
 __all__ = ["build_app", "set_worker_index"]
@@ -90,6 +93,7 @@ def build_app(
         tokenizer_config_path=settings.tokenizer_config_path,
     )
     engine = ZmqEngineClient(socket, worker_index=worker_index)
+    tracer_provider = start_tracing(server)  # one per worker: after the fork
     # The engine's ready message (warmup report, KV capacity) reaches the app when the
     # worker connects, at ASGI startup; the model id is the one given, as TGI reports it.
     app = create_app(
@@ -100,8 +104,11 @@ def build_app(
         metrics_dir=server.metrics_dir,
         prompt_encoder=prompt_encoder_for(settings.model_id, tokenizer, server.images),
         cancel_on_disconnect=True,
+        tracer_provider=tracer_provider,
     )
     app.add_middleware(EngineClientCloser(engine))
+    if tracer_provider is not None:
+        app.add_middleware(TracerCloser(tracer_provider))
     return app
 
 

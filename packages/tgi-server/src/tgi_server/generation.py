@@ -31,6 +31,7 @@ from tgi_core.settings.slices import ValidationLimits
 from tgi_core.tokenization import IncrementalDetokenizer, TokenizerLike
 from tgi_core.validation import GenerateLike, ValidRequest, validate_generate
 from tgi_core.validation.generate import TextEncoder
+from tgi_server import request_log
 from tgi_server.admission import Permit, Permits
 from tgi_server.engine_client import EngineClient
 from tgi_server.metrics import ServerMetrics
@@ -86,6 +87,7 @@ class Timing(NamedTuple):
     started: float  # the request arrived
     queued: float  # validated, submitted to the engine
     inference_started: float  # its prefill began
+    first_token: float  # its first token arrived (prefill done)
     finished: float  # its last token arrived
 
     @property
@@ -157,6 +159,7 @@ class _Sequence:
     queued: float
     detokenizer: IncrementalDetokenizer
     inference_started: float | None = None
+    first_token: float | None = None
     ids: list[int] = field(default_factory=list)
     tokens: list[Token] = field(default_factory=list)
     top_tokens: list[list[Token]] = field(default_factory=list)
@@ -164,10 +167,9 @@ class _Sequence:
 
     def add(self, event: TokenEvent) -> StreamStep:
         if self.inference_started is None:
+            self.first_token = time.perf_counter()
             queue_s = event.queue_seconds
-            self.inference_started = (
-                time.perf_counter() if queue_s is None else self.queued + queue_s
-            )
+            self.inference_started = self.first_token if queue_s is None else self.queued + queue_s
             if self.valid.decoder_input_details and event.prompt_logprobs is not None:
                 self.prefill = self._prefill(event.prompt_logprobs)
         token_id = event.token_id
@@ -199,7 +201,9 @@ class _Sequence:
 
     def _finish(self, reason: FinishReason) -> Generation:
         finished = time.perf_counter()
-        timing = Timing(self.started, self.queued, self.inference_started or finished, finished)
+        inference_started = self.inference_started or finished
+        first_token = self.first_token or finished
+        timing = Timing(self.started, self.queued, inference_started, first_token, finished)
         return Generation(
             valid=self.valid,
             text=generated_text(self.tokenizer, self.valid.input_ids, self.ids),
@@ -261,7 +265,11 @@ class Pipeline:
         Raises:
             OverloadedError: none is free (TGI's immediate 429).
         """
-        return self.permits.take()
+        try:
+            return self.permits.take()
+        except OverloadedError as error:
+            request_log.note_failure(error)
+            raise
 
     async def validate(
         self, request: GenerateLike, *, stream: bool, default_return_full_text: bool = False
@@ -271,14 +279,19 @@ class Pipeline:
         Raises:
             ValidationError: the first broken rule.
         """
-        valid = await self.workers.run(
-            validate_generate,
-            request,
-            self.limits,
-            self.encoder,
-            stream=stream,
-            default_return_full_text=default_return_full_text,
-        )
+        started = time.perf_counter()
+        try:
+            valid = await self.workers.run(
+                validate_generate,
+                request,
+                self.limits,
+                self.encoder,
+                stream=stream,
+                default_return_full_text=default_return_full_text,
+            )
+        except TGIError as error:
+            request_log.note_failure(error, step="validate", started=started)
+            raise
         self.metrics.input_length.observe(valid.input_length)
         self.metrics.max_new_tokens.observe(valid.max_new_tokens_chunk)
         return valid
@@ -301,7 +314,9 @@ class Pipeline:
         async with aclosing(self.engine.generate(request)) as events:
             async for event in events:
                 if isinstance(event, RequestFailed):
-                    raise _engine_error(event)
+                    error = _engine_error(event)
+                    request_log.note_failure(error)
+                    raise error
                 step = sequence.add(event)
                 if step.generation is not None and record:
                     self.record(step.generation)
@@ -353,7 +368,9 @@ class Pipeline:
         return best, [g for g in generations if g is not best]
 
     def record(self, generation: Generation) -> None:
-        """The per-sequence metrics of a finished generation."""
+        """The per-sequence metrics of a finished generation (and its request's log line
+        and trace)."""
+        request_log.note_generation(generation)
         metrics, timing = self.metrics, generation.timing
         metrics.request_duration.observe(timing.total_s)
         metrics.validation_duration.observe(timing.validation_s)

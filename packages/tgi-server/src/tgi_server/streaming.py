@@ -210,6 +210,7 @@ class EventStream:
         self._pump: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.client_left = False  # the client disconnected before the end
 
     def __aiter__(self) -> EventStream:
         return self
@@ -257,6 +258,7 @@ class EventStream:
         assert self._wait_disconnect is not None
         await self._wait_disconnect()
         if self._pump is not None and not self._pump.done():
+            self.client_left = True
             logger.info("client disconnected: stopping its stream")
             self._pump.cancel()
 

@@ -292,6 +292,8 @@ class Settings:
             tokenizer_config_path=self.tokenizer_config_path,
             skip_tokenizer_in_tgi=self.skip_tokenizer_in_tgi,
             compute_type=self.compute_type,
+            otlp_endpoint=self.otlp_endpoint,
+            otlp_service_name=self.otlp_service_name,
             revision=self.revision,
             hf_token=self.hf_token,
             limits=self.validation_limits(),

@@ -15,7 +15,6 @@ from tgi_core.settings.spec import SERVER, Spec, moot, refused
 
 __all__ = ["SERVER_FIELDS"]
 
-_NO_TRACES = "not supported yet by this server (no traces are exported)"
 _NO_NGROK = "not supported by this server (no ngrok tunnel)"
 
 SERVER_FIELDS: tuple[Spec, ...] = (
@@ -52,16 +51,15 @@ SERVER_FIELDS: tuple[Spec, ...] = (
         SERVER,
         TEXT,
         None,
-        "OpenTelemetry collector endpoint.",
-        status=refused(_NO_TRACES),
+        "OpenTelemetry collector endpoint: traces go there over OTLP/HTTP (`/v1/traces` is "
+        "appended to a bare URL such as http://collector:4318).",
     ),
     Spec(
         "otlp_service_name",
         SERVER,
         TEXT,
         "text-generation-inference.router",
-        "OpenTelemetry service name.",
-        status=refused(_NO_TRACES),
+        "OpenTelemetry service name (the traces' `service.name`).",
     ),
     Spec("ngrok", SERVER, FLAG, False, "Enable ngrok tunneling.", status=refused(_NO_NGROK)),
     Spec(

@@ -143,6 +143,8 @@ class ServerSettings:
     tokenizer_config_path: str | None = None
     skip_tokenizer_in_tgi: bool = False
     compute_type: str = "cpu+optimized"
+    otlp_endpoint: str | None = None
+    otlp_service_name: str = "text-generation-inference.router"
     revision: str | None = None
     hf_token: str | None = None
     limits: ValidationLimits = field(default_factory=ValidationLimits)
