@@ -64,6 +64,11 @@ def test_info_models_health(client: falcon.testing.TestClient) -> None:
                 "version": "0.1.0",
                 "sha": None,
                 "docker_label": None,
+                # ours, from the engine: FakeRunner has no dtype, device or kernels
+                "model_dtype": None,
+                "model_device_type": None,
+                "compute_path": None,
+                "warmup_seconds": 0.0,
             },
             **COMPACT,
         ).encode()

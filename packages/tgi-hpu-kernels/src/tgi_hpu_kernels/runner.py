@@ -36,7 +36,7 @@ from tgi_core.contract import (
 )
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.attention import AttentionMetadata
-from tgi_hpu_kernels.device import Device, select_device
+from tgi_hpu_kernels.device import Device, resolve_dtype, select_device
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.loader import load_model
 from tgi_hpu_kernels.memory import allocate_kv_cache
@@ -114,8 +114,10 @@ class TorchModelRunner:
     ) -> None:
         _check_supported(settings)
         self._prompt_embedder = prompt_embedder
-        self._settings = settings
         self._device = device or select_device(settings.device, settings)
+        self._settings = settings = resolve_dtype(settings, self._device)
+        if (warning := self._device.dtype_warning(settings.dtype)) is not None:
+            logger.warning(warning)
         # num_shard > 1: rank 0 starts the other shards here (see parallel/)
         self._parallel = start_tensor_parallel(
             settings, backend=self._device.collective_backend, device=self._device.torch_device

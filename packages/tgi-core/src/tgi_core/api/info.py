@@ -44,6 +44,13 @@ class Info(msgspec.Struct, kw_only=True):
     version: str
     sha: str | None = None
     docker_label: str | None = None
+    # Ours, after TGI's fields: how the engine runs, once the worker has heard from it.
+    # TGI 1.x's dtype and device; the device's kernels and the CPU's features ("compute
+    # path"); warmup's wall time in seconds.
+    model_dtype: str | None = None
+    model_device_type: str | None = None
+    compute_path: str | None = None
+    warmup_seconds: float | None = None
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

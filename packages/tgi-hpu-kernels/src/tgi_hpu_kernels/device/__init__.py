@@ -7,12 +7,14 @@ methods; nothing branches on the device name.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device.base import Device, MemoryInfo, StepRunner
 
-__all__ = ["Device", "MemoryInfo", "StepRunner", "select_device"]
+__all__ = ["Device", "MemoryInfo", "StepRunner", "resolve_dtype", "select_device"]
 
 
 def select_device(name: str = "auto", settings: RunnerSettings | None = None) -> Device:
@@ -58,3 +60,11 @@ def select_device(name: str = "auto", settings: RunnerSettings | None = None) ->
             flash_attention_recompute=settings.flash_attention_recompute,
         )
     raise ValueError(f"unknown device {name!r}; expected one of: auto, cpu, cuda, hpu")
+
+
+def resolve_dtype(settings: RunnerSettings, device: Device) -> RunnerSettings:
+    """``settings`` with ``dtype="auto"`` replaced by ``device``'s choice (an explicit dtype
+    is kept, even where it is slow: ``device.dtype_warning`` says why)."""
+    if settings.dtype != "auto":
+        return settings
+    return replace(settings, dtype=device.default_dtype())

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
+from tgi_core.settings.slices import DType
 from tgi_hpu_kernels.attention import PagedRows
 from tgi_hpu_kernels.layers.kernels import TorchLayerKernels
 
@@ -270,6 +271,15 @@ class Device(TorchLayerKernels, ABC):
 
     def profiler_activities(self) -> list[torch.profiler.ProfilerActivity]:
         return [torch.profiler.ProfilerActivity.CPU]
+
+    def default_dtype(self) -> DType:
+        """The compute dtype when ``--dtype`` is unset (TGI-Gaudi: "all models run with
+        BF16"); a device whose hardware lacks bf16 picks another."""
+        return "bfloat16"
+
+    def dtype_warning(self, dtype: str) -> str | None:
+        """Why ``dtype`` runs slowly on this device, if it does (logged once by the runner)."""
+        return None
 
     def describe(self) -> str:
         return self.name

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tgi_core.settings.slices import DType
 from tgi_hpu_kernels.attention import AttentionMetadata, PagedRows
 from tgi_hpu_kernels.device.base import (
     Device,
@@ -24,6 +25,12 @@ from tgi_hpu_kernels.device.base import (
     decode_attention_bmm,
     prefill_attention_bmm,
     sdpa_attention,
+)
+from tgi_hpu_kernels.device.cpu_features import (
+    CpuFeatures,
+    choose_dtype,
+    dtype_warning,
+    host_cpu_features,
 )
 from tgi_hpu_kernels.device.cpu_fused import FUSED_MAX_ROWS, FusedStack
 from tgi_hpu_kernels.device.cpu_native import (
@@ -63,6 +70,8 @@ class CpuDevice(Device):
         num_threads: torch's (and the native kernels') thread count.
         use_native: use the native kernels when they build (False: torch ops only).
         use_fused: run bf16 decode steps through the fused decoder stack.
+        features: the CPU's features (default: this host's, ``cpu_features.py``), which
+            choose the default dtype.
     """
 
     name = "cpu"
@@ -78,8 +87,10 @@ class CpuDevice(Device):
         num_threads: int | None = None,
         use_native: bool = True,
         use_fused: bool = True,
+        features: CpuFeatures | None = None,
     ) -> None:
         super().__init__(torch.device("cpu"))
+        self.features = features or host_cpu_features()
         self.needs_static_shapes = static_shapes
         if num_threads is not None:
             torch.set_num_threads(num_threads)
@@ -238,10 +249,29 @@ class CpuDevice(Device):
             return super().rotary(x, cos, signed_sin)
         return native.rotary_(x, cos, signed_sin)
 
+    def default_dtype(self) -> DType:
+        return choose_dtype(self.features, None)
+
+    def dtype_warning(self, dtype: str) -> str | None:
+        return dtype_warning(self.features, dtype)
+
+    @property
+    def kernels(self) -> str:
+        """Which kernels run: the native ones (built with ``-march=native`` for this CPU;
+        AVX-512 BF16 bf16 matmuls and the fused decode where it has them), or torch ops."""
+        native = self._native
+        if native is None:
+            return "torch ops"
+        if not native.fast_bf16:
+            return "native kernels (portable C; bf16 matmuls on torch)"
+        return "native kernels (avx512_bf16 matmuls" + (", fused decode)" if self._fused else ")")
+
     def describe(self) -> str:
         mode = "static shapes" if self.needs_static_shapes else "packed prefill"
-        kernels = "native kernels" if self._native is not None else "torch ops"
-        return f"cpu ({torch.get_num_threads()} threads, {mode}, {kernels})"
+        return (
+            f"cpu ({torch.get_num_threads()} threads, {mode}, {self.kernels}; "
+            f"{self.features.describe()}, torch {self.features.torch_capability or '?'})"
+        )
 
 
 def _norm_rows(x: Tensor, weight: Tensor) -> bool:

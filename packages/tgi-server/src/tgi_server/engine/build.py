@@ -67,6 +67,7 @@ def describe_engine(
     eos_token_ids: tuple[int, ...] = (),
     model_dtype: str = "",
     model_device_type: str = "",
+    compute_path: str = "",
 ) -> EngineInfo:
     """The ``EngineInfo`` of ``engine``, as TGI's warmup reports its capacity.
 
@@ -90,6 +91,7 @@ def describe_engine(
         warmup=report,
         model_dtype=model_dtype,
         model_device_type=model_device_type,
+        compute_path=compute_path,
     )
 
 
@@ -116,16 +118,21 @@ def build_engine(
             hf_token=settings.hf_token,
             tokenizer_config_path=settings.tokenizer_config_path,
         )
-    dtype = device_type = ""
+    dtype = device_type = compute_path = ""
     scheduler_settings = settings.scheduler()
     if runner is None:
         from tgi_hpu_kernels import TorchModelRunner
+        from tgi_hpu_kernels.device import resolve_dtype, select_device
         from tgi_vlm.llava_next.embedder import prompt_embedder_for
 
         runner_settings = settings.runner(rank=0)
+        device = select_device(runner_settings.device, runner_settings)
+        # the device picks an unset dtype (float32 on a CPU without bf16), the images' too
+        runner_settings = resolve_dtype(runner_settings, device)
         prompt_embedder = prompt_embedder_for(runner_settings)  # LLaVA-NeXT's images
         torch_runner = TorchModelRunner(
             runner_settings,
+            device=device,
             token_bytes=None if settings.disable_grammar_support else _token_bytes(tokenizer),
             eos_token_ids=tokenizer.eos_token_ids,
             prompt_embedder=prompt_embedder,
@@ -136,6 +143,7 @@ def build_engine(
             )
         dtype = str(torch_runner.dtype).removeprefix("torch.")
         device_type = torch_runner.device.name
+        compute_path = torch_runner.device.describe()
         runner_eos_ids = torch_runner.eos_token_ids
         runner = torch_runner
     else:
@@ -163,6 +171,7 @@ def build_engine(
         eos_token_ids=eos_token_ids,
         model_dtype=dtype,
         model_device_type=device_type,
+        compute_path=compute_path,
     )
     return ReadyEngine(engine, info)
 

@@ -62,6 +62,7 @@ class EngineInfo(msgspec.Struct, frozen=True):
     warmup: WarmupReport | None = None
     model_dtype: str = ""
     model_device_type: str = ""
+    compute_path: str = ""  # the device's kernels and features (``Device.describe()``)
 
 
 class EngineStatus(msgspec.Struct, frozen=True):
