@@ -138,6 +138,7 @@ def create_app(
         default_return_full_text=model_info.model_pipeline_tag in (None, "text-generation"),
     )
     metrics_resource = MetricsResource(engine, metrics, model_info.warmup)
+    info_resource = InfoResource(_info(settings, model_info))
     health = Health(engine)
     compat = CompatGenerate(pipeline, served, health)
     chat = ChatCompletions(pipeline, served)
@@ -154,7 +155,7 @@ def create_app(
         "/chat_tokenize": ChatTokenize(pipeline),
         "/health": health,
         "/ping": health,
-        "/info": InfoResource(_info(settings, model_info)),
+        "/info": info_resource,
         "/v1/models": Models(model_info.model_id),
         "/metrics": metrics_resource,
         "/docs": SwaggerUi(),
@@ -164,7 +165,12 @@ def create_app(
     middleware: list[Any] = [CanonicalPath(), Cors(settings.cors_allow_origin)]
     if settings.api_key:
         middleware.append(ApiKey(settings.api_key, [routes[path] for path in PROTECTED_PATHS]))
-    lifespan = EngineLifespan(engine, workers, on_connected=metrics_resource.adopt)
+
+    def on_connected(info: EngineInfo) -> None:
+        metrics_resource.adopt(info)
+        info_resource.adopt(info)
+
+    lifespan = EngineLifespan(engine, workers, on_connected=on_connected)
     tracer = None if tracer_provider is None else tracer_provider.get_tracer("tgi_server")
     middleware += [JsonBody(settings.payload_limit), RequestObserver(tracer), lifespan]
     # Every response sets its own type; empty ones (health, 401/404/405) get none, as from

@@ -28,6 +28,7 @@ from tgi_core.settings.slices import (
     ImageLimits,
     ProfileSettings,
     QueuePolicy,
+    RunnerDType,
     RunnerSettings,
     SchedulerSettings,
     ServerSettings,
@@ -36,7 +37,8 @@ from tgi_core.settings.slices import (
 
 __all__ = ["Settings"]
 
-_DEFAULT_DTYPE: DType = "bfloat16"  # TGI-Gaudi: "By default, all models run with BF16"
+# The device chooses: TGI-Gaudi's BF16, float32 on a CPU without native bf16.
+_DEFAULT_DTYPE: RunnerDType = "auto"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

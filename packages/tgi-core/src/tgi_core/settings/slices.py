@@ -13,6 +13,8 @@ from typing import Literal
 QueuePolicy = Literal["priority", "fifo"]
 DeviceName = Literal["auto", "cpu", "cuda", "hpu"]
 DType = Literal["bfloat16", "float32", "float16"]
+# "auto": the device chooses (bfloat16, or float32 on a CPU without native bf16).
+RunnerDType = Literal["auto", "bfloat16", "float32", "float16"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,7 @@ class RunnerSettings:
 
     model_id: str = ""
     revision: str | None = None
-    dtype: DType = "bfloat16"
+    dtype: RunnerDType = "auto"
     device: DeviceName = "auto"
     block_size: int = 128
     max_batch_size: int = 32
