@@ -11,18 +11,12 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import falcon.testing
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -31,6 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tgi_core.settings.slices import ServerSettings
 from tgi_server.app import ModelInfo, create_app
 from tgi_server.engine_client import InProcessEngineClient
+from tgi_server.otlp_testing import OtlpReceiver
 from tgi_server.request_log import rust_duration
 from tgi_server.testing import HARNESS_LIMITS, Harness, ServedApp, read_stream, sse_events
 from tgi_server.tracing import TracerCloser, otlp_traces_url, start_tracing
@@ -254,50 +249,15 @@ def test_otlp_traces_url() -> None:
     assert start_tracing(ServerSettings()) is None
 
 
-class Receiver:
-    """An OTLP/HTTP traces receiver on 127.0.0.1: decodes each POST /v1/traces."""
-
-    def __init__(self) -> None:
-        self.requests: list[ExportTraceServiceRequest] = []
-        self.paths: list[str] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.paths.append(self.path)
-                receiver.requests.append(ExportTraceServiceRequest.FromString(body))
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
+def receiver() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
     yield receiver
     receiver.stop()
 
 
-def test_traces_reach_an_otlp_http_collector(harness: Harness, receiver: Receiver) -> None:
-    settings = ServerSettings(
-        otlp_endpoint=f"http://127.0.0.1:{receiver.port}", otlp_service_name="tgi-test"
-    )
+def test_traces_reach_an_otlp_http_collector(harness: Harness, receiver: OtlpReceiver) -> None:
+    settings = ServerSettings(otlp_endpoint=receiver.endpoint, otlp_service_name="tgi-test")
     provider = start_tracing(settings)
     assert provider is not None
     app = app_over(harness, provider)
@@ -314,13 +274,9 @@ def test_traces_reach_an_otlp_http_collector(harness: Harness, receiver: Receive
     finally:
         server.stop()  # lifespan shutdown: the batch processor flushes
     assert receiver.paths and set(receiver.paths) == {"/v1/traces"}
-    spans = []
-    for request in receiver.requests:
-        for resource_spans in request.resource_spans:
-            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            assert attributes["service.name"] == "tgi-test"
-            for scope_spans in resource_spans.scope_spans:
-                spans.extend(scope_spans.spans)
+    services = {service for service, _ in receiver.spans()}
+    spans = [span for _, span in receiver.spans()]
+    assert services == {"tgi-test"}
     names = {span.name for span in spans}
     assert names == {"generate", "validate", "queued", "infer", "prefill", "decode"}
     assert {span.trace_id.hex() for span in spans} == {TRACE_ID}
