@@ -48,7 +48,7 @@ from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
 from tgi_hpu_kernels.quantization import FP8Quantization, apply_quant_config
 from tgi_hpu_kernels.sequence_sampling import SequenceSampling
 from tgi_hpu_kernels.step_inputs import KVLayout, StepInputs, build_decode, build_prefill
-from tgi_hpu_kernels.warmup import DummySize, dummy_plan, dummy_sizes, run_warmup
+from tgi_hpu_kernels.warmup import DummySize, dummy_plan, dummy_sizes, run_warmup, shapes_to_warm
 
 __all__ = ["TorchModelRunner"]
 
@@ -194,19 +194,26 @@ class TorchModelRunner:
 
     @property
     def num_unwarmed_shapes(self) -> int:
-        """Distinct shapes executed after warmup that warmup did not run (should stay 0)."""
+        """Distinct shapes executed after warmup that are not among the buckets it was given
+        (should stay 0). Where shapes are static (HPU, CUDA) warmup ran every one of them;
+        on the packed CPU, which compiles nothing, it ran a few representative ones and the
+        other buckets count as warmed: their first step costs what any later one does."""
         return len(self._unwarmed)
 
     def warmup(
         self, shapes: Sequence[Shape], progress: WarmupProgress | None = None
     ) -> WarmupReport:
-        """Runs every shape once (see ``warmup.py``); skipped when ``warmup_enabled`` is off."""
+        """Runs every shape once where shapes are static, the representative ones on the
+        packed CPU (see ``warmup.py``); skipped when ``warmup_enabled`` is off. The report
+        counts the shapes it ran."""
         if not self._settings.warmup_enabled:
             logger.warning("Warmup is disabled (WARMUP_ENABLED=false): shapes compile on demand")
             return WarmupReport(num_shapes=0, seconds=0.0, num_kv_blocks=self.num_kv_blocks)
-        sizes = dummy_sizes(shapes, static=self._device.needs_static_shapes)
+        static = self._device.needs_static_shapes
+        run = shapes_to_warm(shapes, static=static)
+        sizes = dummy_sizes(run, static=static)
         report = run_warmup(
-            shapes,
+            run,
             lambda shape: self._warm_shape(shape, sizes[shape]),
             progress=progress,
             num_kv_blocks=self.num_kv_blocks,

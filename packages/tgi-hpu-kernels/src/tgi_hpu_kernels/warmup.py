@@ -5,10 +5,13 @@ compiles while serving; on CUDA it captures the decode graphs. Both pad every pl
 bucket, so each shape runs at full size.
 
 The CPU runs plans packed: its cost follows the real tokens, not the bucket, and it has
-nothing to compile. So it runs the largest decode bucket at full size and the longest
-prefill bucket with one full-length prompt (proving that the largest steps fit in memory),
-and every other bucket once with one short sequence: seconds, where full-size dummies of
-the ~250 default buckets would take many minutes.
+nothing to compile, so a bucket's first step costs what any other does. It warms what a
+first step would otherwise pay for (``representative_shapes``): the largest decode bucket
+at full size and the longest prefill with one full-length prompt (the allocator's largest
+blocks, and proof that the largest steps fit in memory), then one short step of each other
+kind (a one-row decode, a short prefill, a prefill over a cached prefix) so that every
+native kernel and path has run once. A few seconds, where one short step of each of the ~300
+default buckets took two minutes (eager steps of ~0.4 s each on two cores).
 
 The dummy plans use token 0 and block ids taken round-robin from the pool: their KV is
 garbage that no real sequence reads, since no sequence exists yet.
@@ -34,7 +37,14 @@ from tgi_core.contract import (
     WarmupReport,
 )
 
-__all__ = ["DummySize", "dummy_plan", "dummy_sizes", "run_warmup"]
+__all__ = [
+    "DummySize",
+    "dummy_plan",
+    "dummy_sizes",
+    "representative_shapes",
+    "run_warmup",
+    "shapes_to_warm",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +78,40 @@ def dummy_sizes(shapes: Sequence[Shape], *, static: bool) -> dict[Shape, DummySi
         longest = max(prefills, key=lambda s: (s.seq_len, s.num_blocks))
         sizes[longest] = DummySize(1, full_length=True)
     return sizes
+
+
+def representative_shapes(shapes: Sequence[Shape]) -> list[Shape]:
+    """The shapes a device that compiles nothing warms (see the module docstring), in
+    ``shapes``' order: the largest and smallest decode, the longest and shortest prefill,
+    and the shortest prefill over a cached prefix."""
+    decodes = [s for s in shapes if isinstance(s, DecodeShape)]
+    prefills = [s for s in shapes if not isinstance(s, DecodeShape)]
+    cached = [s for s in prefills if s.num_blocks]
+    picked: set[Shape] = set()
+    if decodes:
+        picked.add(max(decodes, key=lambda s: (s.batch_size * s.num_blocks, s.batch_size)))
+        picked.add(min(decodes, key=lambda s: (s.batch_size, s.num_blocks)))
+    if prefills:
+        picked.add(max(prefills, key=lambda s: (s.seq_len, s.num_blocks)))
+        picked.add(min(prefills, key=lambda s: (s.num_blocks, s.batch_size, s.seq_len)))
+    if cached:
+        picked.add(min(cached, key=lambda s: (s.batch_size, s.seq_len, s.num_blocks)))
+    return [s for s in shapes if s in picked]
+
+
+def shapes_to_warm(shapes: Sequence[Shape], *, static: bool) -> list[Shape]:
+    """Every shape where shapes are static (each one compiles), else the representative
+    ones (logged)."""
+    if static:
+        return list(shapes)
+    run = representative_shapes(shapes)
+    logger.info(
+        "Warming %d representative shapes of %d buckets: packed CPU steps compile nothing, so "
+        "the others count as warmed",
+        len(run),
+        len(shapes),
+    )
+    return run
 
 
 def dummy_plan(
