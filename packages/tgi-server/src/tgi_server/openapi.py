@@ -65,7 +65,7 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _hand_written() -> dict[str, Any]:
-    """The untagged unions msgspec cannot describe."""
+    """The untagged unions msgspec cannot describe, and the OpenAI-style stream error."""
     return {
         "SagemakerRequest": {
             "title": "SagemakerRequest",
@@ -76,6 +76,22 @@ def _hand_written() -> dict[str, Any]:
                 _ref("ChatRequest"),
                 _ref("CompletionRequest"),
             ],
+        },
+        "OpenAIStreamError": {
+            "title": "OpenAIStreamError",
+            "description": "The error event of a chat or completions stream.",
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "message": {"type": "string"},
+                        "http_status_code": {"type": "integer"},
+                    },
+                    "required": ["message", "http_status_code"],
+                }
+            },
+            "required": ["error"],
         },
         "VertexRequest": {
             "title": "VertexRequest",
@@ -109,6 +125,17 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
+def _body_rejections() -> dict[str, Any]:
+    """The body extractor's plain-text answers (axum's, in TGI): a 422 body that does not
+    fit the request type is one, beside the routes' own JSON 422s."""
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    return {
+        "400": {"description": "Malformed JSON body", "content": text},
+        "413": {"description": "Payload too large", "content": text},
+        "422": {"description": "Input validation error", "content": text},
+    }
+
+
 def _operation(
     operation_id: str,
     summary: str,
@@ -123,14 +150,31 @@ def _operation(
         "operationId": operation_id,
         "responses": {"200": {"description": "OK", **({"content": ok} if ok else {})}},
     }
+    responses = operation["responses"]
     if request is not None:
         operation["requestBody"] = {"required": True, "content": _json(_ref(request))}
-    operation["responses"].update(_errors(*errors))
+        responses.update(_body_rejections())
+    for status, response in _errors(*errors).items():
+        if status in responses:  # both: the JSON error and the extractor's text
+            responses[status]["content"].update(response["content"])
+        else:
+            responses[status] = response
     return operation
 
 
-def _stream_or_json(json_schema: dict[str, Any], event: str) -> dict[str, Any]:
-    return {**_json(json_schema), "text/event-stream": {"schema": _ref(event)}}
+def _events(*events: str) -> dict[str, Any]:
+    """An SSE stream's content, described per event (as SSE clients and OpenAPI 3.2's
+    ``itemSchema`` read it): ``data`` is JSON, one of ``events`` or the error event that ends
+    a stream whose request failed (TGI answers those in a 200); chat and completions
+    streams end with ``data: [DONE]``."""
+    payload = {"anyOf": [*map(_ref, events), _ref("ErrorResponse"), _ref("OpenAIStreamError")]}
+    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": payload}
+    event = {"type": "object", "properties": {"data": data}, "required": ["data"]}
+    return {"text/event-stream": {"schema": event}}
+
+
+def _stream_or_json(json_schema: dict[str, Any], *events: str) -> dict[str, Any]:
+    return {**_json(json_schema), **_events(*events)}
 
 
 def _paths() -> dict[str, Any]:
@@ -146,7 +190,7 @@ def _paths() -> dict[str, Any]:
             "generate_stream",
             "Generate a stream of token using Server-Sent Events",
             request="GenerateRequest",
-            ok={"text/event-stream": {"schema": _ref("StreamResponse")}},
+            ok=_events("StreamResponse"),
         ),
         "/v1/chat/completions": _operation(
             "chat_completions",
@@ -170,7 +214,13 @@ def _paths() -> dict[str, Any]:
             "sagemaker_compatibility",
             "Generate tokens from a SageMaker request",
             request="SagemakerRequest",
-            ok=_stream_or_json(_ref("GenerateResponse"), "StreamResponse"),
+            # the answer of the route the body is for: generate, chat or completions
+            ok=_stream_or_json(
+                {"anyOf": [_ref("GenerateResponse"), _ref("ChatCompletion"), _ref("Completion")]},
+                "StreamResponse",
+                "ChatCompletionChunk",
+                "CompletionChunk",
+            ),
         ),
     }
     tokens = {"type": "array", "items": _ref("SimpleToken")}
