@@ -41,7 +41,13 @@ from tgi_server.request_log import RequestObserver
 from tgi_server.resources import Served
 from tgi_server.resources.chat import ChatCompletions
 from tgi_server.resources.completions import Completions
-from tgi_server.resources.docs import OPENAPI_PATH, OpenApiDocument, SwaggerUi
+from tgi_server.resources.docs import (
+    ASSETS_PATH,
+    OPENAPI_PATH,
+    OpenApiDocument,
+    SwaggerAssets,
+    SwaggerUi,
+)
 from tgi_server.resources.generate import CompatGenerate, Generate, GenerateStream
 from tgi_server.resources.health import Health
 from tgi_server.resources.info import InfoResource, Models
@@ -159,6 +165,7 @@ def create_app(
         "/v1/models": Models(model_info.model_id),
         "/metrics": metrics_resource,
         "/docs": SwaggerUi(),
+        ASSETS_PATH: SwaggerAssets(),
         OPENAPI_PATH: OpenApiDocument(encode_json(build_openapi(__version__))),
     }
 
