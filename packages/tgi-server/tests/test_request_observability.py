@@ -8,6 +8,7 @@ flushes them. Log lines are read with ``caplog``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -27,7 +28,14 @@ from tgi_server.app import ModelInfo, create_app
 from tgi_server.engine_client import InProcessEngineClient
 from tgi_server.otlp_testing import OtlpReceiver
 from tgi_server.request_log import rust_duration
-from tgi_server.testing import HARNESS_LIMITS, Harness, ServedApp, read_stream, sse_events
+from tgi_server.testing import (
+    HARNESS_LIMITS,
+    Harness,
+    OpenStream,
+    ServedApp,
+    read_stream,
+    sse_events,
+)
 from tgi_server.tracing import TracerCloser, otlp_traces_url, start_tracing
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -228,6 +236,36 @@ def test_failures_are_logged_at_error_with_the_error(
         r'total_time="[0-9.]+(s|ms|µs|ns)"\}: Input validation error: `top_p`',
         lines[1].getMessage(),
     )
+
+
+def test_a_client_that_leaves_a_stream_is_a_warning(
+    harness: Harness, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tgi_server")
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = app_over(harness, provider)
+    harness.runner.step_delay_s = 0.05
+    payload = {"inputs": PROMPT, "parameters": {"max_new_tokens": 30}}
+
+    async def leave_early() -> None:
+        stream = OpenStream(app, "/generate_stream", payload)
+        await stream.wait_for(b'"index":2,')
+        await stream.finish(disconnect=True)
+
+    try:
+        asyncio.run(leave_early())
+    finally:
+        harness.runner.step_delay_s = 0.0
+    [line] = request_lines(caplog)
+    assert line.levelno == logging.WARNING
+    assert re.fullmatch(
+        r'generate_stream\{request_id="[0-9a-f]{32}" total_time="[^"]+"\}: client disconnected',
+        line.getMessage(),
+    )
+    [root] = [span for span in exporter.get_finished_spans() if span.name == "generate_stream"]
+    assert dict(root.attributes or {})["http.status_code"] == 499
+    assert root.status.status_code is StatusCode.ERROR
 
 
 def test_rust_duration() -> None:

@@ -155,7 +155,7 @@ class RequestObserver:
             resp.stream = _ObservedStream(resp.stream, record, counted)
             return
         body = resp.data if isinstance(resp.data, bytes) else b""
-        finish(record, counted=counted, status=status, body=body)
+        _finish(record, counted=counted, status=status, body=body)
 
 
 class _ObservedStream:
@@ -179,10 +179,10 @@ class _ObservedStream:
         # EventStream knows whether its client left before the end
         left = bool(getattr(self._stream, "client_left", False))
         status = _CLIENT_CLOSED_REQUEST if left else 200
-        finish(self._record, counted=self._counted, status=status, body=b"")
+        _finish(self._record, counted=self._counted, status=status, body=b"")
 
 
-def finish(record: RequestRecord, *, counted: bool, status: int, body: bytes) -> None:
+def _finish(record: RequestRecord, *, counted: bool, status: int, body: bytes) -> None:
     """End the request's span and, if TGI's handler ran (``counted``), log its line."""
     if record.finished:
         return
@@ -206,7 +206,7 @@ def finish(record: RequestRecord, *, counted: bool, status: int, body: bytes) ->
     if error is None:
         logger.info("%sSuccess", prefix, extra=extra)
     elif status == _CLIENT_CLOSED_REQUEST:
-        logger.warning("%sclient disconnected: %s", prefix, error, extra=extra)
+        logger.warning("%s%s", prefix, error, extra=extra)
     else:
         logger.error("%s%s", prefix, error, extra=extra)
     if logger.isEnabledFor(logging.DEBUG) and last is not None:
@@ -215,10 +215,10 @@ def finish(record: RequestRecord, *, counted: bool, status: int, body: bytes) ->
 
 
 def _error_message(record: RequestRecord, status: int, body: bytes) -> str | None:
+    if status == _CLIENT_CLOSED_REQUEST:
+        return "client disconnected"
     if record.error is not None:
         return record.error.message
-    if status == _CLIENT_CLOSED_REQUEST:
-        return "the client left before the answer"
     if status < 400:
         return None
     text = body.decode(errors="replace")
