@@ -10,7 +10,7 @@ hits, preemptions, shapes run without warmup). Counters only grow.
 The engine adds ``StepStats``: TGI's per-step histograms (``tgi_batch_*_duration{method}``,
 ``tgi_batch_next_size``, ``tgi_request_skipped_tokens``) kept as bucket counts by a
 ``StepTimer`` in the engine process, so that every HTTP worker exports the same engine-wide
-values. What each timing measures is the engine's ``Engine.step`` docstring.
+values. What each timing measures: the ``tgi_scheduler.engine`` module docstring.
 """
 
 from __future__ import annotations
