@@ -13,6 +13,11 @@ Nothing here imports torch or transformers. Modules:
 - ``vocabulary``: ``token_bytes``, each token's raw bytes (for grammar-constrained generation).
 """
 
+# ruff: noqa: E402  (the extra is checked before the imports that need it)
+from tgi_core._extras import require_frontend
+
+require_frontend(__name__)
+
 from tgi_core.tokenization.chat_template import ChatTemplate, ChatTemplateError
 from tgi_core.tokenization.detokenizer import IncrementalDetokenizer
 from tgi_core.tokenization.loader import TokenizerLoadError, load_tokenizer

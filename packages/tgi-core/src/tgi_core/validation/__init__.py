@@ -10,6 +10,11 @@ Tokenization is injected (``TextEncoder``); templates are rendered elsewhere.
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the extra is checked before the imports that need it)
+from tgi_core._extras import require_frontend
+
+require_frontend(__name__)
+
 from tgi_core.validation.chat import (
     DEFAULT_TOOL_PROMPT,
     NO_TOOL,
