@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tgi_server.testing import LaunchedService, is_running, process_tree
@@ -57,6 +58,17 @@ def gunicorn_workers(service: LaunchedService) -> set[int]:
     return {pid for pid in process_tree(master) if is_running(pid)}
 
 
+def connections_per_worker(workers: set[int], port: int) -> dict[int, int]:
+    """How many client connections to ``port`` each worker holds."""
+    counts = {}
+    for pid in workers:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+        counts[pid] = sum(
+            1 for c in connections if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+        )
+    return counts
+
+
 class Call:
     """One request on a thread: its status and body (or SSE events), and when it ended."""
 
@@ -75,7 +87,7 @@ class Call:
 
     def _run(self) -> None:
         try:
-            with httpx.stream("POST", self.url + self.route, json=self.payload, timeout=120) as r:
+            with httpx.stream("POST", self.url + self.route, json=self.payload, timeout=300) as r:
                 self.status = r.status_code
                 if self.route == "/generate_stream":
                     for line in r.iter_lines():
@@ -199,10 +211,18 @@ def test_a_killed_worker_is_replaced_and_its_requests_freed(launch: Any) -> None
     before = gunicorn_workers(service)
     assert len(before) == 2
     calls = start_load(service)
-    victim = min(before)
+    # The kernel hands connections to whichever worker accepts first: add requests until
+    # both workers hold some, so that killing one leaves requests that must complete.
+    owners = connections_per_worker(before, service.port)
+    while min(owners.values()) == 0 and len(calls) < 24:
+        calls.append(Call(service.url, "/generate", LOAD_TOKENS))
+        time.sleep(0.5)
+        owners = connections_per_worker(before, service.port)
+    assert min(owners.values()) > 0, owners
+    victim = min(owners, key=lambda pid: owners[pid])
     os.kill(victim, signal.SIGKILL)
-    for call in calls:
-        call.join(120)
+    for call in calls:  # a bound for a loaded machine: unloaded, they end within seconds
+        call.join(300)
     # Connections the victim held are cut; everything else completes.
     survivors = [call for call in calls if call.error is None]
     assert survivors
