@@ -162,23 +162,30 @@ def _operation(
     return operation
 
 
-def _events(*events: str) -> dict[str, Any]:
+def _events(*events: str, done: bool = False) -> dict[str, Any]:
     """An SSE stream's content, described per event (as SSE clients and OpenAPI 3.2's
     ``itemSchema`` read it): ``data`` is JSON, one of ``events`` or the error event that ends
-    a stream whose request failed (TGI answers those in a 200); chat and completions
-    streams end with ``data: [DONE]``."""
+    a stream whose request failed (TGI answers those in a 200); with ``done``, the stream
+    ends with ``data: [DONE]`` (OpenAI's routes)."""
     payload = {"anyOf": [*map(_ref, events), _ref("ErrorResponse"), _ref("OpenAIStreamError")]}
-    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": payload}
+    data: dict[str, Any] = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": payload,
+    }
+    if done:
+        data = {"anyOf": [{"const": "[DONE]"}, data]}
     event = {"type": "object", "properties": {"data": data}, "required": ["data"]}
     return {"text/event-stream": {"schema": event}}
 
 
-def _stream_or_json(json_schema: dict[str, Any], *events: str) -> dict[str, Any]:
-    return {**_json(json_schema), **_events(*events)}
+def _stream_or_json(json_schema: dict[str, Any], *events: str, done: bool) -> dict[str, Any]:
+    return {**_json(json_schema), **_events(*events, done=done)}
 
 
 def _paths() -> dict[str, Any]:
     health = _operation("health", "Health check method", errors=(503,))
+    generated = {"type": "array", "items": _ref("GenerateResponse")}  # compat generate's
     generating = {
         "/generate": _operation(
             "generate",
@@ -196,13 +203,13 @@ def _paths() -> dict[str, Any]:
             "chat_completions",
             "Generate tokens (OpenAI chat completions)",
             request="ChatRequest",
-            ok=_stream_or_json(_ref("ChatCompletion"), "ChatCompletionChunk"),
+            ok=_stream_or_json(_ref("ChatCompletion"), "ChatCompletionChunk", done=True),
         ),
         "/v1/completions": _operation(
             "completions",
             "Generate tokens (OpenAI legacy completions)",
             request="CompletionRequest",
-            ok=_stream_or_json(_ref("Completion"), "CompletionChunk"),
+            ok=_stream_or_json(_ref("Completion"), "CompletionChunk", done=True),
         ),
         "/vertex": _operation(
             "vertex_compatibility",
@@ -214,12 +221,13 @@ def _paths() -> dict[str, Any]:
             "sagemaker_compatibility",
             "Generate tokens from a SageMaker request",
             request="SagemakerRequest",
-            # the answer of the route the body is for: generate, chat or completions
+            # the answer of the route the body is for: compat generate, chat or completions
             ok=_stream_or_json(
-                {"anyOf": [_ref("GenerateResponse"), _ref("ChatCompletion"), _ref("Completion")]},
+                {"anyOf": [generated, _ref("ChatCompletion"), _ref("Completion")]},
                 "StreamResponse",
                 "ChatCompletionChunk",
                 "CompletionChunk",
+                done=True,
             ),
         ),
     }
@@ -231,9 +239,7 @@ def _paths() -> dict[str, Any]:
                 "compat_generate",
                 "Generate tokens if `stream == false` or a stream of token if `stream == true`",
                 request="CompatGenerateRequest",
-                ok=_stream_or_json(
-                    {"type": "array", "items": _ref("GenerateResponse")}, "StreamResponse"
-                ),
+                ok=_stream_or_json(generated, "StreamResponse", done=False),
             ),
         },
         **{path: {"post": operation} for path, operation in generating.items()},
