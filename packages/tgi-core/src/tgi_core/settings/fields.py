@@ -70,7 +70,7 @@ _MODEL_FIELDS = (
         choice("float16", "bfloat16", "float32"),
         None,
         "The dtype forced upon the model.",
-        default_doc="bfloat16 (Gaudi's default)",
+        default_doc="bfloat16; float32 on a CPU without native bf16 (AVX-512 BF16, AMX)",
     ),
     Spec(
         "quantize",
