@@ -292,11 +292,16 @@ class TorchModelRunner:
         return frozenset(self._unwarmed)
 
     @torch.inference_mode()
-    def compute_logits(self, plan: StepPlan) -> Tensor:
+    def compute_logits(self, plan: StepPlan, *, every_token: bool = False) -> Tensor:
         """Runs ``plan``'s forward pass (writing its KV) and returns float32 logits
-        ``[num_sequences, vocab]`` of each sequence's last token, without sampling."""
-        logits, _, _ = self._forward(plan)
-        return logits
+        ``[num_sequences, vocab]`` of each sequence's last token, without sampling; with
+        ``every_token``, those of every new prefill token, in plan order (teacher forcing)."""
+        logits, hidden, inputs = self._forward(plan)
+        if not every_token:
+            return logits
+        items = zip(inputs.token_offsets, plan.prefill, strict=True)
+        rows = [hidden[o : o + len(i.token_ids) - i.num_cached_tokens] for o, i in items]
+        return self._model.compute_logits(torch.cat(rows))
 
     # -- internals --------------------------------------------------------------------
 
