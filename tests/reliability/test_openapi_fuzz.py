@@ -29,7 +29,7 @@ from tgi_server.testing import LaunchedService
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-MAX_EXAMPLES = 100  # per generating operation (up to a second each on 2 cores)
+MAX_EXAMPLES = 40  # per generating operation (up to a second each on 2 cores)
 CHEAP_EXAMPLES = {"/tokenize": 1000, "/chat_tokenize": 1000}  # a few ms each
 MAX_TOKENS = 2
 REQUEST_TIMEOUT_S = 60
