@@ -56,11 +56,12 @@ def test_cpu_warmup_runs_every_kind_of_shape(tiny_checkpoint, make_runner):
 GRID = [
     *(PrefillShape(b, n) for b in (4, 8, 12, 16) for n in (8, 16, 24, 32)),
     *(PrefillShape(b, n, num_blocks=k) for b in (4, 8) for n in (8, 16) for k in (2, 4)),
+    PrefillShape(4, 32, num_blocks=8),  # as long as the longest, over a prefix: not the one
     *(DecodeShape(b, k) for b in (4, 8, 12, 16) for k in (2, 4, 8)),
 ]
 PICKED = [
     PrefillShape(4, 8),  # shortest prefill: the small-prompt path
-    PrefillShape(4, 32),  # longest: the largest activations, at full length
+    PrefillShape(4, 32),  # longest, no prefix: the largest activations, at full length
     PrefillShape(4, 8, num_blocks=2),  # over a cached prefix: the paged prefill path
     DecodeShape(4, 2),  # smallest decode: one row
     DecodeShape(16, 8),  # largest decode: every row at full length
