@@ -82,9 +82,8 @@ def dummy_sizes(shapes: Sequence[Shape], *, static: bool) -> dict[Shape, DummySi
 
 
 def _longest_first(shape: PrefillShape) -> tuple[int, int]:
-    # Of the longest prefills, one without a cached prefix: a full-length dummy over a
-    # prefix runs the paged prefill at 4095 x 4096 (40 s in float32 on two cores, measured),
-    # while the short cached-prefix dummy already runs that kernel once.
+    # Of the longest prefills, one without a cached prefix: the plain prompt a long request
+    # sends; the short cached-prefix dummy already runs the prefix path once.
     return shape.seq_len, -shape.num_blocks
 
 
