@@ -274,7 +274,9 @@ def test_info_and_models() -> None:
         b'"max_concurrent_requests":128,"max_best_of":2,"max_stop_sequences":4,'
         b'"max_input_tokens":4095,"max_total_tokens":4096,"validation_workers":2,'
         b'"max_client_batch_size":4,"router":"text-generation-router","version":"3.3.6",'
-        b'"sha":null,"docker_label":null}'
+        b'"sha":null,"docker_label":null,'
+        # ours, after TGI's: what computes (set by the engine when a worker connects)
+        b'"model_dtype":null,"model_device_type":null,"compute_path":null,"warmup_seconds":null}'
     )
     models = ModelsList(data=[ModelInfo(id="org/model", owned_by="org/model")])
     assert encode_json(models) == (
