@@ -7,6 +7,7 @@ The sharded runner is the real thing: rank 0 in this process, rank 1 a child pro
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ from tgi_core.contract import (
     SamplingParams,
     StepPlan,
 )
+from tgi_core.settings.slices import ProfileSettings
 
 BLOCK_SIZE = 4
 PROMPTS = ([3, 17, 29, 41, 5], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17])
@@ -111,6 +113,29 @@ def test_two_shards_match_one(tiny_checkpoint, make_runner, family):
     assert not psutil.pid_exists(shard_pids[0]) or psutil.Process(shard_pids[0]).status() == (
         psutil.STATUS_ZOMBIE
     )
+
+
+@pytest.mark.slow
+def test_shard_ranks_write_their_own_profiles(tiny_checkpoint, make_runner, tmp_path):
+    profile = ProfileSettings(
+        wait_steps=0, warmup_steps=1, active_steps=2, path=str(tmp_path), ranks=(0, 1)
+    )
+    sharded = make_runner(
+        tiny_checkpoint("llama")[0],
+        block_size=BLOCK_SIZE,
+        num_shard=2,
+        master_addr="127.0.0.1",
+        master_port=_free_port(),
+        profile=profile,
+    )
+    try:
+        _greedy_tokens(sharded)  # several steps on both ranks
+    finally:
+        sharded.close()  # rank 1 leaves its loop, its trace already written
+    for rank in (0, 1):
+        [trace] = tmp_path.glob(f"rank{rank}_step*.pt.trace.json")
+        events = json.loads(trace.read_text())["traceEvents"]
+        assert any(e.get("name") == "tgi_runner_step" for e in events)
 
 
 def test_head_counts_not_divisible_fail_before_any_shard_starts(tiny_checkpoint, make_runner):

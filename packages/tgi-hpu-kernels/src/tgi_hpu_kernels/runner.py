@@ -258,7 +258,8 @@ class TorchModelRunner:
             raise ValueError("serve_shard is for ranks > 0 of a tensor-parallel runner")
         while (plan := self._parallel.group.receive_plan()) is not None:
             if plan.num_sequences:
-                self._forward(plan)
+                with self._profiler.step():  # PROF_RANKS names shard ranks too
+                    self._forward(plan)
         self._parallel.group.leave()
 
     @property
