@@ -3,8 +3,8 @@
 ``service`` is the main instance, shared by the session: the real ``text-generation-launcher``
 on the embedded SmolLM2 model, its engine process warmed up, Gunicorn with two uvicorn
 workers. Limits are small so that warmup stays short; float32 so that its greedy answers
-can be compared with transformers'. ``launch`` starts more instances (with other flags)
-and stops whatever is left of them at the end of the session.
+can be compared with transformers'. ``launch`` (``tests/conftest.py``) starts more instances
+(with other flags) and stops whatever is left of them at the end of the session.
 
 ``text_generation_python`` is the interpreter of a venv holding the ``text-generation``
 client (0.7.0 pins huggingface-hub < 1.0, which this environment cannot have), built once
@@ -16,81 +16,28 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-import sys
 import venv
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tgi_server.testing import LaunchedService, is_running, launch_service, process_tree
+from tgi_server.testing import LaunchedService
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS_VENV = ROOT / ".cache" / "clients-venv"
 CLIENTS_LOCK = Path(__file__).with_name("clients-constraints.txt")
 TEXT_GENERATION = "text-generation==0.7.0"
 
-# Small limits and coarse buckets: 18 shapes to warm up; Connected after 15-50 s here.
-LIMITS_ARGV = (
-    "--dtype", "float32",
-    "--max-input-tokens", "256", "--max-total-tokens", "512",
-    "--max-batch-prefill-tokens", "512", "--max-batch-size", "16",
-)  # fmt: skip
-BUCKETS_ENV = {
-    "PAD_SEQUENCE_TO_MULTIPLE_OF": "256",
-    "BATCH_BUCKET_SIZE": "16",
-    "PREFILL_BATCH_BUCKET_SIZE": "16",
-    "LOG_LEVEL": "info",
-}
-
-Launch = Callable[..., LaunchedService]
-_STARTED: dict[str, LaunchedService] = {}  # by name, for the failure reports
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """A failed test's report shows the end of each service's log."""
-    report: pytest.TestReport = yield
-    if report.failed:
-        for name, service in _STARTED.items():
-            report.sections.append((f"launcher log: {name}", service.log()[-6000:]))
-    return report
-
-
-def _stop_and_check(service: LaunchedService) -> None:
-    """SIGTERM, exit 0, and nothing it started survives."""
-    tree = process_tree(service.pid)
-    status = service.stop()
-    survivors = [pid for pid in tree if is_running(pid)]
-    assert (status, survivors) == (0, []), service.log()[-4000:]
-
 
 @pytest.fixture(scope="session")
-def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
-    """``launch(name, *argv, environ={...})``: a launcher with the small limits and
-    ``argv``; killed (with its children) at the end of the session if still running."""
-
-    def start(name: str, *argv: str, environ: dict[str, str] | None = None) -> LaunchedService:
-        log_path = tmp_path_factory.mktemp(name) / "launcher.log"
-        service = launch_service(
-            [*LIMITS_ARGV, *argv], log_path=log_path, environ={**BUCKETS_ENV, **(environ or {})}
-        )
-        print(f"\n{name}: Connected after {service.startup_s:.1f} s", file=sys.stderr)
-        _STARTED[name] = service
-        return service
-
-    yield start
-    for service in _STARTED.values():
-        if service.process.poll() is None:
-            service.kill()
-
-
-@pytest.fixture(scope="session")
-def service(launch: Launch) -> Iterator[LaunchedService]:
+def service(
+    launch: Callable[..., LaunchedService], stop_and_check: Callable[[LaunchedService], None]
+) -> Iterator[LaunchedService]:
     """The main instance: 2 workers, warmup on, 16 concurrent requests at most."""
     main = launch("main", "--workers", "2", "--max-concurrent-requests", "16")
     yield main
-    _stop_and_check(main)
+    stop_and_check(main)
 
 
 def _venv_is_valid(python: Path) -> bool:
