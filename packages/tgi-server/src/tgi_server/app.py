@@ -24,7 +24,7 @@ from tgi_core.validation.generate import TextEncoder
 from tgi_server.__about__ import __version__
 from tgi_server.admission import Permits
 from tgi_server.engine_client import EngineClient
-from tgi_server.generation import Pipeline, ValidationWorkers
+from tgi_server.generation import Pipeline
 from tgi_server.http_errors import register_error_handlers
 from tgi_server.ipc.messages import EngineInfo
 from tgi_server.metrics import ServerMetrics
@@ -56,6 +56,7 @@ from tgi_server.resources.metrics import MetricsResource
 from tgi_server.resources.tokenize import ChatTokenize, Tokenize
 from tgi_server.resources.vertex import Vertex
 from tgi_server.streaming import App
+from tgi_server.validation_pool import ValidationWorkers
 
 __all__ = ["ModelInfo", "create_app"]
 

@@ -34,9 +34,9 @@ import falcon.asgi
 
 from tgi_core.api import UNSUPPORTED_MEDIA_TYPE_MESSAGE
 from tgi_server.engine_client import EngineClient
-from tgi_server.generation import ValidationWorkers
 from tgi_server.http_errors import PAYLOAD_TOO_LARGE_MESSAGE, PlainTextError
 from tgi_server.ipc.messages import EngineInfo
+from tgi_server.validation_pool import ValidationWorkers
 
 __all__ = [
     "PROTECTED_PATHS",
