@@ -1,4 +1,4 @@
-"""FP8 inference through Intel Neural Compressor (INC), driven by ``QUANT_CONFIG``.
+"""FP8 inference through Intel Neural Compressor (INC): ``QUANT_CONFIG``, or ``--quantize fp8``.
 
 TGI-Gaudi's two steps: a ``"mode": "MEASURE"`` config makes INC observe every patched layer's
 activations while traffic runs, and ``finalize()`` (called when the engine stops) writes the
@@ -7,7 +7,9 @@ those statistics and swaps the layers for FP8 ones. INC patches modules by class
 decoder layers' ``Linear`` projections (q/k/v, o, gate/up, down) become ``PatchedLinear``; the
 LM head (``LMHead``), embeddings and norms stay in the model's dtype.
 
-``neural_compressor`` is imported only when ``QUANT_CONFIG`` is set. What the layers run on
+``--quantize fp8`` (``apply_fp8_dynamic``) converts the same layers at load with no statistics.
+
+``neural_compressor`` is imported only when one of the two asks for it. What the layers run on
 (Gaudi FP8 matmuls, or quantize-dequantize in the model's dtype with ``use_qdq``) is the
 config's business, not this module's. The runner wiring lives in ``runner.py``.
 """
@@ -22,7 +24,13 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-__all__ = ["QUANT_MODES", "FP8Quantization", "apply_quant_config", "read_quant_config"]
+__all__ = [
+    "QUANT_MODES",
+    "FP8Quantization",
+    "apply_fp8_dynamic",
+    "apply_quant_config",
+    "read_quant_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +67,12 @@ def read_quant_config(path: str | Path) -> dict[str, Any]:
 
 
 class FP8Quantization:
-    """INC applied to a model: ``finalize()`` writes a MEASURE run's statistics (once)."""
+    """INC applied to a model: ``finalize()`` writes a MEASURE run's statistics (once).
 
-    def __init__(self, model: nn.Module, path: Path, config: dict[str, Any]) -> None:
+    ``path`` is the ``QUANT_CONFIG`` file, None for ``--quantize fp8``.
+    """
+
+    def __init__(self, model: nn.Module, path: Path | None, config: dict[str, Any]) -> None:
         self.model = model
         self.path = path
         self.mode: str = config["mode"]
@@ -93,11 +104,7 @@ def apply_quant_config(model: nn.Module, path: str | Path, dtype: torch.dtype) -
     where = f"QUANT_CONFIG={path}"
     _set_hp_dtype(config, dtype, where)
     config_class, prepare, convert = _import_inc(where)
-    # The device's fused decoder stack reads the weights itself and would bypass the
-    # patched layers (nothing measured, nothing quantized): run layer by layer instead.
-    for module in model.modules():
-        if hasattr(module, "fuse_layers"):
-            cast(Any, module).fuse_layers = False
+    _run_layer_by_layer(model)
     fp8_config = config_class.from_dict(config)
     if config["mode"] == "MEASURE":
         prepare(model, fp8_config)
@@ -105,6 +112,46 @@ def apply_quant_config(model: nn.Module, path: str | Path, dtype: torch.dtype) -
         _convert(model, fp8_config, convert, where)
     logger.info("%s: FP8 %s on %d layers", where, config["mode"], _num_patched(model))
     return FP8Quantization(model, path, config)
+
+
+def apply_fp8_dynamic(model: nn.Module, dtype: torch.dtype, *, use_qdq: bool) -> FP8Quantization:
+    """``--quantize fp8``: converts ``model``'s decoder ``Linear`` layers to FP8 E4M3 in place,
+    with no measurement run and no statistics file (INC QUANTIZE mode, ``hp_dtype`` = ``dtype``).
+
+    Scales: INC's ``unit_scale`` (1 for every weight and activation), not per-step dynamic
+    scales. INC 3.10 refuses ``dynamic_quantization`` with ``use_qdq`` and on the CPU ("not
+    supported for qdq and fake quant", "CPU device doesn't support dynamic quantization"), and
+    the CPU runs QDQ only; its other measurement-free method, ``hw_aligned_single_scale``, looks
+    its scale up per Gaudi generation and fails elsewhere. With a scale of 1, weights and
+    activations beyond +-448 saturate and those below 2**-9 round to zero.
+
+    Args:
+        use_qdq: quantize-dequantize in ``dtype`` (the layers' matmuls stay in ``dtype``);
+            must be True on the CPU, where INC has no FP8 matmul.
+
+    Raises:
+        ValueError: INC not installed; a model dtype other than bfloat16, float16, float32;
+            INC refusing the config (``use_qdq=False`` on the CPU).
+    """
+    where = "--quantize fp8"
+    config: dict[str, Any] = {"mode": "QUANTIZE", "scale_method": "unit_scale", "use_qdq": use_qdq}
+    _set_hp_dtype(config, dtype, where)
+    config_class, _, convert = _import_inc(where)
+    _run_layer_by_layer(model)
+    try:
+        convert(model, config_class.from_dict(config))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    logger.info("%s: FP8 (unit scales) on %d layers", where, _num_patched(model))
+    return FP8Quantization(model, None, config)
+
+
+def _run_layer_by_layer(model: nn.Module) -> None:
+    # The device's fused decoder stack reads the weights itself and would bypass the
+    # patched layers (nothing measured, nothing quantized): run layer by layer instead.
+    for module in model.modules():
+        if hasattr(module, "fuse_layers"):
+            cast(Any, module).fuse_layers = False
 
 
 def _set_hp_dtype(config: dict[str, Any], dtype: torch.dtype, where: str) -> None:
