@@ -11,7 +11,8 @@ LM head (``LMHead``), embeddings and norms stay in the model's dtype.
 
 ``neural_compressor`` is imported only when one of the two asks for it. What the layers run on
 (Gaudi FP8 matmuls, or quantize-dequantize in the model's dtype with ``use_qdq``) is the
-config's business, not this module's. The runner wiring lives in ``runner.py``.
+config's business, not this module's. ``check_quantize`` and ``fp8_at_load`` are what the
+runner calls; the weight-only methods (int8/int4) are the loader's (``loader/quantize.py``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.loader.quantize import WEIGHT_ONLY
+
 __all__ = [
     "QUANT_MODES",
     "FP8Quantization",
     "apply_fp8_dynamic",
     "apply_quant_config",
+    "check_quantize",
+    "fp8_at_load",
     "read_quant_config",
 ]
 
@@ -38,6 +44,42 @@ QUANT_MODES = ("MEASURE", "QUANTIZE")
 
 # INC's names for the precision its quantize-dequantize and unpatched math run in
 _HP_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+_FP8_DEVICES = ("hpu", "cpu")  # INC's FP8: Gaudi matmuls, or QDQ on the CPU
+
+
+def check_quantize(settings: RunnerSettings, device_name: str, quantized_kernels: bool) -> None:
+    """Refuses, before anything loads, a ``--quantize`` this device cannot serve.
+
+    Raises:
+        ValueError: one line naming the method and the device.
+    """
+    method = settings.quantize
+    if method is None:
+        return
+    where = f"--quantize {method}"
+    if method in WEIGHT_ONLY and not quantized_kernels:
+        raise ValueError(f"{where}: no weight-only int8/int4 kernels on {device_name}")
+    if method == "fp8" and device_name not in _FP8_DEVICES:
+        raise ValueError(
+            f"{where}: Intel Neural Compressor's FP8 runs on hpu and cpu, not on {device_name}"
+        )
+    if method == "fp8" and settings.quant_config:
+        raise ValueError(f"{where} and QUANT_CONFIG both ask for FP8: set one of them")
+    if method != "fp8" and method not in WEIGHT_ONLY:
+        raise ValueError(f"{where}: no {method} kernels on {device_name}")
+
+
+def fp8_at_load(
+    model: nn.Module, settings: RunnerSettings, dtype: torch.dtype, device_name: str
+) -> FP8Quantization | None:
+    """INC's FP8 per ``QUANT_CONFIG`` or ``--quantize fp8`` (QDQ on the CPU), else None."""
+    if settings.quant_config:
+        return apply_quant_config(model, settings.quant_config, dtype)
+    if settings.quantize == "fp8":
+        return apply_fp8_dynamic(model, dtype, use_qdq=device_name == "cpu")
+    return None
 
 
 def read_quant_config(path: str | Path) -> dict[str, Any]:

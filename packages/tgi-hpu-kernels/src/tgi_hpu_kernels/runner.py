@@ -38,14 +38,14 @@ from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.attention import AttentionMetadata
 from tgi_hpu_kernels.device import Device, resolve_dtype, select_device
 from tgi_hpu_kernels.kv_cache import KVCache
-from tgi_hpu_kernels.loader import load_model
+from tgi_hpu_kernels.loader import load_model, torch_dtype
 from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
 from tgi_hpu_kernels.parallel import start_tensor_parallel
 from tgi_hpu_kernels.profiling import StepProfiler
 from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
-from tgi_hpu_kernels.quantization import FP8Quantization, apply_quant_config
+from tgi_hpu_kernels.quantization import check_quantize, fp8_at_load
 from tgi_hpu_kernels.sequence_sampling import SequenceSampling
 from tgi_hpu_kernels.step_inputs import KVLayout, StepInputs, build_decode, build_prefill
 from tgi_hpu_kernels.warmup import DummySize, dummy_plan, dummy_sizes, run_warmup, shapes_to_warm
@@ -116,6 +116,7 @@ class TorchModelRunner:
         self._prompt_embedder = prompt_embedder
         self._device = device or select_device(settings.device, settings)
         self._settings = settings = resolve_dtype(settings, self._device)
+        check_quantize(settings, self._device.name, self._device.quantized_kernels)
         if (warning := self._device.dtype_warning(settings.dtype)) is not None:
             logger.warning(warning)
         # num_shard > 1: rank 0 starts the other shards here (see parallel/)
@@ -124,17 +125,18 @@ class TorchModelRunner:
         )
         group = self._parallel.group if self._parallel else None
         loaded = load_model(
-            settings, backend=self._device, device=self._device.torch_device, group=group
+            settings,
+            backend=self._device,
+            device=self._device.torch_device,
+            group=group,
+            gguf_quantized=self._device.serves_gguf_quantized(torch_dtype(settings.dtype)),
         )
         self._model = loaded.model
         self._config = c = loaded.config
         self._dtype = loaded.dtype
-        # QUANT_CONFIG: INC patches the layers before any graph wraps them (quantization.py)
-        self._quantization: FP8Quantization | None = (
-            apply_quant_config(self._model, settings.quant_config, loaded.dtype)
-            if settings.quant_config
-            else None
-        )
+        self._weights = loaded.quantization
+        # FP8: INC patches the layers before any graph wraps them (quantization.py)
+        self._quantization = fp8_at_load(self._model, settings, loaded.dtype, self._device.name)
         self._kv = allocate_kv_cache(
             settings,
             self._device,
@@ -273,6 +275,13 @@ class TorchModelRunner:
     @property
     def dtype(self) -> torch.dtype:
         return self._dtype
+
+    @property
+    def weights(self) -> str:
+        """How the weights are held: dense, weight-only quantized (and why), or FP8."""
+        if self._quantization is not None:
+            return "FP8 projections (Intel Neural Compressor)"
+        return "dense" if self._weights is None else self._weights.describe()
 
     @property
     def vocab_size(self) -> int:

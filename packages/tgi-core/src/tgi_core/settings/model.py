@@ -253,6 +253,7 @@ class Settings:
             flash_attention_recompute=self.flash_attention_recompute,
             warmup_enabled=self.warmup_enabled,
             quant_config=self.quant_config,
+            quantize=self.quantize,
             kv_cache_dtype=self.kv_cache_dtype,
             hf_token=self.hf_token,
             huggingface_hub_cache=self.huggingface_hub_cache,

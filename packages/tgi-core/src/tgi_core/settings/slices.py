@@ -80,6 +80,7 @@ class RunnerSettings:
     flash_attention_recompute: bool = True
     warmup_enabled: bool = True
     quant_config: str | None = None
+    quantize: str | None = None
     kv_cache_dtype: str | None = None
     hf_token: str | None = None
     huggingface_hub_cache: str | None = None

@@ -281,5 +281,15 @@ class Device(TorchLayerKernels, ABC):
         """Why ``dtype`` runs slowly on this device, if it does (logged once by the runner)."""
         return None
 
+    @property
+    def quantized_kernels(self) -> bool:
+        """Whether weight-only int8/int4 layers run on a kernel of this device (without one,
+        ``--quantize`` of those methods is refused: dequantizing every step is no service)."""
+        return False
+
+    def serves_gguf_quantized(self, dtype: torch.dtype) -> bool:
+        """Whether a quantized GGUF runs faster kept quantized than dequantized to ``dtype``."""
+        return False
+
     def describe(self) -> str:
         return self.name

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.nn import functional as nnf
 
 from tgi_core.settings.slices import DType
 from tgi_hpu_kernels.attention import AttentionMetadata, PagedRows
@@ -41,11 +42,14 @@ from tgi_hpu_kernels.device.cpu_native import (
 )
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.layers.kernels import DecoderLayerSpec
+from tgi_hpu_kernels.layers.quantized import QuantizedWeight
 
 __all__ = ["CpuDevice"]
 
 _MEMINFO = Path("/proc/meminfo")
 NATIVE_LINEAR_MAX_ROWS = 32
+# Rows up to which the quantized kernel beats dequantize-then-GEMM (measured: README).
+QUANTIZED_NATIVE_MAX_ROWS = 32
 _BMM_PREFILL_CELLS = 512 * 512
 
 
@@ -237,6 +241,21 @@ class CpuDevice(Device):
             return super().linear(x, weight, bias)
         return native.linear(x, weight, bias)
 
+    def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
+        # Decode-sized steps: the native kernel reads the codes once and dots each dequantized
+        # row with every input row. Prefill-sized ones: one dense float32 copy of the weights,
+        # then a BLAS GEMM, which the per-row dots cannot match at hundreds of rows.
+        native = self._native
+        if native is None or x.dim() != 2:
+            return super().quantized_linear(x, weight, bias)
+        rows = x.float().contiguous()
+        if x.shape[0] <= QUANTIZED_NATIVE_MAX_ROWS:
+            out = native.quantized_linear(rows, weight, bias)
+        else:
+            dense_bias = None if bias is None else bias.float()
+            out = nnf.linear(rows, native.dequantize(weight), dense_bias)
+        return out.to(x.dtype)
+
     def silu_and_mul(self, x: Tensor) -> Tensor:
         native = self._native_for(x)
         if native is None or x.dim() != 2 or not x.is_contiguous():
@@ -248,6 +267,16 @@ class CpuDevice(Device):
         if native is None or cos.dtype != x.dtype or cos.shape[0] != x.shape[0]:
             return super().rotary(x, cos, signed_sin)
         return native.rotary_(x, cos, signed_sin)
+
+    @property
+    def quantized_kernels(self) -> bool:
+        return True  # native ones; torch's dequantize-then-matmul without a C compiler
+
+    def serves_gguf_quantized(self, dtype: torch.dtype) -> bool:
+        # Measured without native bf16 (README): int4/int8 codes beat float32 weights at
+        # every batch. With AVX512-BF16 the dense bf16 kernels and fused decode stay.
+        fast_bf16 = self._native is not None and self._native.fast_bf16
+        return self._native is not None and not (fast_bf16 and dtype == torch.bfloat16)
 
     def default_dtype(self) -> DType:
         return choose_dtype(self.features, None)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from tgi_hpu_kernels.attention import PagedRows
 from tgi_hpu_kernels.device.native_build import build_library, find_compiler, load_library
+from tgi_hpu_kernels.layers.quantized import QuantizedWeight
 
 __all__ = ["NATIVE_DTYPES", "NATIVE_MAX_HIDDEN", "NativeKernels", "native_kernels", "profiled"]
 
@@ -50,6 +51,13 @@ _SIGNATURES = {
     "rotary": [_P, _I64, _P, _P, _INT, _INT, _INT, _INT],
 }
 _LINEAR_ARGTYPES = [_P, _I64, _P, _P, _P, _I64, _INT, _INT, _INT, _INT]
+# float32 x, codes, scales(, mins), bias, y; rows, outputs, inputs, group, threads
+_QUANT_ARGTYPES = {
+    "linear_q4_f32": [_P, _I64, _P, _P, _P, _P, _P, _I64, *[_INT] * 5],
+    "linear_q8_f32": [_P, _I64, _P, _P, _P, _P, _I64, *[_INT] * 5],
+    "dequantize_q4_f32": [_P, _P, _P, _P, *[_INT] * 4],
+    "dequantize_q8_f32": [_P, _P, _P, *[_INT] * 4],
+}
 
 
 class NativeKernels:
@@ -63,6 +71,7 @@ class NativeKernels:
             for suffix in _DTYPES.values():
                 self._functions[name, suffix] = _bind(library, f"{name}_{suffix}", argtypes)
         self._functions["linear", "bf16"] = _bind(library, "linear_bf16", _LINEAR_ARGTYPES)
+        self._quant = {name: _bind(library, name, types) for name, types in _QUANT_ARGTYPES.items()}
         self.fast_bf16 = bool(_bind(library, "cpu_kernels_fast_bf16", [])())
 
     def _call(self, name: str, dtype: torch.dtype, *args: Any) -> None:
@@ -218,6 +227,41 @@ class NativeKernels:
             inputs,
         )
         return out
+
+    def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
+        """float32 ``x @ dequantize(weight).T + bias`` of ``[rows, inputs]`` rows (last
+        dimension contiguous), each weight row dequantized once and dotted with every row."""
+        rows, inputs = x.shape
+        if x.dtype != torch.float32 or x.stride(1) != 1 or inputs != weight.in_features:
+            raise ValueError("quantized_linear takes float32 rows of the weight's input size")
+        out = torch.empty((rows, weight.out_features), dtype=torch.float32)
+        bias_ptr = None if bias is None else bias.float().contiguous().data_ptr()
+        mins = () if weight.mins is None else (weight.mins.data_ptr(),)
+        self._call_quant(
+            f"linear_q{weight.bits}_f32",
+            *(x.data_ptr(), x.stride(0), weight.codes.data_ptr(), weight.scales.data_ptr()),
+            *mins,
+            *(bias_ptr, out.data_ptr(), weight.out_features),
+            *(rows, weight.out_features, inputs, weight.group),
+        )
+        return out
+
+    def dequantize(self, weight: QuantizedWeight) -> Tensor:
+        """The dense float32 ``[outputs, inputs]`` matrix of ``weight``."""
+        out = torch.empty((weight.out_features, weight.in_features), dtype=torch.float32)
+        mins = () if weight.mins is None else (weight.mins.data_ptr(),)
+        self._call_quant(
+            f"dequantize_q{weight.bits}_f32",
+            *(weight.codes.data_ptr(), weight.scales.data_ptr(), *mins, out.data_ptr()),
+            *(weight.out_features, weight.in_features, weight.group),
+        )
+        return out
+
+    def _call_quant(self, name: str, *args: Any) -> None:
+        with profiled(f"native::{name}"):
+            status = self._quant[name](*args, torch.get_num_threads())
+        if status != 0:
+            raise ValueError(f"native {name} failed with status {status}")
 
 
 def profiled(label: str) -> contextlib.AbstractContextManager[Any]:

@@ -6,6 +6,12 @@ from tgi_hpu_kernels.layers.kernels import DecoderLayerSpec, LayerKernels, Torch
 from tgi_hpu_kernels.layers.linear import Linear
 from tgi_hpu_kernels.layers.mlp import GatedMLP
 from tgi_hpu_kernels.layers.norm import RMSNorm
+from tgi_hpu_kernels.layers.quantized import (
+    QuantizedLinear,
+    QuantizedLMHead,
+    QuantizedWeight,
+    WeightQuantization,
+)
 from tgi_hpu_kernels.layers.rotary import RopeConfig, RotaryEmbedding, apply_rotary
 
 __all__ = [
@@ -14,10 +20,14 @@ __all__ = [
     "LMHead",
     "LayerKernels",
     "Linear",
+    "QuantizedLMHead",
+    "QuantizedLinear",
+    "QuantizedWeight",
     "RMSNorm",
     "RopeConfig",
     "RotaryEmbedding",
     "TorchLayerKernels",
     "VocabEmbedding",
+    "WeightQuantization",
     "apply_rotary",
 ]

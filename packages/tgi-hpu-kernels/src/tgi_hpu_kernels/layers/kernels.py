@@ -1,7 +1,7 @@
 """The kernels a decoder layer calls through its backend, and their torch versions.
 
-Linear layers, RMSNorm (optionally fused with the residual add that precedes it),
-SiLU-and-mul of the merged gate/up projection, rotary embeddings, and optionally a whole
+Linear layers (dense, or weight-only quantized), RMSNorm (optionally fused with the residual
+add that precedes it), SiLU-and-mul of the merged gate/up projection, rotary embeddings, and optionally a whole
 stack of standard decoder layers (``DecoderLayerSpec``) in one fused path. A model gets
 them from the device it is built for (``tgi_hpu_kernels.device.Device`` implements
 ``LayerKernels``): the base device runs the torch functions below (and has no fused stack),
@@ -22,6 +22,7 @@ from tgi_hpu_kernels.layers.rotary import apply_rotary
 if TYPE_CHECKING:
     from tgi_hpu_kernels.attention import AttentionMetadata
     from tgi_hpu_kernels.kv_cache import KVCache
+    from tgi_hpu_kernels.layers.quantized import QuantizedWeight
 
 __all__ = [
     "DecoderLayerSpec",
@@ -77,6 +78,10 @@ class LayerKernels(Protocol):
         """``x @ weight.T + bias`` (``nn.functional.linear``)."""
         ...
 
+    def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
+        """``x @ dequantize(weight).T + bias`` in ``x``'s dtype (``layers/quantized.py``)."""
+        ...
+
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         """``x / sqrt(mean(x^2) + eps) * weight`` over the last dimension."""
         ...
@@ -129,6 +134,12 @@ class TorchLayerKernels:
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return nnf.linear(x, weight, bias)
+
+    def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
+        # No quantized kernel: dequantize every call (correct anywhere, fast nowhere).
+        from tgi_hpu_kernels.layers.quantized import dequantize
+
+        return nnf.linear(x, dequantize(weight).to(x.dtype), bias)
 
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         return rms_norm_torch(x, weight, eps)

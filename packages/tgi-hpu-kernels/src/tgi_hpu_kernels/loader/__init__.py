@@ -17,6 +17,12 @@ from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.layers.rotary import RopeConfig, RotaryEmbedding
 from tgi_hpu_kernels.loader.gguf_weights import gguf_config, iter_gguf_tensors, open_gguf
 from tgi_hpu_kernels.loader.multimodal import language_model_config, language_model_weights
+from tgi_hpu_kernels.loader.quantize import (
+    WEIGHT_ONLY,
+    QuantizationPlan,
+    apply_plan,
+    plan_quantization,
+)
 from tgi_hpu_kernels.loader.safetensors_weights import iter_safetensors, read_hf_config
 from tgi_hpu_kernels.loader.source import (
     EMBEDDED_MODEL_FILE,
@@ -56,6 +62,7 @@ class LoadedModel:
     config: ModelConfig
     source: ModelSource
     dtype: torch.dtype
+    quantization: QuantizationPlan | None = None  # None: dense weights
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -99,16 +106,20 @@ def load_model(
     backend: ModelBackend,
     device: torch.device,
     group: TensorParallelGroup | None = None,
+    gguf_quantized: bool = True,
 ) -> LoadedModel:
     """Builds and fills the model ``settings.model_id`` names.
 
     Args:
-        settings: model id, revision, dtype, hub token/cache, rope overrides, and
-            ``max_total_tokens`` (the rotary tables cover at least that many positions).
+        settings: model id, revision, dtype, hub token/cache, rope overrides,
+            ``max_total_tokens`` (the rotary tables cover at least that many positions) and
+            ``quantize`` (weight-only methods; a GGUF keeps its stored precision without it:
+            ``quantize.py``).
         backend: the device's attention and elementwise kernels.
         device: where the weights live.
         group: this rank's tensor-parallel group: the model is built with its share of the
             heads and MLP (``LoadedModel.config`` is that share) and loads its weight slices.
+        gguf_quantized: serve a quantized GGUF's layers quantized (else dequantized).
 
     Raises:
         ModelLoadError: the checkpoint cannot be found or read.
@@ -131,15 +142,22 @@ def load_model(
         device=device,
     )
     with torch.device("meta"):
-        model = cls(config, backend=backend, rotary=rotary)
+        model = cls(config, backend=backend, rotary=rotary).to(dtype)
+    reader = open_gguf(source.path) if source.kind == "gguf" else None
+    types = None if reader is None else {t.name: t.tensor_type.name for t in reader.tensors}
+    weight_only = settings.quantize if settings.quantize in WEIGHT_ONLY else None
+    keep_gguf = gguf_quantized and settings.quantize is None  # not under fp8 either
+    plan = plan_quantization(weight_only, types if keep_gguf else None)
+    if plan is not None:
+        apply_plan(model, plan)  # before the hooks below, which attach to the layers
     if group is not None:
         add_row_parallel_reduce(model, group.all_reduce)
         model.model.fuse_layers = False  # a fused stack would skip the all-reduces
-    model = model.to(dtype).to_empty(device=device)
+    model = model.to_empty(device=device)
     model.tie_weights()
     weights: Iterable[tuple[str, torch.Tensor]]
-    if source.kind == "gguf":
-        weights = iter_gguf_tensors(open_gguf(source.path), raw)
+    if reader is not None:
+        weights = iter_gguf_tensors(reader, raw)
     else:
         full_config = read_hf_config(source.path)
         weights = language_model_weights(full_config, iter_safetensors(source.path))
@@ -147,4 +165,4 @@ def load_model(
         weights = shard_weights(weights, rank=group.rank, num_shard=group.num_shard)
     model.load_weights(weights)
     model.eval()
-    return LoadedModel(model=model, config=config, source=source, dtype=dtype)
+    return LoadedModel(model=model, config=config, source=source, dtype=dtype, quantization=plan)

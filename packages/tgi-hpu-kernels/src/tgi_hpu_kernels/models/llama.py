@@ -24,6 +24,7 @@ from tgi_hpu_kernels.layers import (
     LayerKernels,
     Linear,
     LMHead,
+    QuantizedLinear,
     RMSNorm,
     RotaryEmbedding,
     VocabEmbedding,
@@ -202,8 +203,9 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = LMHead(config.hidden_size, config.vocab_size, tied_to=tied, kernels=backend)
 
     def tie_weights(self) -> None:
-        """Makes the LM head share the embedding matrix again (materialising breaks sharing)."""
-        if self.config.tie_word_embeddings:
+        """Makes the LM head share the embedding matrix again (materialising breaks sharing);
+        a quantized head keeps its own codes, loaded from the embedding matrix."""
+        if self.config.tie_word_embeddings and isinstance(self.lm_head, LMHead):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @classmethod
@@ -251,12 +253,19 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> None:
-        """Copies checkpoint tensors (HF names) into the parameters, casting to their dtype.
+        """Copies checkpoint tensors (HF names) into the parameters, casting to their dtype;
+        a quantized layer (``QuantizedLinear``) quantizes its rows as they come.
 
         Raises:
             ValueError: an unknown name, a shape mismatch, or a parameter left unloaded.
         """
         params = dict(self.named_parameters())
+        quantized = {
+            f"{name}.weight": module
+            for name, module in self.named_modules()
+            if isinstance(module, QuantizedLinear)
+        }
+        tied_head = quantized.get("lm_head.weight") if self.config.tie_word_embeddings else None
         loaded: set[tuple[str, int | None]] = set()
         for name, tensor in weights:
             if name.endswith("rotary_emb.inv_freq"):
@@ -264,27 +273,47 @@ class LlamaForCausalLM(nn.Module):
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue  # some tied checkpoints still store the (identical) head
             target, shard = self._target(name)
-            param = params.get(target)
-            if param is None:
-                raise ValueError(f"checkpoint tensor {name!r} matches no model parameter")
-            destination = param.data
+            start = 0
             if shard is not None:
                 sizes = self._shard_sizes(target.split(".")[-2])
-                destination = destination.narrow(0, sum(sizes[:shard]), sizes[shard])
-            if destination.shape != tensor.shape:
-                raise ValueError(
-                    f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
-                    f"expected {tuple(destination.shape)}"
-                )
-            destination.copy_(tensor)
+                start = sum(sizes[:shard])
+            if target in quantized:
+                quantized[target].load_rows(start, tensor)
+            else:
+                self._copy_into(params, name, tensor, target=target, shard=shard, start=start)
+                if tied_head is not None and target == "model.embed_tokens.weight":
+                    tied_head.load_rows(0, tensor)  # from the checkpoint's own precision
+                    loaded.add(("lm_head.weight", None))
             loaded.add((target, shard))
-        self._check_loaded(params, loaded)
+        self._check_loaded([*params, *quantized], loaded)
 
-    def _check_loaded(
-        self, params: Mapping[str, Tensor], loaded: set[tuple[str, int | None]]
+    def _copy_into(
+        self,
+        params: Mapping[str, Tensor],
+        name: str,
+        tensor: Tensor,
+        *,
+        target: str,
+        shard: int | None,
+        start: int,
     ) -> None:
+        param = params.get(target)
+        if param is None:
+            raise ValueError(f"checkpoint tensor {name!r} matches no model parameter")
+        destination = param.data
+        if shard is not None:
+            sizes = self._shard_sizes(target.split(".")[-2])
+            destination = destination.narrow(0, start, sizes[shard])
+        if destination.shape != tensor.shape:
+            raise ValueError(
+                f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(destination.shape)}"
+            )
+        destination.copy_(tensor)
+
+    def _check_loaded(self, names: Iterable[str], loaded: set[tuple[str, int | None]]) -> None:
         missing = sorted(
-            {name for name in params for shard in self._shards(name) if (name, shard) not in loaded}
+            {name for name in names for shard in self._shards(name) if (name, shard) not in loaded}
         )
         if missing:
             raise ValueError(f"checkpoint is missing weights: {missing[:8]}")

@@ -143,7 +143,7 @@ def build_engine(
             )
         dtype = str(torch_runner.dtype).removeprefix("torch.")
         device_type = torch_runner.device.name
-        compute_path = torch_runner.device.describe()
+        compute_path = f"{torch_runner.device.describe()}; weights: {torch_runner.weights}"
         runner_eos_ids = torch_runner.eos_token_ids
         runner = torch_runner
     else:

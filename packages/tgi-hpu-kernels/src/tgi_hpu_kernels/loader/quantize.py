@@ -1,0 +1,121 @@
+"""Which weights a model serves quantized (``--quantize``, or a GGUF's own types), and the
+swap of its layers for quantized ones before the weights load.
+
+TGI's weight-only values: ``bitsandbytes`` and ``eetq`` are int8 per output channel (what
+LLM.int8 and EETQ store); ``bitsandbytes-nf4`` and ``bitsandbytes-fp4`` are int4 in groups of
+64 (bitsandbytes' block size), on our affine int4 grid rather than NF4's or FP4's codebook.
+The LM head stays dense under these, as in TGI.
+
+A GGUF checkpoint without ``--quantize`` keeps its stored precision: 4-bit blocks (Q4_0,
+Q4_1, Q4_K) become int4 in groups of 32, 5- to 8-bit ones (Q5_0, Q5_1, Q5_K, Q6_K, Q8_0) int8
+in groups of 32, each judged on the decoder's projections, and the LM head (``output``, or the
+tied ``token_embd``) likewise. The weights arrive dequantized and are quantized again per group
+of 32 from each group's min and max: Q4_1 and Q8_0 blocks come back exactly (to float32
+rounding); Q4_0's and the K-quants' grids are re-fitted, close but not bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tgi_hpu_kernels.layers import (
+    Linear,
+    LMHead,
+    QuantizedLinear,
+    QuantizedLMHead,
+    WeightQuantization,
+)
+
+__all__ = ["WEIGHT_ONLY", "QuantizationPlan", "apply_plan", "gguf_plan", "plan_quantization"]
+
+WEIGHT_ONLY: Mapping[str, WeightQuantization] = {
+    "bitsandbytes": WeightQuantization(8),
+    "eetq": WeightQuantization(8),
+    "bitsandbytes-nf4": WeightQuantization(4, 64),
+    "bitsandbytes-fp4": WeightQuantization(4, 64),
+}
+_GGUF_BITS = {
+    **dict.fromkeys(("Q4_0", "Q4_1", "Q4_K"), 4),
+    **dict.fromkeys(("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"), 8),
+}
+_GGUF_GROUP = 32
+_PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+@dataclass(frozen=True)
+class QuantizationPlan:
+    """What to quantize: the decoder's projections, the LM head (None: dense), and why."""
+
+    linears: WeightQuantization | None
+    head: WeightQuantization | None
+    origin: str
+
+    def describe(self) -> str:
+        head = "dense" if self.head is None else str(self.head)
+        linears = "dense" if self.linears is None else str(self.linears)
+        return f"{linears} projections, {head} LM head ({self.origin})"
+
+
+def plan_quantization(
+    quantize: str | None, gguf_types: Mapping[str, str] | None
+) -> QuantizationPlan | None:
+    """The plan for ``--quantize`` (one of ``WEIGHT_ONLY``) or, without it, a GGUF's tensor
+    types (GGUF tensor name -> type name); None: serve dense."""
+    if quantize is not None:
+        scheme = WEIGHT_ONLY.get(quantize)
+        if scheme is None:
+            raise ValueError(f"--quantize {quantize} is not a weight-only method")
+        return QuantizationPlan(scheme, None, f"--quantize {quantize}")
+    if gguf_types is None:
+        return None
+    return gguf_plan(gguf_types)
+
+
+def gguf_plan(types: Mapping[str, str]) -> QuantizationPlan | None:
+    """The stored precision of a GGUF's projections and head (the most common projection
+    type decides; a dense one keeps the layers dense)."""
+    projections = [kind for name, kind in types.items() if name.split(".")[-2] in _PROJECTIONS]
+    common = max(set(projections), key=projections.count) if projections else None
+    head_type = types.get("output.weight", types.get("token_embd.weight"))
+    linears, head = _gguf_scheme(common), _gguf_scheme(head_type)
+    if linears is None and head is None:
+        return None
+    return QuantizationPlan(linears, head, f"GGUF {common} projections, {head_type} head")
+
+
+def _gguf_scheme(kind: str | None) -> WeightQuantization | None:
+    bits = _GGUF_BITS.get(kind or "")
+    return None if bits is None else WeightQuantization(4 if bits == 4 else 8, _GGUF_GROUP)
+
+
+def apply_plan(model: nn.Module, plan: QuantizationPlan) -> int:
+    """Swaps the decoder's ``Linear`` layers (and the LM head) for empty quantized ones, on
+    the meta device, before the weights load; turns the fused decoder stack off (it reads
+    dense weights). Returns how many layers were swapped.
+
+    Raises:
+        ValueError: a layer's input size does not fit the scheme's groups.
+    """
+    swaps: list[tuple[nn.Module, str, QuantizedLinear]] = []
+    with torch.device("meta"):
+        for name, module in model.named_modules():
+            for child_name, child in module.named_children():
+                full = f"{name}.{child_name}" if name else child_name
+                scheme = plan.head if isinstance(child, LMHead) else plan.linears
+                if scheme is None or not isinstance(child, Linear):
+                    continue
+                try:
+                    cls = QuantizedLMHead if isinstance(child, LMHead) else QuantizedLinear
+                    swaps.append((module, child_name, cls.like(child, scheme)))
+                except ValueError as err:
+                    raise ValueError(f"{plan.origin}: {full}: {err}") from None
+    for parent, child_name, quantized in swaps:
+        setattr(parent, child_name, quantized)
+    for module in model.modules():
+        if hasattr(module, "fuse_layers"):
+            setattr(module, "fuse_layers", False)  # noqa: B010 (any model's LlamaModel)
+    return len(swaps)
