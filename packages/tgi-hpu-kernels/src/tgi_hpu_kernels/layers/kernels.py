@@ -2,11 +2,11 @@
 
 Linear layers (dense, or weight-only quantized), RMSNorm (optionally fused with the residual
 add that precedes it), SiLU-and-mul of the merged gate/up projection, rotary embeddings, and
-optionally a whole stack of standard decoder layers (``DecoderLayerSpec``) in one fused path. A model gets
-them from the device it is built for (``tgi_hpu_kernels.device.Device`` implements
-``LayerKernels``): the base device runs the torch functions below (and has no fused stack),
-the CPU replaces them with native kernels where it has them. The layers in this package
-never ask which one they got."""
+optionally a whole stack of standard decoder layers (``DecoderLayerSpec``) in one fused path.
+A model gets them from the device it is built for (``tgi_hpu_kernels.device.Device``
+implements ``LayerKernels``): the base device runs the torch functions below (and has no
+fused stack), the CPU replaces them with native kernels where it has them. The layers in
+this package never ask which one they got."""
 
 from __future__ import annotations
 
