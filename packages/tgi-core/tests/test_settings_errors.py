@@ -367,3 +367,21 @@ def test_arbitrary_limits_are_accepted() -> None:
     assert (settings.max_total_tokens, settings.max_input_tokens) == (10000, 9999)
     assert (settings.max_batch_size, settings.batch_bucket_size) == (7, 3)
     assert settings.pad_sequence_to_multiple_of == 100
+
+
+QUANTIZE_KIND = next(spec for spec in FIELDS if spec.name == "quantize").kind
+QUANTIZE_VALUES = QUANTIZE_KIND.expected.removeprefix("one of: ").split(", ")
+
+
+def test_every_quantize_value_is_served_or_refused_in_one_line() -> None:
+    from tgi_core.settings.checks import SERVED_QUANTIZE, UNSERVED_QUANTIZE
+
+    assert set(QUANTIZE_VALUES) == {*SERVED_QUANTIZE, *UNSERVED_QUANTIZE}
+    for value in SERVED_QUANTIZE:
+        settings = Settings.from_sources(["--quantize", value], {}, host=PLAIN)
+        assert settings.runner(0).quantize == value
+    for value in UNSERVED_QUANTIZE:
+        message = error_of(["--quantize", value], {})
+        assert "\n" not in message
+        assert message.startswith(f"`{value}` checkpoints are not supported by this server")
+        assert message.endswith("(see --quantize <QUANTIZE>)")

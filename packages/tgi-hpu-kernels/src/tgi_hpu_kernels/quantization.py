@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from tgi_core.settings.slices import RunnerSettings
-from tgi_hpu_kernels.loader.quantize import WEIGHT_ONLY
+from tgi_hpu_kernels.loader.quantize import PREQUANTIZED, WEIGHT_ONLY
 
 __all__ = [
     "QUANT_MODES",
@@ -59,15 +59,17 @@ def check_quantize(settings: RunnerSettings, device_name: str, quantized_kernels
     if method is None:
         return
     where = f"--quantize {method}"
-    if method in WEIGHT_ONLY and not quantized_kernels:
-        raise ValueError(f"{where}: no weight-only int8/int4 kernels on {device_name}")
-    if method == "fp8" and device_name not in _FP8_DEVICES:
-        raise ValueError(
-            f"{where}: Intel Neural Compressor's FP8 runs on hpu and cpu, not on {device_name}"
-        )
-    if method == "fp8" and settings.quant_config:
-        raise ValueError(f"{where} and QUANT_CONFIG both ask for FP8: set one of them")
-    if method != "fp8" and method not in WEIGHT_ONLY:
+    if method == "fp8":
+        if device_name not in _FP8_DEVICES:
+            raise ValueError(
+                f"{where}: Intel Neural Compressor's FP8 runs on hpu and cpu, not {device_name}"
+            )
+        if settings.quant_config:
+            raise ValueError(f"{where} and QUANT_CONFIG both ask for FP8: set one of them")
+    elif method in (*WEIGHT_ONLY, *PREQUANTIZED):
+        if not quantized_kernels:
+            raise ValueError(f"{where}: no weight-only int8/int4 kernels on {device_name}")
+    else:
         raise ValueError(f"{where}: no {method} kernels on {device_name}")
 
 

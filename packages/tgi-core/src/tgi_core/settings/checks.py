@@ -17,7 +17,19 @@ from tgi_core.settings.fields import FIELDS
 if TYPE_CHECKING:
     from tgi_core.settings.model import Settings
 
-__all__ = ["check", "check_refused", "find_num_shards"]
+__all__ = ["SERVED_QUANTIZE", "UNSERVED_QUANTIZE", "check", "check_refused", "find_num_shards"]
+
+# --quantize values with kernels here, and those whose layouts this server cannot read.
+SERVED_QUANTIZE = (
+    "bitsandbytes",
+    "bitsandbytes-nf4",
+    "bitsandbytes-fp4",
+    "eetq",
+    "fp8",
+    "gptq",
+    "awq",
+)
+UNSERVED_QUANTIZE = ("compressed-tensors", "exl2", "marlin")
 
 _DISPLAY = {spec.name: spec.display for spec in FIELDS}
 # TGI's launcher: adapter_id, adapter_id=path, adapter_id@revision (one '@' at most).
@@ -67,6 +79,12 @@ def check(settings: Settings) -> None:
         raise _error("`validation_workers` must be > 0", "validation_workers")
     if settings.num_shard > 1 and settings.quantize == "exl2":
         raise _error("Sharding is currently not supported with `exl2` quantization", "quantize")
+    if settings.quantize in UNSERVED_QUANTIZE:
+        raise _error(
+            f"`{settings.quantize}` checkpoints are not supported by this server "
+            f"(it serves {', '.join(SERVED_QUANTIZE)})",
+            "quantize",
+        )
     if settings.ngrok and settings.ngrok_authtoken is None:
         raise _error("`ngrok-authtoken` must be set when using ngrok tunneling", "ngrok")
     if settings.ngrok and settings.ngrok_edge is None:

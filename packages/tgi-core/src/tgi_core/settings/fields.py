@@ -77,8 +77,12 @@ _MODEL_FIELDS = (
         MODEL,
         _QUANTIZE,
         None,
-        "Quantization method; pre-quantized models declare theirs in their config.",
-        status=refused(f"{_NOT_YET} (FP8 on Gaudi: QUANT_CONFIG)"),
+        "Quantization method: bitsandbytes and eetq hold the weights in int8, "
+        "bitsandbytes-nf4 and bitsandbytes-fp4 in int4 (groups of 64), fp8 runs the projections "
+        "in FP8 through Intel Neural Compressor (quantize-dequantize on the CPU); gptq and awq "
+        "name pre-quantized 4-bit checkpoints, which declare it in their config. "
+        "compressed-tensors, exl2 and marlin are refused.",
+        default_doc="none; a quantized GGUF keeps its stored precision where that is faster",
     ),
     Spec(
         "kv_cache_dtype",

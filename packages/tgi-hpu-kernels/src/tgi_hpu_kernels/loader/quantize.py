@@ -30,7 +30,14 @@ from tgi_hpu_kernels.layers import (
     WeightQuantization,
 )
 
-__all__ = ["WEIGHT_ONLY", "QuantizationPlan", "apply_plan", "gguf_plan", "plan_quantization"]
+__all__ = [
+    "PREQUANTIZED",
+    "WEIGHT_ONLY",
+    "QuantizationPlan",
+    "apply_plan",
+    "gguf_plan",
+    "plan_quantization",
+]
 
 WEIGHT_ONLY: Mapping[str, WeightQuantization] = {
     "bitsandbytes": WeightQuantization(8),
@@ -38,6 +45,8 @@ WEIGHT_ONLY: Mapping[str, WeightQuantization] = {
     "bitsandbytes-nf4": WeightQuantization(4, 64),
     "bitsandbytes-fp4": WeightQuantization(4, 64),
 }
+# Pre-quantized 4-bit checkpoints (their config's quant_method), read into int4 layers.
+PREQUANTIZED = ("gptq", "awq")
 _GGUF_BITS = {
     **dict.fromkeys(("Q4_0", "Q4_1", "Q4_K"), 4),
     **dict.fromkeys(("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"), 8),
