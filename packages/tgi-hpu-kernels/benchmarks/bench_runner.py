@@ -37,6 +37,7 @@ from tgi_core.contract import (
     StepPlan,
 )
 from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.device import select_device
 from tgi_hpu_kernels.loader import EMBEDDED_MODEL_FILE, embedded_model_path
 from tgi_hpu_kernels.runner import TorchModelRunner
 
@@ -214,6 +215,13 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=256, help="KV tokens per decoding sequence")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--quantize", default=None, help="a --quantize method, e.g. bitsandbytes")
+    parser.add_argument(
+        "--gguf-weights",
+        default="auto",
+        choices=["auto", "dense", "quantized"],
+        help="a quantized GGUF: the device's choice, dequantized, or kept quantized",
+    )
     args = parser.parse_args()
     batches = _ints(args.batches)
     max_prompts = max(_ints(args.prefill_batches))
@@ -225,9 +233,14 @@ def main() -> None:
         block_size=BLOCK_SIZE,
         max_batch_size=max(batches),
         max_total_tokens=max_total,
+        quantize=args.quantize,
     )
     blocks = max(*batches, max_prompts) * _blocks(max_total)
-    runner = TorchModelRunner(settings, num_kv_blocks=blocks)
+    device = select_device(args.device, settings)
+    if args.gguf_weights != "auto":  # overrides the device's measured choice, to compare
+        keep = args.gguf_weights == "quantized"
+        device.serves_gguf_quantized = lambda dtype: keep  # type: ignore[method-assign]
+    runner = TorchModelRunner(settings, device=device, num_kv_blocks=blocks)
     theirs = None if args.no_transformers else _load_transformers(args.model, runner.dtype)
     load_before = os.getloadavg()[0]
     rows = [
@@ -237,7 +250,7 @@ def main() -> None:
     print(
         f"\n{runner.device.describe()}, {args.dtype}, {c.model_type} ({c.num_hidden_layers} "
         f"layers, hidden {c.hidden_size}), torch {torch.__version__}; load average "
-        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after; weights: {runner.weights}"
     )
     _print(rows)
 

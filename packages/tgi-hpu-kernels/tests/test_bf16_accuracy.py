@@ -16,24 +16,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import Tensor
 
-from tgi_core.contract import (
-    DecodeItem,
-    DecodeShape,
-    PrefillItem,
-    PrefillShape,
-    SamplingParams,
-    StepPlan,
-)
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device.cpu import CpuDevice
 from tgi_hpu_kernels.loader import EMBEDDED_MODEL_FILE, embedded_model_path
 from tgi_hpu_kernels.runner import TorchModelRunner
+from tgi_hpu_kernels.testing import TokenScore as Score
+from tgi_hpu_kernels.testing import english_text, teacher_forced_logits
 
 pytestmark = pytest.mark.slow
 
@@ -42,63 +35,6 @@ BATCH, WINDOW, WINDOW_PREFILL, WINDOW_STRIDE = 32, 64, 48, 30
 BLOCK_SIZE = 16
 KL_RATIO, TOP1_POINTS = 1.5, 0.02
 
-_SUBJECTS = ("The river", "A small village", "The old library", "Our engineer")
-_SUBJECTS += ("The winter market", "A patient teacher", "The northern railway", "A quiet lab")
-_VERBS = ("carried", "remembered", "measured", "welcomed", "rebuilt", "described", "followed")
-_OBJECTS = (
-    "the stories of its founders",
-    "three hundred and twelve letters",
-    "the light of early morning",
-    "every traveller who asked for directions",
-    "a careful record of the harvest",
-    "the sound of distant bells",
-    "the equations written on the wall",
-)
-_CODAS = (
-    "before the first snow fell.",
-    "while the city slept.",
-    "in the year 1887.",
-    "with remarkable patience.",
-    "as the students watched.",
-    "long after the storm had passed.",
-    "under a sky full of stars.",
-    "without saying a word.",
-)
-
-
-def _text(num_sentences: int) -> str:
-    """A deterministic English text: sentences varied by coprime strides, in paragraphs."""
-    sentences = [
-        f"{_SUBJECTS[i % 8]} {_VERBS[(3 * i + 1) % 7]} {_OBJECTS[(5 * i + 2) % 7]} "
-        f"{_CODAS[(3 * i + 5) % 8]}"
-        for i in range(num_sentences)
-    ]
-    return "\n\n".join(" ".join(sentences[i : i + 6]) for i in range(0, num_sentences, 6))
-
-
-@dataclass
-class Score:
-    """Running sums over scored positions: KL(reference || test) and top-1 agreement."""
-
-    kl: float = 0.0
-    agree: int = 0
-    count: int = 0
-
-    def add(self, reference: Tensor, test: Tensor) -> None:
-        ref = torch.log_softmax(reference.float(), dim=-1)
-        out = torch.log_softmax(test.float(), dim=-1)
-        self.kl += float((ref.exp() * (ref - out)).sum())
-        self.agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
-        self.count += ref.shape[0]
-
-    @property
-    def mean_kl(self) -> float:
-        return self.kl / self.count
-
-    @property
-    def top1(self) -> float:
-        return self.agree / self.count
-
 
 @pytest.fixture(scope="module")
 def setup() -> tuple[list[int], torch.nn.Module, torch.nn.Module, TorchModelRunner]:
@@ -106,7 +42,7 @@ def setup() -> tuple[list[int], torch.nn.Module, torch.nn.Module, TorchModelRunn
     transformers = pytest.importorskip("transformers")
     folder = str(embedded_model_path().parent)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_MODEL_FILE)
-    ids = tokenizer(_text(120))["input_ids"]
+    ids = tokenizer(english_text(120))["input_ids"]
     assert len(ids) >= TEXT_TOKENS
     fp32 = transformers.AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=EMBEDDED_MODEL_FILE, dtype=torch.float32
@@ -126,38 +62,6 @@ def _hf_logits(model: torch.nn.Module, sequences: Sequence[Sequence[int]]) -> Te
     return logits[:, :-1].float()
 
 
-def _ours(runner: TorchModelRunner, sequences: list[list[int]], prefill_len: int) -> Tensor:
-    """Our teacher-forced logits ``[sequences, length - 1, vocab]``: ``prefill_len`` tokens
-    of every sequence prefilled together, then the rest decoded one step at a time."""
-    length = len(sequences[0])
-    per_seq = -(-(length + 1) // BLOCK_SIZE)
-    tables = [tuple(range(i * per_seq, (i + 1) * per_seq)) for i in range(len(sequences))]
-    prefill = tuple(
-        PrefillItem(
-            seq_id=i,
-            token_ids=tuple(s[:prefill_len]),
-            num_prompt_tokens=prefill_len,
-            num_cached_tokens=0,
-            block_table=t,
-            sampling=SamplingParams(),
-        )
-        for i, (s, t) in enumerate(zip(sequences, tables, strict=True))
-    )
-    shape = PrefillShape(len(sequences), prefill_len)
-    rows = runner.compute_logits(
-        StepPlan(step_id=0, shape=shape, prefill=prefill), every_token=True
-    )
-    steps = [rows.view(len(sequences), prefill_len, -1)]
-    for position in range(prefill_len, length - 1):
-        decode = tuple(
-            DecodeItem(seq_id=i, token_id=s[position], position=position, block_table=t)
-            for i, (s, t) in enumerate(zip(sequences, tables, strict=True))
-        )
-        plan = StepPlan(step_id=position, shape=DecodeShape(len(sequences), per_seq), decode=decode)
-        steps.append(runner.compute_logits(plan).unsqueeze(1))
-    return torch.cat(steps, dim=1)
-
-
 def _assert_ours_as_close_as_transformers(ours: Score, theirs: Score) -> None:
     report = (
         f"KL ours {ours.mean_kl:.5f} vs transformers {theirs.mean_kl:.5f}; top-1 ours "
@@ -173,7 +77,7 @@ def test_bf16_alone_is_as_close_to_float32_as_transformers(setup) -> None:
     reference = _hf_logits(fp32, [ids])[0]
     ours, theirs = Score(), Score()
     theirs.add(reference, _hf_logits(bf16, [ids])[0])
-    ours.add(reference, _ours(runner, [ids], ALONE_PREFILL)[0])
+    ours.add(reference, teacher_forced_logits(runner, [ids], ALONE_PREFILL, BLOCK_SIZE)[0])
     _assert_ours_as_close_as_transformers(ours, theirs)
 
 
@@ -181,7 +85,7 @@ def test_bf16_batched_is_as_close_to_float32_as_transformers(setup) -> None:
     ids, fp32, bf16, runner = setup
     windows = [ids[i * WINDOW_STRIDE : i * WINDOW_STRIDE + WINDOW] for i in range(BATCH)]
     assert all(len(w) == WINDOW for w in windows)
-    logits = _ours(runner, windows, WINDOW_PREFILL)
+    logits = teacher_forced_logits(runner, windows, WINDOW_PREFILL, BLOCK_SIZE)
     ours, theirs = Score(), Score()
     for start in range(0, BATCH, 16):  # in chunks: float32 [32, 63, 49152] logits are 0.4 GB
         chunk = windows[start : start + 16]
