@@ -9,9 +9,10 @@ j + 16), so a native kernel unpacks a block with two masks.
 
 Checkpoint tensors arrive dense (float32 from a GGUF, the checkpoint's dtype otherwise) and
 are quantized row block by row block as they load (``QuantizedLinear.load_rows``): the dense
-matrix never exists in the model. The activations stay in the model's dtype; the device's
-``LayerKernels.quantized_linear`` does the math (a native kernel on the CPU, a dequantize then
-matmul elsewhere).
+matrix never exists in the model. A pre-quantized GPTQ or AWQ checkpoint's rows arrive in this
+layout already (``load_packed``, from ``loader/prequantized.py``). The activations stay in the
+model's dtype; the device's ``LayerKernels.quantized_linear`` does the math (a native kernel on
+the CPU, a dequantize then matmul elsewhere).
 """
 
 from __future__ import annotations
@@ -158,6 +159,31 @@ class QuantizedLinear(nn.Module):
         if start < 0 or start + rows > self.out_features:
             raise ValueError(f"rows [{start}, {start + rows}) exceed {self.out_features} outputs")
         codes, scales, mins = quantize_rows(dense, self.scheme.bits, self.group)
+        self.codes[start : start + rows] = codes
+        self.scales[start : start + rows] = scales
+        if mins is not None and self.mins is not None:
+            self.mins[start : start + rows] = mins
+
+    @torch.no_grad()
+    def load_packed(self, start: int, codes: Tensor, scales: Tensor, mins: Tensor | None) -> None:
+        """Copies rows already in this layer's scheme, laid out as ``quantize_rows`` returns
+        them (a pre-quantized checkpoint's), into output rows ``[start, start + n)`` as is."""
+        rows, width, groups = codes.shape[0], self.codes.shape[1], self.scales.shape[1]
+        want_mins = None if self.mins is None else (rows, groups)
+        if (
+            codes.dtype != self.codes.dtype
+            or codes.shape != (rows, width)
+            or scales.shape != (rows, groups)
+            or (None if mins is None else mins.shape) != want_mins
+        ):
+            raise ValueError(
+                f"{self.scheme} rows need {self.codes.dtype} codes [n, {width}] and scales"
+                f"{'' if self.mins is None else ' and mins'} [n, {groups}], got codes "
+                f"{codes.dtype} {tuple(codes.shape)}, scales {tuple(scales.shape)}"
+                f"{'' if mins is None else f', mins {tuple(mins.shape)}'}"
+            )
+        if start < 0 or start + rows > self.out_features:
+            raise ValueError(f"rows [{start}, {start + rows}) exceed {self.out_features} outputs")
         self.codes[start : start + rows] = codes
         self.scales[start : start + rows] = scales
         if mins is not None and self.mins is not None:

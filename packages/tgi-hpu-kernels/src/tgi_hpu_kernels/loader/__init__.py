@@ -17,6 +17,11 @@ from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.layers.rotary import RopeConfig, RotaryEmbedding
 from tgi_hpu_kernels.loader.gguf_weights import gguf_config, iter_gguf_tensors, open_gguf
 from tgi_hpu_kernels.loader.multimodal import language_model_config, language_model_weights
+from tgi_hpu_kernels.loader.prequantized import (
+    checkpoint_quantization,
+    prequantized_plan,
+    prequantized_weights,
+)
 from tgi_hpu_kernels.loader.quantize import (
     WEIGHT_ONLY,
     QuantizationPlan,
@@ -114,7 +119,7 @@ def load_model(
         settings: model id, revision, dtype, hub token/cache, rope overrides,
             ``max_total_tokens`` (the rotary tables cover at least that many positions) and
             ``quantize`` (weight-only methods; a GGUF keeps its stored precision without it:
-            ``quantize.py``).
+            ``quantize.py``; a GPTQ or AWQ checkpoint its own: ``prequantized.py``).
         backend: the device's attention and elementwise kernels.
         device: where the weights live.
         group: this rank's tensor-parallel group: the model is built with its share of the
@@ -144,10 +149,17 @@ def load_model(
     with torch.device("meta"):
         model = cls(config, backend=backend, rotary=rotary).to(dtype)
     reader = open_gguf(source.path) if source.kind == "gguf" else None
+    full_config = read_hf_config(source.path) if reader is None else {}
+    num_shard = 1 if group is None else group.num_shard
+    prequantized = checkpoint_quantization(full_config, settings.quantize, num_shard)
     types = None if reader is None else {t.name: t.tensor_type.name for t in reader.tensors}
     weight_only = settings.quantize if settings.quantize in WEIGHT_ONLY else None
     keep_gguf = gguf_quantized and settings.quantize is None  # not under fp8 either
-    plan = plan_quantization(weight_only, types if keep_gguf else None)
+    plan = (
+        plan_quantization(weight_only, types if keep_gguf else None)
+        if prequantized is None
+        else prequantized_plan(prequantized)  # the checkpoint's own 4-bit codes
+    )
     if plan is not None:
         apply_plan(model, plan)  # before the hooks below, which attach to the layers
     if group is not None:
@@ -159,10 +171,12 @@ def load_model(
     if reader is not None:
         weights = iter_gguf_tensors(reader, raw)
     else:
-        full_config = read_hf_config(source.path)
         weights = language_model_weights(full_config, iter_safetensors(source.path))
     if group is not None:
         weights = shard_weights(weights, rank=group.rank, num_shard=group.num_shard)
-    model.load_weights(weights)
+    if prequantized is not None:
+        model.load_weights(prequantized_weights(prequantized, weights))
+    else:
+        model.load_weights(weights)
     model.eval()
     return LoadedModel(model=model, config=config, source=source, dtype=dtype, quantization=plan)

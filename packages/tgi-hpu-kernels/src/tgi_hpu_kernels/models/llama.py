@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,9 @@ from tgi_hpu_kernels.layers import (
     VocabEmbedding,
 )
 from tgi_hpu_kernels.models.config import ModelConfig, parse_common
+
+if TYPE_CHECKING:
+    from tgi_hpu_kernels.loader.prequantized import PackedRows
 
 __all__ = [
     "LlamaAttention",
@@ -252,9 +255,10 @@ class LlamaForCausalLM(nn.Module):
         return name, None
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, Tensor | PackedRows]]) -> None:
         """Copies checkpoint tensors (HF names) into the parameters, casting to their dtype;
-        a quantized layer (``QuantizedLinear``) quantizes its rows as they come.
+        a quantized layer (``QuantizedLinear``) quantizes its rows as they come, or takes a
+        pre-quantized checkpoint's ``PackedRows`` as they are.
 
         Raises:
             ValueError: an unknown name, a shape mismatch, or a parameter left unloaded.
@@ -277,7 +281,11 @@ class LlamaForCausalLM(nn.Module):
             if shard is not None:
                 sizes = self._shard_sizes(target.split(".")[-2])
                 start = sum(sizes[:shard])
-            if target in quantized:
+            if not isinstance(tensor, Tensor):  # PackedRows
+                if target not in quantized:
+                    raise ValueError(f"checkpoint tensor {name!r} is quantized, {target} is not")
+                quantized[target].load_packed(start, tensor.codes, tensor.scales, tensor.mins)
+            elif target in quantized:
                 quantized[target].load_rows(start, tensor)
             else:
                 self._copy_into(params, name, tensor, target=target, shard=shard, start=start)
