@@ -1,0 +1,387 @@
+"""Weight-only int8/int4 linears: the native kernels (AVX-512 here, AVX2 from a -march=haswell
+build) against ``x @ dequantize(w).T``, quantize/dequantize round trips, ``--quantize`` on a
+tiny Llama (dense head, logits close to the dense model's, sharded like unsharded), and a
+Q4_1/Q8_0 GGUF served quantized giving the logits of its dequantized self. Biases come in
+the activations' dtype, bf16 included, as the models pass them.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gguf
+import pytest
+import torch
+from torch import Tensor
+
+from tgi_core.contract import (
+    DecodeItem,
+    DecodeShape,
+    PrefillItem,
+    PrefillShape,
+    SamplingParams,
+    StepPlan,
+)
+from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.device.cpu import QUANTIZED_NATIVE_MAX_ROWS, CpuDevice
+from tgi_hpu_kernels.device.cpu_native import NativeKernels
+from tgi_hpu_kernels.device.native_build import build_library, find_compiler, load_library
+from tgi_hpu_kernels.layers import LMHead, QuantizedLinear, QuantizedLMHead, WeightQuantization
+from tgi_hpu_kernels.layers.quantized import QuantizedWeight, dequantize, quantize_rows
+from tgi_hpu_kernels.runner import TorchModelRunner
+from tgi_hpu_kernels.testing import save_tiny_checkpoint
+
+ROWS = (1, 3, 16, 33, 64, 200)  # both sides of QUANTIZED_NATIVE_MAX_ROWS
+SCHEMES = [
+    WeightQuantization(8),
+    WeightQuantization(8, 32),
+    WeightQuantization(8, 64),
+    WeightQuantization(4, 32),
+    WeightQuantization(4, 64),
+    WeightQuantization(4, 128),
+]
+REL = 1e-3
+PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+LinearFn = Callable[[Tensor, QuantizedWeight, Tensor | None], Tensor]
+MakeRunner = Callable[..., TorchModelRunner]
+TinyCheckpoint = Callable[[str], tuple[Path, torch.nn.Module]]
+
+needs_compiler = pytest.mark.skipif(find_compiler() is None, reason="no C compiler")
+
+
+def _random_layer(
+    scheme: WeightQuantization, gen: torch.Generator, remainder: int = 0
+) -> QuantizedLinear:
+    """Random sizes: ``remainder`` outputs past a multiple of 4 (the kernels' row blocks),
+    inputs a multiple of the group."""
+    unit = scheme.group or 32
+    inputs = unit * int(torch.randint(1, 512 // unit + 1, (), generator=gen))
+    outputs = 4 * int(torch.randint(1, 38, (), generator=gen)) + remainder
+    layer = QuantizedLinear(inputs, outputs, scheme)
+    layer.load_rows(0, torch.randn(outputs, inputs, generator=gen))
+    return layer
+
+
+def _check_fidelity(
+    linear: LinearFn, scheme: WeightQuantization, dtype: torch.dtype, bias: bool, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for i, rows in enumerate(ROWS):
+        layer = _random_layer(scheme, gen, remainder=i % 4)
+        weight = layer.quantized()
+        x = torch.randn(rows, weight.in_features, generator=gen).to(dtype)
+        b = torch.randn(weight.out_features, generator=gen).to(dtype) if bias else None
+        expected = x.float() @ dequantize(weight).T + (0 if b is None else b.float())
+        out = linear(x, weight, b)
+        assert out.dtype == dtype and out.shape == expected.shape
+        # bf16 outputs are rounded to bf16 (half an ulp: up to 2^-8 relative) on top of REL.
+        error = (out.float() - expected).abs() - (0 if dtype == torch.float32 else 2**-8) * (
+            expected.abs()
+        )
+        relative = float(error.max() / expected.abs().max())
+        assert relative <= REL, f"{scheme}, {rows} rows of {tuple(x.shape)}: {relative:.3g}"
+
+
+def test_the_row_counts_cover_both_cpu_paths() -> None:
+    assert min(ROWS) <= QUANTIZED_NATIVE_MAX_ROWS < max(ROWS)
+    assert sum(map(len, TOKENS)) > QUANTIZED_NATIVE_MAX_ROWS  # the model tests' prefill
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("scheme", SCHEMES, ids=str)
+def test_cpu_device_matches_dequantized_matmul(
+    scheme: WeightQuantization, dtype: torch.dtype, bias: bool
+) -> None:
+    device = CpuDevice()
+    if device._native is None:
+        pytest.skip("no native kernels")
+    _check_fidelity(device.quantized_linear, scheme, dtype, bias, seed=SCHEMES.index(scheme))
+
+
+@pytest.fixture(scope="module")
+def avx2_kernels(tmp_path_factory: pytest.TempPathFactory) -> NativeKernels:
+    """The library built for Haswell (the last -march wins): the AVX2+FMA path."""
+    compiler = find_compiler()
+    assert compiler is not None
+    folder = tmp_path_factory.mktemp("avx2")
+    path = build_library(compiler, extra_flags=("-march=haswell",), folder=folder)
+    return NativeKernels(load_library(path), path)
+
+
+@needs_compiler
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("scheme", SCHEMES, ids=str)
+def test_avx2_kernels_match_dequantized_matmul(
+    avx2_kernels: NativeKernels, scheme: WeightQuantization, bias: bool
+) -> None:
+    assert not avx2_kernels.fast_bf16  # Haswell has no AVX512-BF16: a different build
+    _check_fidelity(avx2_kernels.quantized_linear, scheme, torch.float32, bias, seed=7)
+    layer = _random_layer(scheme, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(
+        avx2_kernels.dequantize(layer.quantized()), dequantize(layer.quantized())
+    )
+
+
+def _round_trip(w: Tensor, bits: int, group: int) -> tuple[Tensor, Tensor]:
+    codes, scales, mins = quantize_rows(w, bits, group)
+    rows, inputs = w.shape
+    weight = QuantizedWeight(bits, group, inputs, rows, codes, scales, mins)
+    return dequantize(weight), scales
+
+
+@pytest.mark.parametrize("bits,group", [(8, 32), (8, 256), (4, 32), (4, 128)])
+def test_reconstruction_error_is_at_most_half_a_step(bits: int, group: int) -> None:
+    w = torch.randn(24, 256, generator=torch.Generator().manual_seed(bits + group)) * 3
+    restored, scales = _round_trip(w, bits, group)
+    step = scales.repeat_interleave(group, dim=1)
+    # Half a step, plus float32 rounding of the scale arithmetic.
+    assert ((restored - w).abs() <= step / 2 * (1 + 1e-5) + 1e-7).all()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_zero_and_constant_rows_come_back_exactly(bits: int) -> None:
+    w = torch.zeros(4, 64)
+    w[1], w[2], w[3] = 0.37, -2.5, 1e-30
+    restored, _ = _round_trip(w, bits, 32)
+    assert torch.isfinite(restored).all()
+    assert torch.equal(restored[0], w[0])
+    if bits == 4:  # w = 0 * 0 + min
+        assert torch.equal(restored, w)
+    else:  # (w / 127) * 127: exact to float32 rounding
+        torch.testing.assert_close(restored, w, rtol=2**-23, atol=0)
+
+
+def test_a_q4_1_grid_round_trips() -> None:
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randint(0, 16, (16, 8, 32), generator=gen)
+    q[:, :, 0], q[:, :, 1] = 0, 15  # each group spans the whole grid
+    d = torch.rand(16, 8, 1, generator=gen) / 5 + 0.01  # |w| < 5: float32 steps < 1e-6
+    m = torch.randn(16, 8, 1, generator=gen) / 2
+    w = (q * d + m).reshape(16, 256)
+    restored, _ = _round_trip(w, 4, 32)
+    torch.testing.assert_close(restored, w, rtol=0, atol=1e-6)
+    codes, _, _ = quantize_rows(w, 4, 32)  # llama.cpp's layout: byte j holds j and j + 16
+    assert torch.equal(codes.reshape(16, 8, 16) & 0x0F, q[:, :, :16].to(torch.uint8))
+    assert torch.equal(codes.reshape(16, 8, 16) >> 4, q[:, :, 16:].to(torch.uint8))
+
+
+# -- model level ---------------------------------------------------------------------------
+
+TOKENS = ([(7 * i + 5) % 120 + 3 for i in range(30)], [8, 2, 55, 19, 23, 90, 64, 12, 77])
+TABLES = [tuple(range(9)), (9, 10, 11)]
+NUM_DECODE = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose MLP (128, 64 per shard of 2) fits int4 groups of 64."""
+    folder = tmp_path_factory.mktemp("tiny-llama-q")
+    save_tiny_checkpoint(folder, "llama", intermediate_size=128)
+    return folder
+
+
+def _prefill(base: int, released: tuple[int, ...] = ()) -> StepPlan:
+    """A 39-token prefill (the dequantize + GEMM path); decode steps take the native kernel."""
+    items = tuple(
+        PrefillItem(
+            seq_id=base + i,
+            token_ids=tuple(t),
+            num_prompt_tokens=len(t),
+            num_cached_tokens=0,
+            block_table=table,
+            sampling=SamplingParams(),
+        )
+        for i, (t, table) in enumerate(zip(TOKENS, TABLES, strict=True))
+    )
+    return StepPlan(step_id=0, shape=PrefillShape(2, 32), prefill=items, released=released)
+
+
+def _decode(base: int, tokens: list[int], step: int) -> StepPlan:
+    items = tuple(
+        DecodeItem(seq_id=base + i, token_id=tok, position=len(t) + step, block_table=table)
+        for i, (t, table, tok) in enumerate(zip(TOKENS, TABLES, tokens, strict=True))
+    )
+    return StepPlan(step_id=step + 1, shape=DecodeShape(2, 8), decode=items)
+
+
+def _logits(runner: TorchModelRunner) -> Tensor:
+    """Teacher-forced: the prefill's logits, then those of each decode step."""
+    rows = [runner.compute_logits(_prefill(0))]
+    rows += [runner.compute_logits(_decode(0, [7 + step] * 2, step)) for step in range(NUM_DECODE)]
+    return torch.cat(rows)
+
+
+def _greedy(runner: TorchModelRunner) -> list[list[int]]:
+    out = runner.execute(_prefill(10, released=(0, 1)))
+    tokens = [[o.token_id for o in out.outputs]]
+    for step in range(NUM_DECODE):
+        out = runner.execute(_decode(10, tokens[-1], step))
+        tokens.append([o.token_id for o in out.outputs])
+    return tokens
+
+
+def _cosine(a: Tensor, b: Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
+
+
+def _modules(runner: TorchModelRunner) -> dict[str, torch.nn.Module]:
+    return dict(runner._model.named_modules())
+
+
+@pytest.mark.parametrize(
+    "method,scheme,min_cosine",
+    [
+        ("bitsandbytes", WeightQuantization(8), 0.99),
+        ("bitsandbytes-nf4", WeightQuantization(4, 64), 0.95),
+    ],
+)
+def test_quantize_serves_quantized_projections(
+    tiny_llama: Path,
+    make_runner: MakeRunner,
+    method: str,
+    scheme: WeightQuantization,
+    min_cosine: float,
+) -> None:
+    dense = _logits(make_runner(tiny_llama))
+    runner = make_runner(tiny_llama, quantize=method)
+    modules = _modules(runner)
+    for layer in range(2):
+        for name in PROJECTIONS:
+            module = modules[f"model.layers.{layer}.{name}"]
+            assert type(module) is QuantizedLinear and module.scheme == scheme, name
+    assert type(modules["lm_head"]) is LMHead
+    assert runner.weights == f"{scheme} projections, dense LM head (--quantize {method})"
+    assert _cosine(_logits(runner), dense) > min_cosine
+
+
+def test_quantize_refuses_inputs_that_do_not_fill_the_groups(
+    tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner
+) -> None:
+    folder, _ = tiny_checkpoint("llama")  # intermediate_size 96: not a multiple of 64
+    with pytest.raises(ValueError, match=r"^--quantize bitsandbytes-nf4: model\.layers\.0\.mlp"):
+        make_runner(folder, quantize="bitsandbytes-nf4")
+
+
+def test_bfloat16_biases_give_the_torch_op_logits(
+    tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner
+) -> None:
+    """Qwen2's q/k/v biases, bf16 like the model: the native kernels' path against torch's
+    dequantize + matmul."""
+    folder, _ = tiny_checkpoint("qwen2")
+    native, torch_ops = (
+        make_runner(folder, native=use, dtype="bfloat16", quantize="bitsandbytes")
+        for use in (True, False)
+    )
+    assert _cosine(_logits(native), _logits(torch_ops)) > 0.999
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow  # a second process, as in test_parallel.py (about 10 s)
+def test_two_quantized_shards_pick_the_unsharded_tokens(
+    tiny_llama: Path, make_runner: MakeRunner
+) -> None:
+    single = make_runner(tiny_llama, quantize="bitsandbytes")
+    expected_logits, expected_tokens = _logits(single), _greedy(single)
+    sharded = make_runner(
+        tiny_llama,
+        quantize="bitsandbytes",
+        num_shard=2,
+        master_addr="127.0.0.1",
+        master_port=_free_port(),
+    )
+    try:
+        down = _modules(sharded)["model.layers.0.mlp.down_proj"]
+        assert type(down) is QuantizedLinear and down.in_features == 64  # half of 128
+        # Not bit for bit: each rank's o_proj/down_proj rows get their own per-channel scale.
+        assert _cosine(_logits(sharded), expected_logits) > 0.999
+        assert _greedy(sharded) == expected_tokens
+    finally:
+        sharded.close()
+
+
+_GGUF_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def _write_quantized_gguf(path: Path, model: torch.nn.Module) -> None:
+    """Projections in Q4_1, the (tied) embedding in Q8_0, norms in F32; Q/K rows are left
+    unpermuted: both loads below read the same file the same way."""
+    config: Any = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(config.vocab_size)
+    for name, tensor in model.state_dict().items():
+        data = tensor.float().numpy()
+        if name == "model.embed_tokens.weight":
+            qtype, gguf_name = gguf.GGMLQuantizationType.Q8_0, "token_embd.weight"
+        elif name == "model.norm.weight":
+            qtype, gguf_name = gguf.GGMLQuantizationType.F32, "output_norm.weight"
+        elif name.startswith("model.layers."):
+            _, _, layer, rest = name.split(".", 3)
+            module = rest.rsplit(".", 1)[0]
+            quantized = "norm" not in module
+            qtype = gguf.GGMLQuantizationType.Q4_1 if quantized else gguf.GGMLQuantizationType.F32
+            gguf_name = f"blk.{layer}.{_GGUF_NAMES[module]}.weight"
+        else:
+            continue  # lm_head: tied, stored by llama.cpp as nothing
+        writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+class _DequantizingCpu(CpuDevice):
+    """This CPU with a quantized GGUF served dequantized (``gguf_quantized=False``)."""
+
+    def serves_gguf_quantized(self, dtype: torch.dtype) -> bool:
+        return False
+
+
+@needs_compiler  # the CPU serves a GGUF quantized with its native kernels only
+def test_a_q4_1_gguf_keeps_its_precision_and_its_logits(
+    tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "tiny-q4_1.gguf"
+    _write_quantized_gguf(path, tiny_checkpoint("llama")[1])
+    quantized = make_runner(path)  # float32 on this CPU: served quantized
+    settings = RunnerSettings(model_id=str(path), dtype="float32", block_size=4)
+    dense = TorchModelRunner(settings, device=_DequantizingCpu(), num_kv_blocks=64)
+    assert dense.weights == "dense" and quantized.weights.endswith(
+        "(GGUF Q4_1 projections, Q8_0 head)"
+    )
+    assert not any(isinstance(m, QuantizedLinear) for m in dense._model.modules())
+    modules = _modules(quantized)
+    for name in PROJECTIONS:
+        module = modules[f"model.layers.1.{name}"]
+        assert type(module) is QuantizedLinear and module.scheme == WeightQuantization(4, 32)
+    head = modules["lm_head"]
+    assert type(head) is QuantizedLMHead and head.scheme == WeightQuantization(8, 32)
+    expected, logits = _logits(dense), _logits(quantized)
+    relative = float((logits - expected).abs().max() / expected.abs().max())
+    assert relative < 1e-4
