@@ -279,8 +279,9 @@ class TorchModelRunner:
     @property
     def weights(self) -> str:
         """How the weights are held: dense, weight-only quantized (and why), or FP8."""
-        if self._quantization is not None:
-            return "FP8 projections (Intel Neural Compressor)"
+        if self._quantization is not None:  # Intel Neural Compressor's
+            origin = "QUANT_CONFIG" if self._settings.quant_config else "--quantize fp8"
+            return f"FP8 projections, dense LM head ({origin})"
         return "dense" if self._weights is None else self._weights.describe()
 
     @property

@@ -246,7 +246,7 @@ class CpuDevice(Device):
         # row with every input row. Prefill-sized ones: one dense float32 copy of the weights,
         # then a BLAS GEMM, which the per-row dots cannot match at hundreds of rows.
         native = self._native
-        if native is None or x.dim() != 2:
+        if native is None or x.dim() != 2 or not x.shape[0]:
             return super().quantized_linear(x, weight, bias)
         rows = x.float().contiguous()
         if x.shape[0] <= QUANTIZED_NATIVE_MAX_ROWS:

@@ -235,13 +235,14 @@ class NativeKernels:
         if x.dtype != torch.float32 or x.stride(1) != 1 or inputs != weight.in_features:
             raise ValueError("quantized_linear takes float32 rows of the weight's input size")
         out = torch.empty((rows, weight.out_features), dtype=torch.float32)
-        bias_ptr = None if bias is None else bias.float().contiguous().data_ptr()
+        # Held for the whole call: a converted bias is a temporary the kernel still reads.
+        bias32 = None if bias is None else bias.float().contiguous()
         mins = () if weight.mins is None else (weight.mins.data_ptr(),)
         self._call_quant(
             f"linear_q{weight.bits}_f32",
             *(x.data_ptr(), x.stride(0), weight.codes.data_ptr(), weight.scales.data_ptr()),
             *mins,
-            *(bias_ptr, out.data_ptr(), weight.out_features),
+            *(None if bias32 is None else bias32.data_ptr(), out.data_ptr(), weight.out_features),
             *(rows, weight.out_features, inputs, weight.group),
         )
         return out
