@@ -2,9 +2,9 @@
 answers the seed's question coherently, and /info says how its weights are held) or refused
 at start-up with one line and exit status 2.
 
-gptq and awq name pre-quantized checkpoints: on the GGUF they are refused by the shard with
-one line naming the mismatch (their serving is tested on tiny checkpoints of each layout in
-tgi-hpu-kernels' test_prequantized.py).
+gptq and awq name pre-quantized checkpoints: their loading, and the one-line refusal of a
+checkpoint that does not declare them, are tested on tiny checkpoints of each layout in
+tgi-hpu-kernels' test_prequantized.py.
 """
 
 from __future__ import annotations
