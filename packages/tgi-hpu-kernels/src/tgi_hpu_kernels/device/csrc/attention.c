@@ -42,14 +42,14 @@ static inline int64_t slot_of(const int32_t *table, int t, int block_size) {
 
 /* ---- portable path (float32, or bf16 where AVX512-BF16 is missing): one query row ------ */
 
-static inline __attribute__((always_inline)) void load_row(const void *src, int64_t offset,
-                                                           float *dst, int n, int is_bf16) {
-    if (is_bf16) {
-        const uint16_t *s = (const uint16_t *)src + offset;
-        for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
-    } else {
-        memcpy(dst, (const float *)src + offset, (size_t)n * sizeof(float));
-    }
+/* A row as float32: read in place (float32), or widened into `dst` (bf16). */
+static inline __attribute__((always_inline)) const float *load_row(const void *src,
+                                                                   int64_t offset, float *dst,
+                                                                   int n, int is_bf16) {
+    if (!is_bf16) return (const float *)src + offset;
+    const uint16_t *s = (const uint16_t *)src + offset;
+    for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
+    return dst;
 }
 
 /* Dot product with 16 independent partial sums (vectorizes, no long serial chain). */
@@ -64,28 +64,31 @@ static inline float dot(const float *a, const float *b, int n) {
     return part[0];
 }
 
-/* The query row at token `row` and position `pos` of sequence b, every head. */
+/* The query row at token `row` and position `pos` of sequence b, query heads [qh_lo, qh_hi)
+ * (those of a range of KV heads). */
 static inline __attribute__((always_inline)) void attend_row_portable(const Problem *pb, int b,
                                                                       int64_t row, int pos,
+                                                                      int qh_lo, int qh_hi,
                                                                       int is_bf16) {
     const int heads = pb->heads, head_dim = pb->head_dim, group = heads / pb->kv_heads;
     const int64_t slot_stride = (int64_t)pb->kv_heads * head_dim;
     const int32_t *table = pb->tables + b * pb->table_stride;
     const int start = (pb->window > 0 && pos + 1 > pb->window) ? pos + 1 - pb->window : 0;
-    float qf[MAX_ROW], acc[MAX_ROW], kv_row[MAX_HEAD_DIM];
+    float q_buffer[MAX_ROW], acc[MAX_ROW], kv_row[MAX_HEAD_DIM];
     float scores[CHUNK], row_max[MAX_HEADS], row_sum[MAX_HEADS];
-    load_row(pb->q, row * pb->q_stride, qf, heads * head_dim, is_bf16);
+    const float *qf = load_row(pb->q, row * pb->q_stride, q_buffer, heads * head_dim, is_bf16);
     memset(acc, 0, sizeof(float) * (size_t)(heads * head_dim));
-    for (int qh = 0; qh < heads; qh++) row_max[qh] = -INFINITY, row_sum[qh] = 0.0f;
+    for (int qh = qh_lo; qh < qh_hi; qh++) row_max[qh] = -INFINITY, row_sum[qh] = 0.0f;
     for (int c0 = start; c0 <= pos; c0 += CHUNK) {
         const int count = pos + 1 - c0 < CHUNK ? pos + 1 - c0 : CHUNK;
-        for (int qh = 0; qh < heads; qh++) {
+        for (int qh = qh_lo; qh < qh_hi; qh++) {
             const int64_t head_offset = (int64_t)(qh / group) * head_dim;
             float m = row_max[qh];
             for (int j = 0; j < count; j++) {
                 const int64_t slot = slot_of(table, c0 + j, pb->block_size);
-                load_row(pb->k_cache, slot * slot_stride + head_offset, kv_row, head_dim, is_bf16);
-                scores[j] = dot(qf + qh * head_dim, kv_row, head_dim) * pb->scale;
+                const float *k = load_row(pb->k_cache, slot * slot_stride + head_offset, kv_row,
+                                          head_dim, is_bf16);
+                scores[j] = dot(qf + qh * head_dim, k, head_dim) * pb->scale;
                 m = scores[j] > m ? scores[j] : m;
             }
             const float correction = exp_approx(row_max[qh] - m);
@@ -97,12 +100,13 @@ static inline __attribute__((always_inline)) void attend_row_portable(const Prob
             for (int d = 0; d < head_dim; d++) a[d] *= correction;
             for (int j = 0; j < count; j++) {
                 const int64_t slot = slot_of(table, c0 + j, pb->block_size);
-                load_row(pb->v_cache, slot * slot_stride + head_offset, kv_row, head_dim, is_bf16);
-                for (int d = 0; d < head_dim; d++) a[d] += scores[j] * kv_row[d];
+                const float *v = load_row(pb->v_cache, slot * slot_stride + head_offset, kv_row,
+                                          head_dim, is_bf16);
+                for (int d = 0; d < head_dim; d++) a[d] += scores[j] * v[d];
             }
         }
     }
-    for (int i = 0; i < heads * head_dim; i++) {
+    for (int i = qh_lo * head_dim; i < qh_hi * head_dim; i++) {
         const float value = acc[i] / row_sum[i / head_dim];
         if (is_bf16)
             ((uint16_t *)pb->out)[row * heads * head_dim + i] = f32_to_bf16(value);
@@ -296,13 +300,16 @@ static void run_item(const Problem *pb, Item item, int tile, int split_heads, in
         return;
     }
 #endif
-    (void)fast, (void)tile, (void)split_heads; /* portable items: one query row, all heads */
+    (void)fast, (void)tile; /* portable items: one query row, all heads or one KV head's */
     const int64_t row = pb->query_starts[item.b] + item.q0;
     const int pos = pb->seq_lens[item.b] - q_len + item.q0;
+    const int group = pb->heads / pb->kv_heads;
+    const int qh_lo = split_heads ? item.h * group : 0;
+    const int qh_hi = split_heads ? qh_lo + group : pb->heads;
     if (is_bf16)
-        attend_row_portable(pb, item.b, row, pos, 1);
+        attend_row_portable(pb, item.b, row, pos, qh_lo, qh_hi, 1);
     else
-        attend_row_portable(pb, item.b, row, pos, 0);
+        attend_row_portable(pb, item.b, row, pos, qh_lo, qh_hi, 0);
 }
 
 /* Stores this step's keys and values at their slots (before any query reads them). */
@@ -333,7 +340,7 @@ static int paged_attention(const Problem *pb, int n, int64_t new_rows, int num_t
     int64_t num_tiles = 0;
     for (int b = 0; b < n; b++) num_tiles += (pb->query_lens[b] + tile - 1) / tile;
     /* Too few tiles to keep every thread busy (small decode batches): one item per KV head. */
-    const int split_heads = fast && num_tiles < 2 * num_threads;
+    const int split_heads = num_tiles < 2 * num_threads;
     const int per_tile = split_heads ? kv_heads : 1;
     Item *items = malloc(sizeof(Item) * (size_t)(num_tiles * per_tile + 1));
     if (!items) return -2;
