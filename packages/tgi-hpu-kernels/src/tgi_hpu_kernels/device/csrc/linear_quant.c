@@ -9,8 +9,9 @@
  *         llama.cpp's Q4_0/Q4_1 blocks: byte j holds weight j in its low nibble and weight
  *         j + 16 in its high one; one (scale, min) pair per group of `group` weights (a
  *         multiple of 32) of a row: w = q * scale + min, q in [0, 15].
- * Four weight rows are dequantized to float32 at a time (each weight read from memory once)
- * and dotted with every input row from L1/L2; 16 independent lanes per dot product so the
+ * One input row (single-stream decode): four weight rows are dequantized in registers and
+ * dotted with it. More rows: four weight rows are dequantized to float32 at a time into an L1
+ * buffer (each weight read from memory once) and dotted with every input row from L1/L2; 16 independent lanes per dot product so the
  * compiler vectorizes them for whatever -march=native offers (AVX2 or AVX-512), and each
  * output is summed in a fixed order whatever the batch (batch invariance). Plain C: one
  * source serves every x86 (and other) CPU the library is built on.
@@ -37,6 +38,7 @@ typedef __m512 vec_t;
 #define vstore(p, v) _mm512_storeu_ps(p, v)
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vmul(a, b) _mm512_mul_ps(a, b)
+#define vadd(a, b) _mm512_add_ps(a, b)
 #define vset1(x) _mm512_set1_ps(x)
 static inline vec_t bytes_to_vec(const uint8_t *b) { /* 16 unsigned bytes -> 16 floats */
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b)));
@@ -55,6 +57,7 @@ typedef __m256 vec_t;
 #define vstore(p, v) _mm256_storeu_ps(p, v)
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vmul(a, b) _mm256_mul_ps(a, b)
+#define vadd(a, b) _mm256_add_ps(a, b)
 #define vset1(x) _mm256_set1_ps(x)
 static inline vec_t bytes_to_vec(const uint8_t *b) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b)));
@@ -77,6 +80,10 @@ static inline void vstore(float *p, vec_t v) { memcpy(p, v.v, sizeof v.v); }
 static inline vec_t vfma(vec_t a, vec_t b, vec_t c) {
     for (int l = 0; l < VEC; l++) c.v[l] += a.v[l] * b.v[l];
     return c;
+}
+static inline vec_t vadd(vec_t a, vec_t b) {
+    for (int l = 0; l < VEC; l++) a.v[l] += b.v[l];
+    return a;
 }
 static inline vec_t vmul(vec_t a, vec_t b) {
     for (int l = 0; l < VEC; l++) a.v[l] *= b.v[l];
@@ -135,6 +142,71 @@ static inline __attribute__((always_inline)) void dequant_q8_row(const int8_t *q
     }
 }
 
+/* One 32-weight int4 block dequantized straight into registers (s, m: its scale and min). */
+static inline __attribute__((always_inline)) void q4_block(const uint8_t *qs, vec_t s, vec_t m,
+                                                           vec_t w[32 / VEC]) {
+#if defined(__AVX512F__)
+    const __m128i b = _mm_loadu_si128((const __m128i *)qs), low4 = _mm_set1_epi8(0x0f);
+    const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+    w[0] = vfma(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), s, m);
+    w[1] = vfma(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), s, m);
+#elif defined(__AVX2__) && defined(__FMA__)
+    const __m128i b = _mm_loadu_si128((const __m128i *)qs), low4 = _mm_set1_epi8(0x0f);
+    const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+    w[0] = vfma(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), s, m);
+    w[1] = vfma(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), s, m);
+    w[2] = vfma(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), s, m);
+    w[3] = vfma(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), s, m);
+#else
+    uint8_t codes[32];
+    split_nibbles(qs, codes);
+    for (int i = 0; i < 32 / VEC; i++) w[i] = vfma(bytes_to_vec(codes + i * VEC), s, m);
+#endif
+}
+
+/* One 32-weight int8 block dequantized straight into registers (s: its scale). */
+static inline __attribute__((always_inline)) void q8_block(const int8_t *qs, vec_t s,
+                                                           vec_t w[32 / VEC]) {
+    for (int i = 0; i < 32 / VEC; i++) w[i] = vmul(sbytes_to_vec(qs + i * VEC), s);
+}
+
+/* One input row (single-stream decode): ROWS_PER_BLOCK int4 or int8 rows dequantized in
+ * registers and dotted at once, nothing staged in memory. */
+static inline __attribute__((always_inline)) void block_rows_x1(
+    const int bits, const void *q, const float *scales, const float *mins, int o0, int count,
+    const float *x, int inputs, int group, const float *bias, float *y) {
+    const int groups = inputs / group;
+    const int64_t row_bytes = bits == 4 ? inputs / 2 : inputs, block_bytes = bits == 4 ? 16 : 32;
+    const uint8_t *qr[ROWS_PER_BLOCK];
+    const float *sr[ROWS_PER_BLOCK], *mr[ROWS_PER_BLOCK];
+    vec_t acc[ROWS_PER_BLOCK][32 / VEC];
+    for (int r = 0; r < ROWS_PER_BLOCK; r++) {
+        const int o = o0 + (r < count ? r : count - 1);
+        qr[r] = (const uint8_t *)q + (int64_t)o * row_bytes;
+        sr[r] = scales + (int64_t)o * groups;
+        mr[r] = mins ? mins + (int64_t)o * groups : NULL;
+        for (int i = 0; i < 32 / VEC; i++) acc[r][i] = vzero();
+    }
+    for (int b = 0; b < inputs / 32; b++) {
+        const int g = b * 32 / group;
+        vec_t xv[32 / VEC];
+        for (int i = 0; i < 32 / VEC; i++) xv[i] = vload(x + (int64_t)b * 32 + i * VEC);
+        for (int r = 0; r < ROWS_PER_BLOCK; r++) {
+            vec_t w[32 / VEC];
+            if (bits == 4)
+                q4_block(qr[r] + b * block_bytes, vset1(sr[r][g]), vset1(mr[r][g]), w);
+            else
+                q8_block((const int8_t *)qr[r] + b * block_bytes, vset1(sr[r][g]), w);
+            for (int i = 0; i < 32 / VEC; i++) acc[r][i] = vfma(w[i], xv[i], acc[r][i]);
+        }
+    }
+    for (int r = 0; r < count; r++) {
+        vec_t total = acc[r][0];
+        for (int i = 1; i < 32 / VEC; i++) total = vadd(total, acc[r][i]);
+        y[o0 + r] = vsum(total) + (bias ? bias[o0 + r] : 0.0f);
+    }
+}
+
 /* Dots ROWS_PER_BLOCK dequantized weight rows (w, [4, inputs]) with every input row, M_BLOCK
  * input rows at a time so each weight vector loaded serves several of them. */
 static inline __attribute__((always_inline)) void dot_block(const float *w, int count,
@@ -183,6 +255,10 @@ int linear_q4_f32(const float *x, int64_t x_stride, const uint8_t *q, const floa
         float w[ROWS_PER_BLOCK * MAX_INPUTS] __attribute__((aligned(64)));
         const int o0 = ob * ROWS_PER_BLOCK;
         const int count = outputs - o0 < ROWS_PER_BLOCK ? outputs - o0 : ROWS_PER_BLOCK;
+        if (rows == 1) {
+            block_rows_x1(4, q, scales, mins, o0, count, x, inputs, group, bias, y);
+            continue;
+        }
         for (int r = 0; r < ROWS_PER_BLOCK; r++) {
             const int o = o0 + (r < count ? r : count - 1);
             dequant_q4_row(q + (int64_t)o * (inputs / 2), scales + (int64_t)o * groups,
@@ -204,6 +280,10 @@ int linear_q8_f32(const float *x, int64_t x_stride, const int8_t *q, const float
         float w[ROWS_PER_BLOCK * MAX_INPUTS] __attribute__((aligned(64)));
         const int o0 = ob * ROWS_PER_BLOCK;
         const int count = outputs - o0 < ROWS_PER_BLOCK ? outputs - o0 : ROWS_PER_BLOCK;
+        if (rows == 1) {
+            block_rows_x1(8, q, scales, NULL, o0, count, x, inputs, group, bias, y);
+            continue;
+        }
         for (int r = 0; r < ROWS_PER_BLOCK; r++) {
             const int o = o0 + (r < count ? r : count - 1);
             dequant_q8_row(q + (int64_t)o * inputs, scales + (int64_t)o * groups, inputs, group,
