@@ -19,7 +19,7 @@ LAUNCHER = str(Path(sys.executable).with_name("text-generation-launcher"))
 DEFAULTS = Settings.from_sources([], {})
 REFUSED = [spec for spec in FIELDS if spec.status.kind == "refused"]
 # A non-default value for each refused setting, as a user would type it.
-VALUES = {"cuda_graphs": "0", "speculate": "2", "otlp_service_name": "mine", "quantize": "fp8"}
+VALUES = {"speculate": "2", "otlp_service_name": "mine"}
 # --ngrok alone is TGI's own error first: it needs its token and edge.
 EXTRA = {"ngrok": {"NGROK_AUTHTOKEN": "token", "NGROK_EDGE": "edge"}}
 
@@ -61,7 +61,7 @@ def test_defaults_of_refused_settings_are_accepted() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         done = run(
-            ["--prometheus-port", str(port), "--cuda-graphs", "1,2,4,8,16,32"],
+            ["--prometheus-port", str(port)],
             {"OTLP_SERVICE_NAME": "text-generation-inference.router", "TRUST_REMOTE_CODE": "false"},
         )
     assert done.returncode == 1  # past the settings: the busy port stops it

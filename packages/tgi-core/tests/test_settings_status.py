@@ -159,7 +159,6 @@ def test_the_refused_and_moot_are_the_ones_we_mean() -> None:
         "lora_adapters",
         "weights_cache_override",
         "shard_uds_path",
-        "cuda_graphs",
         "ngrok",
         "ngrok_authtoken",
         "ngrok_edge",

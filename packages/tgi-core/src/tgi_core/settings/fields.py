@@ -202,11 +202,8 @@ _HARDWARE_FIELDS = (
         HARDWARE,
         INT_LIST,
         (1, 2, 4, 8, 16, 32),
-        "Batch sizes to capture CUDA graphs for; 0 disables (CUDA only).",
-        status=refused(
-            f"{_NOT_YET}; CUDA decode graphs are captured for every batch bucket, and "
-            "ENABLE_HPU_GRAPH=false turns them off"
-        ),
+        "Batch sizes to capture CUDA graphs for; 0 disables them (CUDA only: a decode "
+        "batch of another size runs eagerly; ENABLE_HPU_GRAPH=false also disables them).",
     ),
     Spec(
         "disable_custom_kernels",

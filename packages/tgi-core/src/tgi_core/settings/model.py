@@ -254,6 +254,7 @@ class Settings:
             warmup_enabled=self.warmup_enabled,
             quant_config=self.quant_config,
             quantize=self.quantize,
+            cuda_graphs=self.cuda_graphs,
             kv_cache_dtype=self.kv_cache_dtype,
             hf_token=self.hf_token,
             huggingface_hub_cache=self.huggingface_hub_cache,

@@ -89,6 +89,8 @@ class RunnerSettings:
     master_addr: str = "localhost"
     master_port: int = 29500
     num_threads: int | None = None
+    # CUDA: decode batch sizes captured as graphs (TGI's --cuda-graphs); 0 or () none.
+    cuda_graphs: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     rope_scaling: str | None = None
     rope_factor: float | None = None
     profile: ProfileSettings = field(default_factory=ProfileSettings)

@@ -24,7 +24,7 @@ def select_device(name: str = "auto", settings: RunnerSettings | None = None) ->
         name: the device; "auto" picks hpu > cuda > cpu by availability.
         settings: the runner settings whose device switches the backend honours
             (ENABLE_HPU_GRAPH, LIMIT_HPU_GRAPH, USE_FLASH_ATTENTION, FLASH_ATTENTION_RECOMPUTE,
-            num_threads, disable_custom_kernels); defaults when None.
+            num_threads, disable_custom_kernels, cuda_graphs); defaults when None.
 
     Raises:
         ValueError: an unknown name, or a device that is not available here.
@@ -46,7 +46,9 @@ def select_device(name: str = "auto", settings: RunnerSettings | None = None) ->
         from tgi_hpu_kernels.device.cuda import CudaDevice
 
         return CudaDevice(
-            index=settings.rank % torch.cuda.device_count(), graphs=settings.enable_hpu_graph
+            index=settings.rank % torch.cuda.device_count(),
+            graphs=settings.enable_hpu_graph,
+            graph_batch_sizes=settings.cuda_graphs,
         )
     if name == "hpu":
         from tgi_hpu_kernels.device.hpu import HpuDevice, hpu_available

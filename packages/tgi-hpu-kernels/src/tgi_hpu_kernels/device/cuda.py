@@ -1,10 +1,12 @@
 """The CUDA backend: flash/efficient SDPA, CUDA graphs for decode, NCCL for collectives.
 
 Decode steps are captured as one CUDA graph per bucket shape (on first use, i.e. during
-warmup) and replayed with the step's inputs copied into the captured buffers. Prefill runs
-eagerly: its shapes are many and its kernels large. ENABLE_HPU_GRAPH switches the decode
-graphs off here too; LIMIT_HPU_GRAPH, USE_FLASH_ATTENTION and FLASH_ATTENTION_RECOMPUTE are
-Gaudi switches with no meaning on CUDA (torch picks the flash kernel when it can).
+warmup) and replayed with the step's inputs copied into the captured buffers, for the batch
+sizes of ``--cuda-graphs`` (TGI's default 1, 2, 4, 8, 16, 32; ``0`` captures none); a decode
+batch of another size, and every prefill, runs eagerly (prefill shapes are many and their
+kernels large). ENABLE_HPU_GRAPH=false switches the decode graphs off here too;
+LIMIT_HPU_GRAPH, USE_FLASH_ATTENTION and FLASH_ATTENTION_RECOMPUTE are Gaudi switches with no
+meaning on CUDA (torch picks the flash kernel when it can).
 """
 
 from __future__ import annotations
@@ -53,11 +55,20 @@ class _Captured:
 
 
 class CudaGraphStepRunner:
-    """Captures one CUDA graph per decode input shape and replays it; prefill runs eagerly."""
+    """Captures one CUDA graph per decode input shape whose batch (rows) is one of
+    ``batch_sizes`` and replays it; other decode batches and prefill run eagerly."""
 
-    def __init__(self, module: nn.Module, *, enabled: bool) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        enabled: bool,
+        batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
+    ) -> None:
         self._module = module
-        self._enabled = enabled
+        # --cuda-graphs 0, or ENABLE_HPU_GRAPH=false: nothing is captured
+        captures = enabled and 0 not in batch_sizes
+        self._batch_sizes = frozenset(batch_sizes) if captures else frozenset()
         self._graphs: dict[Any, _Captured] = {}
         self._pool: Any = None
 
@@ -66,7 +77,8 @@ class CudaGraphStepRunner:
         return len(self._graphs)
 
     def __call__(self, args: tuple[Any, ...], *, is_prefill: bool) -> Tensor:
-        if is_prefill or not self._enabled:
+        rows = args[0].shape[0]  # input_ids: one row per sequence in a decode step
+        if is_prefill or rows not in self._batch_sizes:
             hidden: Tensor = self._module(*args)
             return hidden
         key = _shape_key(args)
@@ -99,9 +111,16 @@ class CudaDevice(Device):
     collective_backend = "nccl"
     needs_static_shapes = True
 
-    def __init__(self, *, index: int = 0, graphs: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        index: int = 0,
+        graphs: bool = True,
+        graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
+    ) -> None:
         super().__init__(torch.device("cuda", index))
         self._graphs = graphs
+        self._graph_batch_sizes = graph_batch_sizes
         torch.cuda.set_device(self.torch_device)
 
     def synchronize(self) -> None:
@@ -115,7 +134,9 @@ class CudaDevice(Device):
         torch.cuda.empty_cache()
 
     def step_runner(self, module: nn.Module) -> StepRunner:
-        return CudaGraphStepRunner(module, enabled=self._graphs)
+        return CudaGraphStepRunner(
+            module, enabled=self._graphs, batch_sizes=self._graph_batch_sizes
+        )
 
     def profiler_activities(self) -> list[torch.profiler.ProfilerActivity]:
         return [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
