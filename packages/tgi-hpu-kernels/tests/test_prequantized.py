@@ -15,13 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tgi_core.contract import PrefillItem, PrefillShape, SamplingParams, StepPlan
+from tgi_core.contract import StepPlan
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device.cpu import CpuDevice
 from tgi_hpu_kernels.layers import LMHead, QuantizedLinear, WeightQuantization
 from tgi_hpu_kernels.layers.quantized import dequantize, quantize_rows
 from tgi_hpu_kernels.loader import load_model
 from tgi_hpu_kernels.loader.prequantized import checkpoint_quantization
+from tgi_hpu_kernels.testing import prefill_plan
 
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # AutoAWQ's WQLinear_GEMM.from_linear: nibble i -> output
 # our layer -> the checkpoint projections whose rows it stacks, in order
@@ -136,18 +137,7 @@ def _write_checkpoint(
 
 
 def _plan() -> StepPlan:
-    items = tuple(
-        PrefillItem(
-            seq_id=i,
-            token_ids=tuple(prompt),
-            num_prompt_tokens=len(prompt),
-            num_cached_tokens=0,
-            block_table=tuple(range(4 * i, 4 * i + 4)),
-            sampling=SamplingParams(),
-        )
-        for i, prompt in enumerate(PROMPTS)
-    )
-    return StepPlan(step_id=0, prefill=items, shape=PrefillShape(batch_size=2, seq_len=8))
+    return prefill_plan(PROMPTS, blocks_per_sequence=4, batch_size=2, seq_len=8)
 
 
 def _load(folder: Path, **settings: Any) -> torch.nn.Module:

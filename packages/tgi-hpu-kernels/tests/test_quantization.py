@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tgi_core.contract import PrefillItem, PrefillShape, SamplingParams, StepPlan
+from tgi_core.contract import StepPlan
 from tgi_hpu_kernels.quantization import read_quant_config
+from tgi_hpu_kernels.testing import prefill_plan
 
 pytest.importorskip("neural_compressor.torch.quantization")
 
@@ -40,18 +41,7 @@ def _write_config(folder: Path, mode: str, **extra: object) -> Path:
 
 
 def _plan() -> StepPlan:
-    items = tuple(
-        PrefillItem(
-            seq_id=i,
-            token_ids=tuple(prompt),
-            num_prompt_tokens=len(prompt),
-            num_cached_tokens=0,
-            block_table=tuple(range(4 * i, 4 * i + 4)),
-            sampling=SamplingParams(),
-        )
-        for i, prompt in enumerate(PROMPTS)
-    )
-    return StepPlan(step_id=0, prefill=items, shape=PrefillShape(batch_size=4, seq_len=16))
+    return prefill_plan(PROMPTS, blocks_per_sequence=4, batch_size=4, seq_len=16)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -11,6 +11,7 @@ KL, top-1 agreement and perplexity of a model's logits against a reference's.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from tgi_core.contract import StepPlan
     from tgi_hpu_kernels.runner import TorchModelRunner
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "Family",
     "TokenScore",
     "english_text",
+    "prefill_plan",
     "save_tiny_checkpoint",
     "teacher_forced_logits",
 ]
@@ -218,3 +221,25 @@ def teacher_forced_logits(
         plan = StepPlan(step_id=position, shape=DecodeShape(len(sequences), per_seq), decode=decode)
         steps.append(runner.compute_logits(plan).unsqueeze(1))
     return torch.cat(steps, dim=1)
+
+
+def prefill_plan(
+    prompts: Sequence[Sequence[int]], *, blocks_per_sequence: int, batch_size: int, seq_len: int
+) -> StepPlan:
+    """One prefill step of ``prompts`` (greedy), sequence ``i`` in KV blocks
+    ``[i * blocks_per_sequence, (i + 1) * blocks_per_sequence)``, at bucket shape
+    ``(batch_size, seq_len)``."""
+    from tgi_core.contract import PrefillItem, PrefillShape, SamplingParams, StepPlan
+
+    items = tuple(
+        PrefillItem(
+            seq_id=i,
+            token_ids=tuple(prompt),
+            num_prompt_tokens=len(prompt),
+            num_cached_tokens=0,
+            block_table=tuple(range(blocks_per_sequence * i, blocks_per_sequence * (i + 1))),
+            sampling=SamplingParams(),
+        )
+        for i, prompt in enumerate(prompts)
+    )
+    return StepPlan(step_id=0, prefill=items, shape=PrefillShape(batch_size, seq_len))

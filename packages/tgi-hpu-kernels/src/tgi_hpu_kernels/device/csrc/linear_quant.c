@@ -244,54 +244,51 @@ static int check(int rows, int outputs, int inputs, int group) {
     return 0;
 }
 
-int linear_q4_f32(const float *x, int64_t x_stride, const uint8_t *q, const float *scales,
-                  const float *mins, const float *bias, float *y, int64_t y_stride, int rows,
-                  int outputs, int inputs, int group, int num_threads) {
+/* y = x @ dequant(q)^T (+ bias) for int4 (bits 4, with mins) or int8 (bits 8) codes. */
+static int linear_quant(const int bits, const float *x, int64_t x_stride, const void *q,
+                        const float *scales, const float *mins, const float *bias, float *y,
+                        int64_t y_stride, int rows, int outputs, int inputs, int group,
+                        int num_threads) {
     if (check(rows, outputs, inputs, group) || !group) return -1;
     const int blocks = (outputs + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
     const int groups = inputs / group;
+    const int64_t row_bytes = bits == 4 ? inputs / 2 : inputs;
 #pragma omp parallel for schedule(static) num_threads(num_threads)
     for (int ob = 0; ob < blocks; ob++) {
         float w[ROWS_PER_BLOCK * MAX_INPUTS] __attribute__((aligned(64)));
         const int o0 = ob * ROWS_PER_BLOCK;
         const int count = outputs - o0 < ROWS_PER_BLOCK ? outputs - o0 : ROWS_PER_BLOCK;
         if (rows == 1) {
-            block_rows_x1(4, q, scales, mins, o0, count, x, inputs, group, bias, y);
+            block_rows_x1(bits, q, scales, mins, o0, count, x, inputs, group, bias, y);
             continue;
         }
         for (int r = 0; r < ROWS_PER_BLOCK; r++) {
             const int o = o0 + (r < count ? r : count - 1);
-            dequant_q4_row(q + (int64_t)o * (inputs / 2), scales + (int64_t)o * groups,
-                           mins + (int64_t)o * groups, inputs, group, w + (int64_t)r * inputs);
+            const uint8_t *codes = (const uint8_t *)q + (int64_t)o * row_bytes;
+            const float *s = scales + (int64_t)o * groups;
+            if (bits == 4)
+                dequant_q4_row(codes, s, mins + (int64_t)o * groups, inputs, group,
+                               w + (int64_t)r * inputs);
+            else
+                dequant_q8_row((const int8_t *)codes, s, inputs, group, w + (int64_t)r * inputs);
         }
         dot_block(w, count, x, x_stride, rows, inputs, bias, o0, y, y_stride);
     }
     return 0;
 }
 
+int linear_q4_f32(const float *x, int64_t x_stride, const uint8_t *q, const float *scales,
+                  const float *mins, const float *bias, float *y, int64_t y_stride, int rows,
+                  int outputs, int inputs, int group, int num_threads) {
+    return linear_quant(4, x, x_stride, q, scales, mins, bias, y, y_stride, rows, outputs, inputs,
+                        group, num_threads);
+}
+
 int linear_q8_f32(const float *x, int64_t x_stride, const int8_t *q, const float *scales,
                   const float *bias, float *y, int64_t y_stride, int rows, int outputs,
                   int inputs, int group, int num_threads) {
-    if (check(rows, outputs, inputs, group) || !group) return -1;
-    const int blocks = (outputs + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    const int groups = inputs / group;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int ob = 0; ob < blocks; ob++) {
-        float w[ROWS_PER_BLOCK * MAX_INPUTS] __attribute__((aligned(64)));
-        const int o0 = ob * ROWS_PER_BLOCK;
-        const int count = outputs - o0 < ROWS_PER_BLOCK ? outputs - o0 : ROWS_PER_BLOCK;
-        if (rows == 1) {
-            block_rows_x1(8, q, scales, NULL, o0, count, x, inputs, group, bias, y);
-            continue;
-        }
-        for (int r = 0; r < ROWS_PER_BLOCK; r++) {
-            const int o = o0 + (r < count ? r : count - 1);
-            dequant_q8_row(q + (int64_t)o * inputs, scales + (int64_t)o * groups, inputs, group,
-                           w + (int64_t)r * inputs);
-        }
-        dot_block(w, count, x, x_stride, rows, inputs, bias, o0, y, y_stride);
-    }
-    return 0;
+    return linear_quant(8, x, x_stride, q, scales, NULL, bias, y, y_stride, rows, outputs, inputs,
+                        group, num_threads);
 }
 
 int dequantize_q4_f32(const uint8_t *q, const float *scales, const float *mins, float *out,
