@@ -8,10 +8,11 @@ The LM head stays dense under these, as in TGI.
 
 A GGUF checkpoint without ``--quantize`` keeps its stored precision: 4-bit blocks (Q4_0,
 Q4_1, Q4_K) become int4 in groups of 32, 5- to 8-bit ones (Q5_0, Q5_1, Q5_K, Q6_K, Q8_0) int8
-in groups of 32, each judged on the decoder's projections, and the LM head (``output``, or the
-tied ``token_embd``) likewise. The weights arrive dequantized and are quantized again per group
-of 32 from each group's min and max: Q4_1 and Q8_0 blocks come back exactly (to float32
-rounding); Q4_0's and the K-quants' grids are re-fitted, close but not bit for bit.
+in groups of 32 (a file mixing both, such as Q4_K_M, is int8 throughout), and the LM head
+(``output``, or the tied ``token_embd``) likewise. The weights arrive dequantized and are
+quantized again per group of 32 from each group's min and max: Q4_1 and Q8_0 blocks come
+back exactly (to float32 rounding); Q4_0's and the K-quants' grids are re-fitted, close but
+not bit for bit.
 """
 
 from __future__ import annotations
@@ -85,20 +86,23 @@ def plan_quantization(
 
 
 def gguf_plan(types: Mapping[str, str]) -> QuantizationPlan | None:
-    """The stored precision of a GGUF's projections and head (the most common projection
-    type decides; a dense one keeps the layers dense)."""
-    projections = [kind for name, kind in types.items() if name.split(".")[-2] in _PROJECTIONS]
-    common = max(set(projections), key=projections.count) if projections else None
+    """The stored precision of a GGUF's projections and head. Mixed files (Q4_K_M keeps some
+    tensors in Q6_K) take the widest type's scheme for every projection, so no tensor loses
+    precision; a dense (F16/F32) projection keeps them all dense."""
+    kinds = {kind for name, kind in types.items() if name.split(".")[-2] in _PROJECTIONS}
     head_type = types.get("output.weight", types.get("token_embd.weight"))
-    linears, head = _gguf_scheme(common), _gguf_scheme(head_type)
+    linears, head = _gguf_scheme(kinds), _gguf_scheme({head_type} if head_type else set())
     if linears is None and head is None:
         return None
-    return QuantizationPlan(linears, head, f"GGUF {common} projections, {head_type} head")
+    stored = "/".join(sorted(kinds))
+    return QuantizationPlan(linears, head, f"GGUF {stored} projections, {head_type} head")
 
 
-def _gguf_scheme(kind: str | None) -> WeightQuantization | None:
-    bits = _GGUF_BITS.get(kind or "")
-    return None if bits is None else WeightQuantization(4 if bits == 4 else 8, _GGUF_GROUP)
+def _gguf_scheme(kinds: set[str]) -> WeightQuantization | None:
+    bits = [_GGUF_BITS.get(kind) for kind in kinds]
+    if not bits or None in bits:
+        return None
+    return WeightQuantization(4 if max(b or 0 for b in bits) == 4 else 8, _GGUF_GROUP)
 
 
 def apply_plan(model: nn.Module, plan: QuantizationPlan) -> int:
