@@ -43,7 +43,9 @@ class HeartbeatWriter:
         self.beat()
 
     def beat(self) -> None:
-        _RECORD.pack_into(self._map, 0, time.monotonic(), self._step_timeout_s)
+        # One 16-byte copy: struct.pack_into would first zero the record in place, and a
+        # reader in that instant would see a beat at time 0, i.e. an engine hung for ever.
+        self._map[: _RECORD.size] = _RECORD.pack(time.monotonic(), self._step_timeout_s)
 
     def close(self) -> None:
         self._map.close()
@@ -73,12 +75,18 @@ class HeartbeatReader:
         return last_beat, step_timeout_s
 
     def overdue(self) -> float | None:
-        """The age of the last beat when past the step deadline (a hung engine), else None."""
-        record = self._record()
-        if record is None:
-            return None
-        age = time.monotonic() - record[0]
-        return age if age > record[1] else None
+        """The age of the last beat when past the step deadline (a hung engine), else None.
+
+        A verdict that kills a process is read twice: a beat written while it was read is
+        not taken for a hang."""
+        for _ in range(2):
+            record = self._record()
+            if record is None:
+                return None
+            age = time.monotonic() - record[0]
+            if age <= record[1]:
+                return None
+        return age
 
     def fresh(self) -> bool:
         """Whether there is a heartbeat and its last beat is within the step deadline."""
