@@ -3,32 +3,35 @@ one, however often it beats while being read, and a silent one is overdue past i
 
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from tgi_server.ipc.heartbeat import HeartbeatReader, HeartbeatWriter
 
 READ_SECONDS = 1.5
-
-
-def _beat_until(path: str, stop: multiprocessing.synchronize.Event) -> None:
-    writer = HeartbeatWriter(path, 120.0)
-    while not stop.is_set():
-        for _ in range(1000):
-            writer.beat()
-    writer.close()
+# The engine's side in its own process: beat as fast as possible until the stop file appears
+# (or 60 s pass, so that it never outlives a broken test).
+BEATER = """
+import sys, time
+from pathlib import Path
+from tgi_server.ipc.heartbeat import HeartbeatWriter
+writer = HeartbeatWriter(sys.argv[1], 120.0)
+stop, end = Path(sys.argv[2]), time.monotonic() + 60
+while not stop.exists() and time.monotonic() < end:
+    for _ in range(1000):
+        writer.beat()
+writer.close()
+"""
 
 
 def test_a_beating_engine_is_never_overdue(tmp_path: Path) -> None:
     # Another process beats as fast as it can, as the engine loop does between short steps;
     # every read in between must see a recent beat (a record caught mid-write once read as
     # a beat at time 0, and the launcher killed a healthy engine).
-    path = tmp_path / "engine.sock.heartbeat"
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    writer = context.Process(target=_beat_until, args=(str(path), stop))
-    writer.start()
+    path, stop = tmp_path / "engine.sock.heartbeat", tmp_path / "stop"
+    writer = subprocess.Popen([sys.executable, "-c", BEATER, str(path), str(stop)])
     try:
         reader = HeartbeatReader(path)
         deadline = time.monotonic() + 30
@@ -42,9 +45,9 @@ def test_a_beating_engine_is_never_overdue(tmp_path: Path) -> None:
             overdue += reader.overdue() is not None
         reader.close()
     finally:
-        stop.set()
-        writer.join(timeout=30)
-    assert writer.exitcode == 0
+        stop.touch()
+        exit_status = writer.wait(timeout=30)
+    assert exit_status == 0
     assert reads > 10_000 and overdue == 0, f"{overdue} of {reads} reads saw a hang"
 
 
