@@ -266,6 +266,19 @@ def test_quantize_refuses_inputs_that_do_not_fill_the_groups(
         make_runner(folder, quantize="bitsandbytes-nf4")
 
 
+def test_a_quantized_layer_refuses_a_checkpoint_part_of_the_wrong_size(
+    tiny_llama: Path, make_runner: MakeRunner
+) -> None:
+    # Dense parameters refuse a wrong shape; quantized ones must too, not fill some rows.
+    model = make_runner(tiny_llama, quantize="bitsandbytes")._model  # the loaded layers
+    inputs = model.config.hidden_size
+    for name, rows in (("o_proj", 3), ("k_proj", model.config.head_dim)):
+        with pytest.raises(ValueError, match=rf"has {rows} rows, expected \d+$"):
+            model.load_weights(
+                [(f"model.layers.0.self_attn.{name}.weight", torch.ones(rows, inputs))]
+            )
+
+
 def test_bfloat16_biases_give_the_torch_op_logits(
     tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner
 ) -> None:

@@ -277,23 +277,35 @@ class LlamaForCausalLM(nn.Module):
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue  # some tied checkpoints still store the (identical) head
             target, shard = self._target(name)
-            start = 0
-            if shard is not None:
-                sizes = self._shard_sizes(target.split(".")[-2])
-                start = sum(sizes[:shard])
-            if not isinstance(tensor, Tensor):  # PackedRows
-                if target not in quantized:
-                    raise ValueError(f"checkpoint tensor {name!r} is quantized, {target} is not")
-                quantized[target].load_packed(start, tensor.codes, tensor.scales, tensor.mins)
-            elif target in quantized:
-                quantized[target].load_rows(start, tensor)
+            rows = self._rows(target, shard)
+            if target in quantized:
+                layer = quantized[target]
+                start, count = rows or (0, layer.out_features)
+                codes = tensor if isinstance(tensor, Tensor) else tensor.codes
+                if codes.shape[0] != count:
+                    raise ValueError(
+                        f"checkpoint tensor {name!r} has {codes.shape[0]} rows, expected {count}"
+                    )
+                if isinstance(tensor, Tensor):
+                    layer.load_rows(start, tensor)
+                else:
+                    layer.load_packed(start, tensor.codes, tensor.scales, tensor.mins)
+            elif not isinstance(tensor, Tensor):  # PackedRows
+                raise ValueError(f"checkpoint tensor {name!r} is quantized, {target} is not")
             else:
-                self._copy_into(params, name, tensor, target=target, shard=shard, start=start)
+                self._copy_into(params, name, tensor, target=target, rows=rows)
                 if tied_head is not None and target == "model.embed_tokens.weight":
                     tied_head.load_rows(0, tensor)  # from the checkpoint's own precision
                     loaded.add(("lm_head.weight", None))
             loaded.add((target, shard))
         self._check_loaded([*params, *quantized], loaded)
+
+    def _rows(self, target: str, shard: int | None) -> tuple[int, int] | None:
+        """(first row, row count) of a merged projection's part; None: the whole tensor."""
+        if shard is None:
+            return None
+        sizes = self._shard_sizes(target.split(".")[-2])
+        return sum(sizes[:shard]), sizes[shard]
 
     def _copy_into(
         self,
@@ -302,16 +314,12 @@ class LlamaForCausalLM(nn.Module):
         tensor: Tensor,
         *,
         target: str,
-        shard: int | None,
-        start: int,
+        rows: tuple[int, int] | None,
     ) -> None:
         param = params.get(target)
         if param is None:
             raise ValueError(f"checkpoint tensor {name!r} matches no model parameter")
-        destination = param.data
-        if shard is not None:
-            sizes = self._shard_sizes(target.split(".")[-2])
-            destination = destination.narrow(0, start, sizes[shard])
+        destination = param.data if rows is None else param.data.narrow(0, *rows)
         if destination.shape != tensor.shape:
             raise ValueError(
                 f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
