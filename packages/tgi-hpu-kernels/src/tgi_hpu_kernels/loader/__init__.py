@@ -162,6 +162,7 @@ def load_model(
     )
     if plan is not None:
         apply_plan(model, plan)  # before the hooks below, which attach to the layers
+        model.model.fuse_layers = False  # the fused stack reads dense weights
     if group is not None:
         add_row_parallel_reduce(model, group.all_reduce)
         model.model.fuse_layers = False  # a fused stack would skip the all-reduces

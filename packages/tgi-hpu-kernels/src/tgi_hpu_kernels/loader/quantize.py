@@ -107,8 +107,7 @@ def _gguf_scheme(kinds: set[str]) -> WeightQuantization | None:
 
 def apply_plan(model: nn.Module, plan: QuantizationPlan) -> int:
     """Swaps the decoder's ``Linear`` layers (and the LM head) for empty quantized ones, on
-    the meta device, before the weights load; turns the fused decoder stack off (it reads
-    dense weights). Returns how many layers were swapped.
+    the meta device, before the weights load. Returns how many layers were swapped.
 
     Raises:
         ValueError: a layer's input size does not fit the scheme's groups.
@@ -128,7 +127,4 @@ def apply_plan(model: nn.Module, plan: QuantizationPlan) -> int:
                     raise ValueError(f"{plan.origin}: {full}: {err}") from None
     for parent, child_name, quantized in swaps:
         setattr(parent, child_name, quantized)
-    for module in model.modules():
-        if hasattr(module, "fuse_layers"):
-            setattr(module, "fuse_layers", False)  # noqa: B010 (any model's LlamaModel)
     return len(swaps)
