@@ -164,7 +164,7 @@ def load_model(
         apply_plan(model, plan)  # before the hooks below, which attach to the layers
         model.model.fuse_layers = False  # the fused stack reads dense weights
     if group is not None:
-        add_row_parallel_reduce(model, group.all_reduce)
+        add_row_parallel_reduce(model, group.all_reduce, cls.tp_layout)
         model.model.fuse_layers = False  # a fused stack would skip the all-reduces
     model = model.to_empty(device=device)
     model.tie_weights()
@@ -173,8 +173,11 @@ def load_model(
         weights = iter_gguf_tensors(reader, raw)
     else:
         weights = language_model_weights(full_config, iter_safetensors(source.path))
+        weights = cls.checkpoint_tensors(weights, raw)
     if group is not None:
-        weights = shard_weights(weights, rank=group.rank, num_shard=group.num_shard)
+        weights = shard_weights(
+            weights, rank=group.rank, num_shard=group.num_shard, layout=cls.tp_layout
+        )
     if prequantized is not None:
         model.load_weights(prequantized_weights(prequantized, weights))
     else:

@@ -9,7 +9,7 @@ built with, per-step metadata and the KV cache come in as arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
@@ -30,6 +30,7 @@ from tgi_hpu_kernels.layers import (
     VocabEmbedding,
 )
 from tgi_hpu_kernels.models.config import ModelConfig, parse_common
+from tgi_hpu_kernels.parallel.sharding import LLAMA_LAYOUT, TensorParallelLayout
 
 if TYPE_CHECKING:
     from tgi_hpu_kernels.loader.prequantized import PackedRows
@@ -194,6 +195,8 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0),
         "up_proj": ("gate_up_proj", 1),
     }
+    # which checkpoint projections tensor parallelism splits by rows and by columns
+    tp_layout: ClassVar[TensorParallelLayout] = LLAMA_LAYOUT
 
     def __init__(
         self, config: ModelConfig, *, backend: ModelBackend, rotary: RotaryEmbedding
@@ -219,6 +222,15 @@ class LlamaForCausalLM(nn.Module):
         return replace(
             config, qkv_bias=bias, o_bias=bias, mlp_bias=bool(raw.get("mlp_bias", False))
         )
+
+    @classmethod
+    def checkpoint_tensors(
+        cls, weights: Iterable[tuple[str, Tensor]], raw: Mapping[str, Any]
+    ) -> Iterator[tuple[str, Tensor]]:
+        """A safetensors checkpoint's tensors (HF names) as this family loads them, before
+        tensor-parallel slicing: a family whose checkpoint fuses or stores tensors
+        differently renames, splits or converts them here (Llama: as they are)."""
+        yield from weights
 
     def forward(
         self,

@@ -1,18 +1,19 @@
-"""Megatron-style tensor parallelism of the Llama family: what each rank holds.
+"""Megatron-style tensor parallelism: what each rank holds.
 
 Each of ``N`` ranks holds ``1/N`` of the attention heads, KV heads and MLP columns:
 q/k/v and gate/up are split by output rows (column-parallel), o_proj and down_proj by input
 columns (row-parallel, followed by a sum over ranks). A row-parallel bias is kept by rank 0
 only, so the sum adds it once. Embeddings, norms and the LM head are replicated. The rank's
 model is simply the family's model built from ``shard_config``: nothing in the model code
-knows about ranks besides the all-reduce hooks ``add_row_parallel_reduce`` installs.
-The process group itself lives in ``group.py``.
+knows about ranks besides the all-reduce hooks ``add_row_parallel_reduce`` installs. Which
+checkpoint projections are which is the family's ``TensorParallelLayout`` (Llama's names by
+default). The process group itself lives in ``group.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -20,10 +21,29 @@ from torch import Tensor, nn
 
 from tgi_hpu_kernels.models.config import ModelConfig
 
-__all__ = ["add_row_parallel_reduce", "check_shardable", "shard_config", "shard_weights"]
+__all__ = [
+    "LLAMA_LAYOUT",
+    "TensorParallelLayout",
+    "add_row_parallel_reduce",
+    "check_shardable",
+    "shard_config",
+    "shard_weights",
+]
 
-_COLUMN_PARALLEL = (".q_proj.", ".k_proj.", ".v_proj.", ".gate_proj.", ".up_proj.")
-_ROW_PARALLEL = (".o_proj.", ".down_proj.")
+
+@dataclass(frozen=True)
+class TensorParallelLayout:
+    """Checkpoint projection names (``.name.``) split by output rows (``column``) and by
+    input columns, then summed over ranks (``row``)."""
+
+    column: tuple[str, ...]
+    row: tuple[str, ...]
+
+
+LLAMA_LAYOUT = TensorParallelLayout(
+    column=(".q_proj.", ".k_proj.", ".v_proj.", ".gate_proj.", ".up_proj."),
+    row=(".o_proj.", ".down_proj."),
+)
 
 
 def check_shardable(config: ModelConfig, num_shard: int) -> None:
@@ -57,10 +77,12 @@ def _slice(tensor: Tensor, dim: int, rank: int, num_shard: int) -> Tensor:
     return tensor.narrow(dim, rank * size, size).contiguous()
 
 
-def _shard_tensor(name: str, tensor: Tensor, rank: int, num_shard: int) -> Tensor:
-    if any(part in name for part in _COLUMN_PARALLEL):
+def _shard_tensor(
+    name: str, tensor: Tensor, rank: int, num_shard: int, layout: TensorParallelLayout
+) -> Tensor:
+    if any(part in name for part in layout.column):
         return _slice(tensor, 0, rank, num_shard)
-    if any(part in name for part in _ROW_PARALLEL):
+    if any(part in name for part in layout.row):
         if name.endswith(".bias"):  # summed over ranks: only rank 0 adds it
             return tensor if rank == 0 else torch.zeros_like(tensor)
         return _slice(tensor, 1, rank, num_shard)
@@ -68,16 +90,25 @@ def _shard_tensor(name: str, tensor: Tensor, rank: int, num_shard: int) -> Tenso
 
 
 def shard_weights(
-    weights: Iterable[tuple[str, Tensor]], *, rank: int, num_shard: int
+    weights: Iterable[tuple[str, Tensor]],
+    *,
+    rank: int,
+    num_shard: int,
+    layout: TensorParallelLayout = LLAMA_LAYOUT,
 ) -> Iterator[tuple[str, Tensor]]:
     """Checkpoint tensors (HF names, full shapes) -> this rank's slices, lazily."""
     for name, tensor in weights:
-        yield name, _shard_tensor(name, tensor, rank, num_shard)
+        yield name, _shard_tensor(name, tensor, rank, num_shard, layout)
 
 
-def add_row_parallel_reduce(model: nn.Module, all_reduce: Callable[[Tensor], None]) -> int:
-    """Sums every o_proj and down_proj output over the ranks (a forward hook, so parameter
-    names and the checkpoint mapping stay as they are). Returns how many hooks were added."""
+def add_row_parallel_reduce(
+    model: nn.Module,
+    all_reduce: Callable[[Tensor], None],
+    layout: TensorParallelLayout = LLAMA_LAYOUT,
+) -> int:
+    """Sums every row-parallel projection's output over the ranks (a forward hook, so
+    parameter names and the checkpoint mapping stay as they are). Returns how many hooks
+    were added."""
 
     def reduce(module: nn.Module, args: Any, output: Tensor) -> Tensor:
         all_reduce(output)
@@ -85,7 +116,7 @@ def add_row_parallel_reduce(model: nn.Module, all_reduce: Callable[[Tensor], Non
 
     count = 0
     for name, module in model.named_modules():
-        if name.endswith((".o_proj", ".down_proj")):
+        if any(f"{name}.".endswith(part) for part in layout.row):
             module.register_forward_hook(reduce)
             count += 1
     return count
