@@ -46,9 +46,9 @@ def test_unreachable_hub_model_says_what_to_do(tmp_path):
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt3"}))
     save_file({"wte.weight": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(UnsupportedModelError, match="Unsupported model type 'gpt2'"):
+    with pytest.raises(UnsupportedModelError, match="Unsupported model type 'gpt3'"):
         read_model_config(RunnerSettings(model_id=str(tmp_path)))
 
 

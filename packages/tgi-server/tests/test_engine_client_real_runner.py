@@ -8,7 +8,6 @@ and its greedy tokens must match transformers' on the same weights.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from pathlib import Path
@@ -24,22 +23,10 @@ from tgi_server.engine_client import EngineClient, InProcessEngineClient, ZmqEng
 from tgi_server.ipc import EngineInfo, make_socket_dir, socket_path
 
 transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 testing = pytest.importorskip("tgi_hpu_kernels.testing")
 
-VOCAB_SIZE = 128  # tgi_hpu_kernels.testing's tiny configs
 PROMPTS = [(5, 17, 33, 9), (40, 41), (7, 7, 7, 7, 7, 7), (100, 3, 64)]
 MAX_NEW_TOKENS = 12
-
-
-def save_tokenizer(folder: Path) -> None:
-    """A word-level tokenizer over the tiny vocabulary: token ``i`` is the word ``t{i}``."""
-    vocab = {f"t{i}": i for i in range(VOCAB_SIZE)}
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="t0"))
-    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tokenizer.save(str(folder / "tokenizer.json"))
-    config = {"bos_token": "t1", "eos_token": "t2"}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def greedy_reference(model: torch.nn.Module, prompt: tuple[int, ...]) -> list[int]:
@@ -61,7 +48,7 @@ class TinyModel(NamedTuple):
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     folder = tmp_path_factory.mktemp("tiny-llama")
     model = testing.save_tiny_checkpoint(folder, "llama")
-    save_tokenizer(folder)
+    testing.save_word_tokenizer(folder)
     argv = ["--model-id", str(folder), "--device", "cpu", "--dtype", "float32"]
     argv += ["--max-input-tokens", "24", "--max-total-tokens", "48"]
     argv += ["--max-batch-prefill-tokens", "48", "--max-batch-size", "4", "--num-kv-blocks", "64"]

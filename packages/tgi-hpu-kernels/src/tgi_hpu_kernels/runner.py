@@ -42,6 +42,7 @@ from tgi_hpu_kernels.loader import load_model, torch_dtype
 from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
+from tgi_hpu_kernels.models.transformers_fallback import TransformersCausalLM
 from tgi_hpu_kernels.parallel import start_tensor_parallel
 from tgi_hpu_kernels.profiling import StepProfiler
 from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
@@ -65,7 +66,7 @@ def _check_supported(settings: RunnerSettings) -> None:
 class _StepModule(nn.Module):
     """The graph-capturable part of a step: tokens in, final hidden states out."""
 
-    def __init__(self, model: LlamaForCausalLM, kv: KVCache) -> None:
+    def __init__(self, model: LlamaForCausalLM | TransformersCausalLM, kv: KVCache) -> None:
         super().__init__()
         self.model = model
         self.kv = kv
@@ -175,9 +176,10 @@ class TorchModelRunner:
         self._warmed: frozenset[Shape] | None = None
         self._unwarmed: set[Shape] = set()
         logger.info(
-            "model %s (%s, %s) on %s, %d KV blocks of %d tokens",
+            "model %s (%s, %s, %s) on %s, %d KV blocks of %d tokens",
             settings.model_id or loaded.source.path.name,
             c.model_type,
+            self.implementation,
             settings.dtype,
             self._device.describe(),
             self._kv.num_blocks,
@@ -285,6 +287,13 @@ class TorchModelRunner:
         return "dense" if self._weights is None else self._weights.describe()
 
     @property
+    def implementation(self) -> str:
+        """Which code computes the model: a native family or transformers' (the fallback)."""
+        if isinstance(self._model, TransformersCausalLM):
+            return f"transformers {type(self._model.hf_model).__name__} (fallback)"
+        return f"native {type(self._model).__name__}"
+
+    @property
     def vocab_size(self) -> int:
         return self._config.vocab_size
 
@@ -340,7 +349,7 @@ class TorchModelRunner:
         if self._parallel is not None and self._parallel.rank == 0:
             self._parallel.group.send_plan(plan)  # every shard runs the same forward pass
         inputs = self._build(plan)
-        self._model.rotary.ensure_length(inputs.max_seq_len)
+        self._model.ensure_positions(inputs.max_seq_len)
         args: tuple[Any, ...] = (inputs.input_ids, inputs.positions, inputs.attn)
         if any(item.images for item in plan.prefill):
             args += (self._prompt_embeds(plan.prefill, inputs),)
@@ -353,7 +362,7 @@ class TorchModelRunner:
         return logits, hidden, inputs
 
     def _prompt_embeds(self, items: Sequence[PrefillItem], inputs: StepInputs) -> Tensor:
-        if self._prompt_embedder is None:
+        if self._prompt_embedder is None or not isinstance(self._model, LlamaForCausalLM):
             raise ValueError("this model does not take images")
         embeds: Tensor = self._model.model.embed_tokens(inputs.input_ids)
         self._prompt_embedder(items, inputs.token_offsets, embeds)

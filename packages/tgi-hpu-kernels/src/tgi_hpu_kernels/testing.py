@@ -4,6 +4,7 @@
 ``save_tiny_checkpoint(folder, "llama")`` writes config.json + model.safetensors of a
 two-layer model with random weights, built by transformers from its own config class, and
 returns the transformers model so a test can compare against it. Nothing is downloaded.
+``save_word_tokenizer`` adds a word-level tokenizer, for a server to load the folder.
 ``english_text`` is a deterministic text for real-model accuracy tests; ``TokenScore`` sums
 KL, top-1 agreement and perplexity of a model's logits against a reference's.
 """
@@ -25,15 +26,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TINY_CONFIGS",
+    "TINY_FALLBACK_CONFIGS",
     "Family",
     "TokenScore",
     "english_text",
     "prefill_plan",
     "save_tiny_checkpoint",
+    "save_word_tokenizer",
     "teacher_forced_logits",
 ]
 
-Family = Literal["llama", "llama3", "mistral", "qwen2"]
+Family = Literal["llama", "llama3", "mistral", "qwen2", "gpt_neox", "opt", "bloom"]
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 128,
@@ -79,6 +82,47 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
+# Families with no native implementation, served through transformers: their configs name
+# things their own way, so they do not take _COMMON.
+TINY_FALLBACK_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    # partial rotary (a quarter of each head), parallel attention + MLP residual
+    "gpt_neox": (
+        "GPTNeoXConfig",
+        {
+            "vocab_size": 128,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 256,
+            "rotary_pct": 0.25,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+    ),
+    # learned absolute positions (offset by 2), LayerNorm, ReLU MLP
+    "opt": (
+        "OPTConfig",
+        {
+            "vocab_size": 128,
+            "hidden_size": 64,
+            "ffn_dim": 96,
+            "word_embed_proj_dim": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 256,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+        },
+    ),
+    # ALiBi, outside transformers' attention interface: the fallback refuses it
+    "bloom": (
+        "BloomConfig",
+        {"vocab_size": 128, "hidden_size": 64, "n_layer": 2, "n_head": 4},
+    ),
+}
+
 
 def save_tiny_checkpoint(
     folder: Path, family: Family, *, seed: int = 0, **overrides: Any
@@ -90,12 +134,16 @@ def save_tiny_checkpoint(
     """
     import transformers
 
-    class_name, extra = TINY_CONFIGS[family]
-    config = getattr(transformers, class_name)(**{**_COMMON, **extra, **overrides})
+    if family in TINY_FALLBACK_CONFIGS:
+        class_name, values = TINY_FALLBACK_CONFIGS[family]
+    else:
+        class_name, extra = TINY_CONFIGS[family]
+        values = {**_COMMON, **extra}
+    config = getattr(transformers, class_name)(**{**values, **overrides})
     torch.manual_seed(seed)
     auto = transformers.AutoModelForCausalLM
     model: Any = auto.from_config(config, attn_implementation="eager")  # type: ignore[no-untyped-call]
-    if family == "qwen2":  # transformers zero-initialises biases: make them matter
+    if family in ("qwen2", "gpt_neox", "opt"):  # transformers zeroes biases: make them matter
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.endswith("bias"):
@@ -103,6 +151,21 @@ def save_tiny_checkpoint(
     model.save_pretrained(folder)
     evaluated: torch.nn.Module = model.eval()
     return evaluated
+
+
+def save_word_tokenizer(folder: Path, vocab_size: int = 128) -> None:
+    """A word-level tokenizer for a tiny checkpoint: token ``i`` is the word ``t{i}``, BOS
+    ``t1`` and EOS ``t2`` (the tiny configs' ids), so a server can load the folder."""
+    import json
+
+    import tokenizers
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="t0"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"bos_token": "t1", "eos_token": "t2"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 _SUBJECTS = (

@@ -96,8 +96,8 @@ _MODEL_FIELDS = (
         MODEL,
         FLAG,
         False,
-        "Execute modelling code from the hub; pass --revision too.",
-        status=refused(f"{_NOT_YET}; only the built-in architectures load"),
+        "Execute the checkpoint's own modelling code (its config's auto_map) for an "
+        "architecture served through transformers; pass --revision too.",
     ),
     Spec(
         "speculate",

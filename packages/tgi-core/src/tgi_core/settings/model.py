@@ -271,6 +271,7 @@ class Settings:
             base_image_tokens=self.base_image_tokens,
             hf_hub_offline=self.hf_hub_offline,
             disable_custom_kernels=self.disable_custom_kernels,
+            trust_remote_code=self.trust_remote_code,
         )
 
     def server(self) -> ServerSettings:

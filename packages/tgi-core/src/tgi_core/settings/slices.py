@@ -99,6 +99,7 @@ class RunnerSettings:
     base_image_tokens: int = 2048
     hf_hub_offline: bool = False  # load from the hub's cache only (HF_HUB_OFFLINE)
     disable_custom_kernels: bool = False  # the CPU backend's native kernels off
+    trust_remote_code: bool = False  # run a checkpoint's own code (transformers fallback)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 ``load_model`` is the entry point; the model is built on the meta device and materialised
 once on the target device in the target dtype (bfloat16 by default, as on Gaudi; float32
-for exact comparisons), so weights are never held twice.
+for exact comparisons), so weights are never held twice. An architecture with no native
+family here is loaded by transformers and served through our paged attention
+(``models/transformers_fallback.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ from tgi_hpu_kernels.loader.source import (
 )
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM, ModelBackend
-from tgi_hpu_kernels.models.registry import resolve_model_class
+from tgi_hpu_kernels.models.registry import UnsupportedModelError, resolve_model_class
+from tgi_hpu_kernels.models.transformers_fallback import (
+    TransformersCausalLM,
+    fallback_config,
+    is_served_by_transformers,
+)
 from tgi_hpu_kernels.parallel.sharding import add_row_parallel_reduce, shard_config, shard_weights
 
 if TYPE_CHECKING:
@@ -63,7 +70,7 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torc
 class LoadedModel:
     """A model ready to run, with what was loaded and from where."""
 
-    model: LlamaForCausalLM
+    model: LlamaForCausalLM | TransformersCausalLM
     config: ModelConfig
     source: ModelSource
     dtype: torch.dtype
@@ -97,12 +104,55 @@ def _rope_override(config: ModelConfig, settings: RunnerSettings) -> ModelConfig
     return config.with_rope(rope)
 
 
+def _native_class(
+    raw: dict[str, Any], source: ModelSource, settings: RunnerSettings
+) -> type[LlamaForCausalLM] | None:
+    """The native family that serves ``raw``, or None where transformers serves it.
+
+    Raises:
+        UnsupportedModelError: neither does.
+        ValueError: transformers would serve it, but not with these settings.
+    """
+    try:
+        return resolve_model_class(raw)
+    except UnsupportedModelError as err:
+        if not is_served_by_transformers(raw, trust_remote_code=settings.trust_remote_code):
+            raise UnsupportedModelError(f"{err}; transformers has no causal LM for it") from None
+        name = raw.get("model_type")
+        refusal = (
+            "a GGUF file (give its safetensors folder)"
+            if source.kind == "gguf"
+            else f"--num-shard {settings.num_shard}"
+            if settings.num_shard > 1
+            else f"--quantize {settings.quantize}"
+            if settings.quantize
+            else "QUANT_CONFIG"
+            if settings.quant_config
+            else f"--rope-scaling {settings.rope_scaling}"
+            if settings.rope_scaling
+            else None
+        )
+        if refusal is not None:
+            raise ValueError(
+                f"model type {name!r} has no native implementation and is served through "
+                f"transformers, which does not support {refusal}"
+            ) from None
+        return None
+
+
 def read_model_config(settings: RunnerSettings) -> tuple[ModelSource, ModelConfig]:
     """Resolves the checkpoint and parses its config, without reading weights."""
     source = resolve_source(settings)
     raw = _raw_config(source)
-    config = resolve_model_class(raw).parse_config(raw)
-    return source, _rope_override(config, settings)
+    cls = _native_class(raw, source, settings)
+    if cls is None:
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(
+            source.path, trust_remote_code=settings.trust_remote_code
+        )
+        return source, fallback_config(hf_config)
+    return source, _rope_override(cls.parse_config(raw), settings)
 
 
 def load_model(
@@ -134,7 +184,21 @@ def load_model(
     dtype = torch_dtype(settings.dtype)
     source = resolve_source(settings)
     raw = _raw_config(source)
-    cls = resolve_model_class(raw)
+    cls = _native_class(raw, source, settings)
+    if cls is None:
+        if device.type == "hpu":
+            raise ValueError(
+                f"model type {raw.get('model_type')!r} has no native implementation and "
+                "the transformers fallback does not run on HPU"
+            )
+        served = TransformersCausalLM.load(
+            source.path,
+            dtype=dtype,
+            device=device,
+            backend=backend,
+            trust_remote_code=settings.trust_remote_code,
+        )
+        return LoadedModel(model=served, config=served.config, source=source, dtype=dtype)
     config = _rope_override(cls.parse_config(raw), settings)
     if group is not None:
         config = shard_config(config, group.num_shard)

@@ -84,7 +84,10 @@ def _download(settings: RunnerSettings) -> Path:
             revision=settings.revision,
             token=settings.hf_token,
             cache_dir=settings.huggingface_hub_cache,
-            allow_patterns=_HUB_PATTERNS,
+            # a checkpoint's own modelling code only where it may run
+            allow_patterns=[*_HUB_PATTERNS, "*.py"]
+            if settings.trust_remote_code
+            else _HUB_PATTERNS,
             local_files_only=settings.hf_hub_offline,
         )
     # Offline, unknown or gated repositories raise many types (OSError, httpx/requests

@@ -223,6 +223,10 @@ class LlamaForCausalLM(nn.Module):
             config, qkv_bias=bias, o_bias=bias, mlp_bias=bool(raw.get("mlp_bias", False))
         )
 
+    def ensure_positions(self, length: int) -> None:
+        """Extends the rotary tables to ``length`` positions where they are shorter."""
+        self.rotary.ensure_length(length)
+
     @classmethod
     def checkpoint_tensors(
         cls, weights: Iterable[tuple[str, Tensor]], raw: Mapping[str, Any]

@@ -143,7 +143,10 @@ def build_engine(
             )
         dtype = str(torch_runner.dtype).removeprefix("torch.")
         device_type = torch_runner.device.name
-        compute_path = f"{torch_runner.device.describe()}; weights: {torch_runner.weights}"
+        compute_path = (
+            f"{torch_runner.device.describe()}; model: {torch_runner.implementation}; "
+            f"weights: {torch_runner.weights}"
+        )
         runner_eos_ids = torch_runner.eos_token_ids
         runner = torch_runner
     else:

@@ -1,0 +1,108 @@
+"""A family with no native implementation, served over HTTP through transformers.
+
+A tiny random GPT-NeoX (partial rotary, parallel residual: nothing of it is ours) with a
+word-level tokenizer, served by the real launcher: its greedy tokens, alone and three at
+once, equal transformers' own greedy loop on the same weights, and /info says which code
+computes the model.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import pytest
+import torch
+
+from tgi_hpu_kernels.testing import save_tiny_checkpoint, save_word_tokenizer
+from tgi_server.testing import LaunchedService
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+PROMPTS = ((5, 17, 33, 9), (40, 41), (7, 7, 7, 7, 7, 7), (100, 3, 64))
+NUM_NEW_TOKENS = 12
+EOS = 2  # the tiny configs' eos_token_id
+LIMITS = (
+    "--dtype", "float32",
+    "--max-input-tokens", "32", "--max-total-tokens", "64",
+    "--max-batch-prefill-tokens", "128", "--max-batch-size", "4",
+)  # fmt: skip
+BUCKETS = {"PAD_SEQUENCE_TO_MULTIPLE_OF": "32", "BATCH_BUCKET_SIZE": "4"}
+
+
+class Served(NamedTuple):
+    service: LaunchedService
+    model: torch.nn.Module
+
+
+@pytest.fixture(scope="module")
+def served(
+    launch: Callable[..., LaunchedService],
+    stop_and_check: Callable[[LaunchedService], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("tiny-gpt-neox")
+    model = save_tiny_checkpoint(folder, "gpt_neox")
+    save_word_tokenizer(folder)
+    service = launch(
+        "fallback", "--model-id", str(folder), "--device", "cpu", limits=LIMITS, environ=BUCKETS
+    )
+    yield Served(service, model)
+    stop_and_check(service)
+
+
+def _request(service: LaunchedService, method: str, path: str, payload: Any = None) -> Any:
+    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=120)
+    try:
+        body = None if payload is None else json.dumps(payload)
+        connection.request(method, path, body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        data = response.read()
+        assert response.status == 200, data
+        return json.loads(data)
+    finally:
+        connection.close()
+
+
+def _greedy_reference(model: torch.nn.Module, prompt: tuple[int, ...]) -> list[int]:
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(NUM_NEW_TOKENS):
+            next_id = model(ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+    return ids[0, len(prompt) :].tolist()
+
+
+def _assert_greedy(served: Served, prompt: tuple[int, ...]) -> None:
+    text = " ".join(f"t{i}" for i in prompt)
+    parameters = {"max_new_tokens": NUM_NEW_TOKENS, "details": True}
+    body = _request(served.service, "POST", "/generate", {"inputs": text, "parameters": parameters})
+    details = body["details"]
+    ids = [token["id"] for token in details["tokens"]]
+    reference = _greedy_reference(served.model, prompt)
+    if details["finish_reason"] == "length":
+        assert ids == reference
+    else:  # stopped at the end-of-sequence token, where transformers' greedy also chose it
+        assert details["finish_reason"] == "eos_token"
+        assert ids == reference[: len(ids)] and ids[-1] == EOS
+
+
+def test_info_names_the_transformers_path(served: Served) -> None:
+    info = _request(served.service, "GET", "/info")
+    assert info["model_device_type"] == "cpu"
+    assert "model: transformers GPTNeoXForCausalLM (fallback)" in info["compute_path"]
+
+
+def test_greedy_alone_and_batched_equal_transformers(served: Served) -> None:
+    _assert_greedy(served, PROMPTS[0])
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(lambda prompt: _assert_greedy(served, prompt), PROMPTS[1:]))
+    # the batch ran only shapes warmup knew
+    connection = http.client.HTTPConnection("127.0.0.1", served.service.port, timeout=30)
+    connection.request("GET", "/metrics")
+    lines = connection.getresponse().read().decode().splitlines()
+    connection.close()
+    assert "tgi_unwarmed_shapes 0" in lines
