@@ -276,7 +276,8 @@ def test_info_and_models() -> None:
         b'"max_client_batch_size":4,"router":"text-generation-router","version":"3.3.6",'
         b'"sha":null,"docker_label":null,'
         # ours, after TGI's: what computes (set by the engine when a worker connects)
-        b'"model_dtype":null,"model_device_type":null,"compute_path":null,"warmup_seconds":null}'
+        b'"model_dtype":null,"model_device_type":null,"compute_path":null,"warmup_seconds":null,'
+        b'"lora_adapters":[]}'
     )
     models = ModelsList(data=[ModelInfo(id="org/model", owned_by="org/model")])
     assert encode_json(models) == (

@@ -155,7 +155,6 @@ def test_a_refused_setting_stops_start_up_unless_default(spec: Spec) -> None:
 def test_the_refused_and_moot_are_the_ones_we_mean() -> None:
     assert {spec.name for spec in REFUSED} == {
         "speculate",
-        "lora_adapters",
         "weights_cache_override",
         "shard_uds_path",
         "ngrok",

@@ -56,7 +56,7 @@ def test_sampling_fields_are_mapped() -> None:
         logprobs=True,
         stream=True,
     )
-    generate = chat_to_generate(request, "<prompt>")
+    generate = chat_to_generate(request, "<prompt>", ("my-lora",))
     params = generate.parameters
     assert generate.inputs == "<prompt>"
     assert generate.add_special_tokens is False
@@ -86,6 +86,12 @@ def test_tgi_model_and_max_completion_tokens() -> None:
     params = chat_to_generate(chat(model="tgi", max_completion_tokens=4), "p").parameters
     assert params.adapter_id is None
     assert params.max_new_tokens == 4
+
+
+def test_a_model_that_names_no_loaded_adapter_is_the_base_model() -> None:
+    # OpenAI clients always send a model, often the served model's own name
+    for model in ("HuggingFaceTB/SmolLM2-135M-Instruct", "my-lora", "tgi"):
+        assert chat_to_generate(chat(model=model), "p", ("other",)).parameters.adapter_id is None
 
 
 def test_validated_chat_request_skips_special_tokens() -> None:

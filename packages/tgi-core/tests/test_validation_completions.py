@@ -40,7 +40,7 @@ def test_each_prompt_becomes_a_generate_request() -> None:
         frequency_penalty=0.5,
         stop=["\n"],
     )
-    inputs = completion_to_generate(request, ValidationLimits())
+    inputs = completion_to_generate(request, ValidationLimits(adapter_ids=("lora",)))
     assert [item.inputs for item in inputs] == ["a", "b"]
     params = inputs[0].parameters
     assert inputs[0].add_special_tokens is True

@@ -20,6 +20,7 @@ LIMITS = ValidationLimits(
     max_total_tokens=4096,
     max_generation_chunk=1024,
     enable_prefill_logprobs=True,
+    adapter_ids=("lora",),
 )
 
 
@@ -343,6 +344,17 @@ def test_add_special_tokens_follows_the_request() -> None:
     valid = validate_generate(request, LIMITS, ByteEncoder(), stream=True)
     assert valid.input_ids == tuple(b"Hi")
     assert not valid.add_special_tokens
+
+
+def test_an_adapter_that_is_not_loaded_is_refused() -> None:
+    assert validate(adapter_id="lora").adapter_id == "lora"
+    assert error_of(adapter_id="other") == (
+        "`adapter_id` 'other' is not a loaded LoRA adapter (loaded: lora)"
+    )
+    bare = ValidationLimits()
+    assert error_of(adapter_id="lora", limits=bare) == (
+        "`adapter_id` 'lora' is not a loaded LoRA adapter (loaded: none)"
+    )
 
 
 def test_tokenizer_errors_are_validation_errors() -> None:

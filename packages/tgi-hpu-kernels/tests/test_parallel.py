@@ -27,6 +27,7 @@ from tgi_core.contract import (
     StepPlan,
 )
 from tgi_core.settings.slices import ProfileSettings
+from tgi_hpu_kernels.testing import save_tiny_lora_adapter, teacher_forced_logits
 
 BLOCK_SIZE = 4
 PROMPTS = ([3, 17, 29, 41, 5], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17])
@@ -113,6 +114,33 @@ def test_two_shards_match_one(tiny_checkpoint, make_runner, family):
     assert not psutil.pid_exists(shard_pids[0]) or psutil.Process(shard_pids[0]).status() == (
         psutil.STATUS_ZOMBIE
     )
+
+
+@pytest.mark.slow
+def test_two_shards_with_lora_adapters_match_one(tiny_checkpoint, make_runner, tmp_path):
+    pytest.importorskip("peft")
+    folder, _ = tiny_checkpoint("llama")
+    projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    save_tiny_lora_adapter(folder, tmp_path / "a", seed=3, r=4, target_modules=projections)
+    save_tiny_lora_adapter(folder, tmp_path / "b", seed=4, r=2, target_modules=["o_proj"])
+    entries = (f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}")
+    sequences = [[(3 * i + 11 * s) % 128 for i in range(12)] for s in range(3)]
+    adapter_ids = [None, "a", "b"]
+    single = make_runner(folder, block_size=BLOCK_SIZE, lora_adapters=entries)
+    expected = teacher_forced_logits(single, sequences, 5, BLOCK_SIZE, adapter_ids)
+    sharded = make_runner(
+        folder,
+        block_size=BLOCK_SIZE,
+        num_shard=2,
+        master_addr="127.0.0.1",
+        master_port=_free_port(),
+        lora_adapters=entries,
+    )
+    try:
+        ours = teacher_forced_logits(sharded, sequences, 5, BLOCK_SIZE, adapter_ids)
+        torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
+    finally:
+        sharded.close()
 
 
 @pytest.mark.slow

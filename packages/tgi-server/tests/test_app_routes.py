@@ -8,13 +8,20 @@ The engine runs tgi_scheduler's FakeRunner: each token is the previous id + 1 wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import falcon.testing
 
 from tgi_core.validation import DEFAULT_TOOL_PROMPT, NO_TOOL
-from tgi_server.testing import Harness, read_stream, smollm2_tokenizer, sse_events
+from tgi_server.testing import (
+    HARNESS_LIMITS,
+    Harness,
+    read_stream,
+    smollm2_tokenizer,
+    sse_events,
+)
 
 COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
 TOKENIZER = smollm2_tokenizer()
@@ -230,11 +237,31 @@ def test_chat_echoes_another_model_name(client: falcon.testing.TestClient) -> No
     assert served.json["model"] == "smollm2"
     assert served.json["object"] == "chat.completion"
     assert served.json["choices"][0]["logprobs"] is None
-    # Another name selects a LoRA adapter (the prefix cache keeps them apart) and is echoed.
+    # Another name is echoed; it selects a LoRA adapter only where one of that name is
+    # loaded (none here: the base model answers, as TGI's does).
     adapter = client.simulate_post(
         "/v1/chat/completions", json={"messages": messages, "max_tokens": 1, "model": "my-lora"}
     )
+    assert adapter.status_code == 200
     assert adapter.json["model"] == "my-lora"
+
+
+def test_lora_adapters_are_listed_and_an_unknown_one_is_refused(harness: Harness) -> None:
+    limits = dataclasses.replace(HARNESS_LIMITS, adapter_ids=("sql", "chat"))
+    client = harness.client(limits=limits)
+    assert client.simulate_get("/info").json["lora_adapters"] == ["sql", "chat"]
+    models = [entry["id"] for entry in client.simulate_get("/v1/models").json["data"]]
+    assert models == ["smollm2", "sql", "chat"]
+    known = {"inputs": "Hi", "parameters": {"max_new_tokens": 1, "adapter_id": "sql"}}
+    assert client.simulate_post("/generate", json=known).status_code == 200
+    unknown = {"inputs": "Hi", "parameters": {"max_new_tokens": 1, "adapter_id": "nope"}}
+    refused = client.simulate_post("/generate", json=unknown)
+    assert refused.status_code == 422
+    assert refused.json == {
+        "error": "Input validation error: `adapter_id` 'nope' is not a loaded LoRA adapter "
+        "(loaded: sql, chat)",
+        "error_type": "validation",
+    }
 
 
 def test_completions_stream_interleaves_prompts(harness: Harness) -> None:

@@ -69,6 +69,7 @@ def test_info_models_health(client: falcon.testing.TestClient) -> None:
                 "model_device_type": None,
                 "compute_path": None,
                 "warmup_seconds": 0.0,
+                "lora_adapters": [],
             },
             **COMPACT,
         ).encode()

@@ -44,4 +44,5 @@ def test_info_reports_the_compute_path_and_warmup(
     assert "native kernels" in info["compute_path"] or "torch ops" in info["compute_path"]
     assert ready.info.warmup is not None
     assert info["warmup_seconds"] == round(ready.info.warmup.seconds, 3)
-    assert list(info)[-4:] == ["model_dtype", "model_device_type", "compute_path", "warmup_seconds"]
+    ours = ["model_dtype", "model_device_type", "compute_path", "warmup_seconds", "lora_adapters"]
+    assert list(info)[-5:] == ours

@@ -136,6 +136,7 @@ class PrefillItem(msgspec.Struct, frozen=True, gc=False):
     sampling: SamplingParams
     prompt_logprobs: bool = False
     images: tuple[ImageInput, ...] = ()
+    adapter_id: str | None = None  # the LoRA adapter of this sequence
 
 
 class DecodeItem(msgspec.Struct, frozen=True, gc=False):
@@ -145,6 +146,7 @@ class DecodeItem(msgspec.Struct, frozen=True, gc=False):
     token_id: int
     position: int
     block_table: tuple[int, ...]
+    adapter_id: str | None = None  # the sequence's LoRA adapter (as in its PrefillItem)
 
 
 class StepPlan(msgspec.Struct, frozen=True, gc=False):

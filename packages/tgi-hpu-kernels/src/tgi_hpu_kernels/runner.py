@@ -39,6 +39,7 @@ from tgi_hpu_kernels.attention import AttentionMetadata
 from tgi_hpu_kernels.device import Device, resolve_dtype, select_device
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.loader import load_model, torch_dtype
+from tgi_hpu_kernels.lora import load_lora_adapters
 from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
@@ -138,6 +139,12 @@ class TorchModelRunner:
         self._weights = loaded.quantization
         # FP8: INC patches the layers before any graph wraps them (quantization.py)
         self._quantization = fp8_at_load(self._model, settings, loaded.dtype, self._device.name)
+        self._lora = load_lora_adapters(
+            self._model,
+            settings,
+            device_name=self._device.name,
+            fp8=self._quantization is not None,
+        )
         self._kv = allocate_kv_cache(
             settings,
             self._device,
@@ -237,6 +244,12 @@ class TorchModelRunner:
     def prepare(self, request: GenerationRequest) -> Preparation:
         """Whether ``request`` may be prefilled without waiting: its grammar's index is
         compiled (on a background thread, started here if need be, within a deadline)."""
+        if self._lora_index(request.adapter_id) is None:
+            loaded = ", ".join(self._lora.ids) if self._lora else "none"
+            return Preparation(
+                ready=False,
+                error=f"LoRA adapter {request.adapter_id!r} is not loaded (loaded: {loaded})",
+            )
         return self._sequences.prepare_request(request)
 
     def wait_prepared(self, timeout_s: float) -> None:
@@ -285,6 +298,16 @@ class TorchModelRunner:
             origin = "QUANT_CONFIG" if self._settings.quant_config else "--quantize fp8"
             return f"FP8 projections, dense LM head ({origin})"
         return "dense" if self._weights is None else self._weights.describe()
+
+    @property
+    def lora_adapters(self) -> tuple[str, ...]:
+        """The ids of the loaded LoRA adapters, in ``--lora-adapters`` order."""
+        return self._lora.ids if self._lora is not None else ()
+
+    def _lora_index(self, adapter_id: str | None) -> int | None:
+        if adapter_id is None:
+            return 0
+        return self._lora.index_of(adapter_id) if self._lora is not None else None
 
     @property
     def implementation(self) -> str:
@@ -349,6 +372,9 @@ class TorchModelRunner:
         if self._parallel is not None and self._parallel.rank == 0:
             self._parallel.group.send_plan(plan)  # every shard runs the same forward pass
         inputs = self._build(plan)
+        if self._lora is not None:
+            num_rows = inputs.input_ids.shape[0]
+            self._lora.begin_step(plan, inputs.token_offsets, num_rows, self._device.torch_device)
         self._model.ensure_positions(inputs.max_seq_len)
         args: tuple[Any, ...] = (inputs.input_ids, inputs.positions, inputs.attn)
         if any(item.images for item in plan.prefill):

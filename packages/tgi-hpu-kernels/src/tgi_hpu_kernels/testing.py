@@ -32,6 +32,7 @@ __all__ = [
     "english_text",
     "prefill_plan",
     "save_tiny_checkpoint",
+    "save_tiny_lora_adapter",
     "save_word_tokenizer",
     "teacher_forced_logits",
 ]
@@ -153,6 +154,25 @@ def save_tiny_checkpoint(
     return evaluated
 
 
+def save_tiny_lora_adapter(base: Path, folder: Path, *, seed: int, **lora: Any) -> torch.nn.Module:
+    """A random PEFT LoRA adapter (``peft.LoraConfig(**lora)``) of the checkpoint in ``base``,
+    saved in ``folder``; returns PEFT's model, the reference. PEFT zeroes B: both halves
+    are randomised so that the adapter matters. Needs ``peft``."""
+    import peft
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    adapted: Any = peft.get_peft_model(model, peft.LoraConfig(**lora))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if "lora_" in name:
+                param.normal_(0.0, 0.1)
+    adapted.save_pretrained(folder)
+    evaluated: torch.nn.Module = adapted.eval()
+    return evaluated
+
+
 def save_word_tokenizer(folder: Path, vocab_size: int = 128) -> None:
     """A word-level tokenizer for a tiny checkpoint: token ``i`` is the word ``t{i}``, BOS
     ``t1`` and EOS ``t2`` (the tiny configs' ids), so a server can load the folder."""
@@ -243,11 +263,16 @@ class TokenScore:
 
 
 def teacher_forced_logits(
-    runner: TorchModelRunner, sequences: list[list[int]], prefill_len: int, block_size: int
+    runner: TorchModelRunner,
+    sequences: list[list[int]],
+    prefill_len: int,
+    block_size: int,
+    adapter_ids: Sequence[str | None] = (),
 ) -> Tensor:
     """A runner's teacher-forced logits ``[sequences, length - 1, vocab]``: ``prefill_len``
     tokens of every sequence prefilled together, then the rest decoded one step at a time
-    (KV blocks ``0..`` of ``block_size`` slots, consecutive per sequence)."""
+    (KV blocks ``0..`` of ``block_size`` slots, consecutive per sequence); sequence ``i``
+    with LoRA adapter ``adapter_ids[i]`` where given."""
     from tgi_core.contract import (
         DecodeItem,
         DecodeShape,
@@ -260,6 +285,7 @@ def teacher_forced_logits(
     length = len(sequences[0])
     per_seq = -(-(length + 1) // block_size)
     tables = [tuple(range(i * per_seq, (i + 1) * per_seq)) for i in range(len(sequences))]
+    adapters = list(adapter_ids) or [None] * len(sequences)
     prefill = tuple(
         PrefillItem(
             seq_id=i,
@@ -268,6 +294,7 @@ def teacher_forced_logits(
             num_cached_tokens=0,
             block_table=t,
             sampling=SamplingParams(),
+            adapter_id=adapters[i],
         )
         for i, (s, t) in enumerate(zip(sequences, tables, strict=True))
     )
@@ -278,7 +305,7 @@ def teacher_forced_logits(
     steps = [rows.view(len(sequences), prefill_len, -1)]
     for position in range(prefill_len, length - 1):
         decode = tuple(
-            DecodeItem(seq_id=i, token_id=s[position], position=position, block_table=t)
+            DecodeItem(i, s[position], position, t, adapters[i])
             for i, (s, t) in enumerate(zip(sequences, tables, strict=True))
         )
         plan = StepPlan(step_id=position, shape=DecodeShape(len(sequences), per_seq), decode=decode)

@@ -277,6 +277,7 @@ class Scheduler:
             sampling=seq.request.sampling,
             prompt_logprobs=seq.send_prompt_logprobs,
             images=seq.request.images,
+            adapter_id=seq.request.adapter_id,
         )
 
     def _decode_plan(self) -> StepPlan:
@@ -288,7 +289,15 @@ class Scheduler:
             grow(seq)
             table = seq.block_table
             max_width = max(max_width, len(table))
-            append(DecodeItem(seq.seq_id, seq.token_ids[-1], len(seq.token_ids) - 1, table))
+            append(
+                DecodeItem(
+                    seq.seq_id,
+                    seq.token_ids[-1],
+                    len(seq.token_ids) - 1,
+                    table,
+                    seq.request.adapter_id,
+                )
+            )
         self.counters.num_decode_steps += 1
         self._waiting_steps += 1
         return self._plan(self._tables.decode(len(items), max_width), decode=tuple(items))

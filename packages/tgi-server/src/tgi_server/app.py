@@ -163,7 +163,7 @@ def create_app(
         "/health": health,
         "/ping": health,
         "/info": info_resource,
-        "/v1/models": Models(model_info.model_id),
+        "/v1/models": Models(model_info.model_id, settings.limits.adapter_ids),
         "/metrics": metrics_resource,
         "/docs": SwaggerUi(),
         ASSETS_PATH: SwaggerAssets(),
@@ -205,6 +205,7 @@ def _info(settings: ServerSettings, model_info: ModelInfo) -> Info:
         max_client_batch_size=limits.max_client_batch_size,
         version=__version__,
         docker_label=model_info.docker_label,
+        lora_adapters=list(limits.adapter_ids),
     )
 
 

@@ -149,7 +149,7 @@ class Harness:
     def app(self, tokenizer: TokenizerLike | None = None, **settings: Any) -> App:
         """A new app (with its own engine client) over the engine; ``settings`` are
         ``ServerSettings`` fields (model ``smollm2``, ``HARNESS_LIMITS`` by default)."""
-        server = ServerSettings(model_id="smollm2", limits=HARNESS_LIMITS, **settings)
+        server = ServerSettings(**{"model_id": "smollm2", "limits": HARNESS_LIMITS, **settings})
         client = InProcessEngineClient(self.engine)
         return create_app(
             server, client, tokenizer or self.tokenizer, ModelInfo.from_engine_info(self.info)

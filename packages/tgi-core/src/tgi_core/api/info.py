@@ -51,10 +51,13 @@ class Info(msgspec.Struct, kw_only=True):
     model_device_type: str | None = None
     compute_path: str | None = None
     warmup_seconds: float | None = None
+    # the LoRA adapters a request may name (``adapter_id``, or OpenAI's ``model``)
+    lora_adapters: list[str] = []
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):
-    """One entry of ``GET /v1/models`` (``owned_by`` is the model id, ``created`` 0)."""
+    """One entry of ``GET /v1/models`` (``owned_by`` is the model id, ``created`` 0): the
+    served model, then each LoRA adapter."""
 
     id: str
     object: str = "model"

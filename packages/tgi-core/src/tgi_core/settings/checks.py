@@ -7,12 +7,12 @@ a choice) are the kinds' business (``kinds.py``); defaults are ``resolve.py``'s.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tgi_core.settings.errors import SettingsError
 from tgi_core.settings.fields import FIELDS
+from tgi_core.settings.lora import parse_lora_adapter
 
 if TYPE_CHECKING:
     from tgi_core.settings.model import Settings
@@ -32,8 +32,6 @@ SERVED_QUANTIZE = (
 UNSERVED_QUANTIZE = ("compressed-tensors", "exl2", "marlin")
 
 _DISPLAY = {spec.name: spec.display for spec in FIELDS}
-# TGI's launcher: adapter_id, adapter_id=path, adapter_id@revision (one '@' at most).
-_LORA_ADAPTER = re.compile(r"^([^=@]+)(?:=([^@]+))?(?:@(.+))?$")
 DEVICE_LIST_VARIABLES = (
     "CUDA_VISIBLE_DEVICES",
     "NVIDIA_VISIBLE_DEVICES",
@@ -90,7 +88,7 @@ def check(settings: Settings) -> None:
     if settings.ngrok and settings.ngrok_edge is None:
         raise _error("`ngrok-edge` must be set when using ngrok tunneling", "ngrok")
     for adapter in settings.lora_adapters:
-        if adapter.count("@") > 1 or not _LORA_ADAPTER.match(adapter):
+        if parse_lora_adapter(adapter) is None:
             raise _error(f"Invalid LoRA adapter format: {adapter}", "lora_adapters")
 
 

@@ -126,8 +126,8 @@ _MODEL_FIELDS = (
         MODEL,
         TEXT_LIST,
         (),
-        "LoRA adapters to load: comma list of id, id@revision or id=path.",
-        status=refused(_NOT_YET),
+        "LoRA adapters to load (PEFT, safetensors): comma list of id, id@revision or id=path; "
+        "a request picks one with parameters.adapter_id or the OpenAI model field.",
     ),
     Spec(
         "tokenizer_config_path",

@@ -20,6 +20,7 @@ from typing import Literal
 from tgi_core.settings.checks import check, check_refused
 from tgi_core.settings.errors import SettingsError
 from tgi_core.settings.fields import FIELDS
+from tgi_core.settings.lora import parse_lora_adapter
 from tgi_core.settings.parse import read_sources
 from tgi_core.settings.resolve import HostInfo, resolve
 from tgi_core.settings.slices import (
@@ -272,6 +273,7 @@ class Settings:
             hf_hub_offline=self.hf_hub_offline,
             disable_custom_kernels=self.disable_custom_kernels,
             trust_remote_code=self.trust_remote_code,
+            lora_adapters=self.lora_adapters,
         )
 
     def server(self) -> ServerSettings:
@@ -324,6 +326,11 @@ class Settings:
             max_client_batch_size=self.max_client_batch_size,
             disable_grammar_support=self.disable_grammar_support,
             enable_prefill_logprobs=self.enable_prefill_logprobs,
+            adapter_ids=tuple(
+                adapter.id
+                for entry in self.lora_adapters
+                if (adapter := parse_lora_adapter(entry)) is not None
+            ),
         )
 
     def profile(self) -> ProfileSettings:

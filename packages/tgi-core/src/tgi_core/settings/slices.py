@@ -100,6 +100,7 @@ class RunnerSettings:
     hf_hub_offline: bool = False  # load from the hub's cache only (HF_HUB_OFFLINE)
     disable_custom_kernels: bool = False  # the CPU backend's native kernels off
     trust_remote_code: bool = False  # run a checkpoint's own code (transformers fallback)
+    lora_adapters: tuple[str, ...] = ()  # --lora-adapters entries (settings/lora.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class ValidationLimits:
     max_generation_chunk: int = 1024
     disable_grammar_support: bool = False
     enable_prefill_logprobs: bool = False
+    adapter_ids: tuple[str, ...] = ()  # the LoRA adapters a request may name
 
 
 @dataclass(frozen=True, slots=True)

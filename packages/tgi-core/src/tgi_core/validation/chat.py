@@ -14,6 +14,7 @@ server's job.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from tgi_core.api.chat import (
@@ -143,12 +144,14 @@ def messages_for_template(request: ChatRequest) -> list[dict[str, str]]:
     return messages
 
 
-def chat_to_generate(request: ChatRequest, prompt: str) -> GenerateInput:
+def chat_to_generate(
+    request: ChatRequest, prompt: str, adapter_ids: Collection[str] = ()
+) -> GenerateInput:
     """The generate request TGI builds from a chat request and its templated ``prompt``.
 
     Temperature exactly 0 is greedy, anything else (absent included) samples;
     ``presence_penalty`` p becomes ``repetition_penalty`` p + 2.0; ``top_logprobs`` is
-    ``top_n_tokens``; ``model`` other than ``"tgi"`` is the ``adapter_id``. ``details`` is
+    ``top_n_tokens``; a ``model`` among ``adapter_ids`` is the ``adapter_id``. ``details`` is
     on, ``decoder_input_details`` and ``add_special_tokens`` off (the template already
     placed the special tokens).
 
@@ -174,14 +177,16 @@ def chat_to_generate(request: ChatRequest, prompt: str) -> GenerateInput:
         seed=request.seed,
         top_n_tokens=request.top_logprobs,
         grammar=grammar,
-        adapter_id=adapter_id_for(request.model),
+        adapter_id=adapter_id_for(request.model, adapter_ids),
     )
     return GenerateInput(inputs=prompt, parameters=parameters, add_special_tokens=False)
 
 
-def adapter_id_for(model: str | None) -> str | None:
-    """The LoRA adapter an OpenAI ``model`` field selects: none for ``"tgi"`` or no model."""
-    return None if model is None or model == "tgi" else model
+def adapter_id_for(model: str | None, adapter_ids: Collection[str]) -> str | None:
+    """The LoRA adapter an OpenAI ``model`` field selects: the one it names, else the base
+    model (``"tgi"``, the served model's name or any other: OpenAI clients always send
+    one, and TGI serves an unknown adapter with the base model too)."""
+    return model if model in adapter_ids else None
 
 
 def _flat_content(message: Message) -> str:

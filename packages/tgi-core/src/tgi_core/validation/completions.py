@@ -52,7 +52,7 @@ def completion_to_generate(
         details=True,
         decoder_input_details=not request.stream,
         seed=request.seed,
-        adapter_id=adapter_id_for(request.model),
+        adapter_id=adapter_id_for(request.model, limits.adapter_ids),
     )
     return [GenerateInput(inputs=prompt, parameters=parameters) for prompt in prompts]
 

@@ -188,6 +188,11 @@ def validate_generate(
     sampling = _sampling_params(params, best_of, limits)
     if params.max_new_tokens == 0:
         raise ValidationError("`max_new_tokens` must be strictly positive")
+    if params.adapter_id is not None and params.adapter_id not in limits.adapter_ids:
+        loaded = ", ".join(limits.adapter_ids) or "none"
+        raise ValidationError(
+            f"`adapter_id` {params.adapter_id!r} is not a loaded LoRA adapter (loaded: {loaded})"
+        )
     num_stops = len(params.stop)
     if num_stops > limits.max_stop_sequences:
         msg = (

@@ -264,7 +264,8 @@ class LlamaForCausalLM(nn.Module):
             return (c.num_attention_heads * c.head_dim, kv_size, kv_size)
         return (c.intermediate_size, c.intermediate_size)
 
-    def _target(self, name: str) -> tuple[str, int | None]:
+    def checkpoint_target(self, name: str) -> tuple[str, int | None]:
+        """The parameter a checkpoint tensor fills, and its part of a merged projection."""
         for source, (packed, shard) in self.packed_modules_mapping.items():
             if f".{source}." in name:
                 return name.replace(f".{source}.", f".{packed}."), shard
@@ -292,8 +293,8 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue  # some tied checkpoints still store the (identical) head
-            target, shard = self._target(name)
-            rows = self._rows(target, shard)
+            target, shard = self.checkpoint_target(name)
+            rows = self.part_rows(target, shard)
             if target in quantized:
                 layer = quantized[target]
                 start, count = rows or (0, layer.out_features)
@@ -316,7 +317,7 @@ class LlamaForCausalLM(nn.Module):
             loaded.add((target, shard))
         self._check_loaded([*params, *quantized], loaded)
 
-    def _rows(self, target: str, shard: int | None) -> tuple[int, int] | None:
+    def part_rows(self, target: str, shard: int | None) -> tuple[int, int] | None:
         """(first row, row count) of a merged projection's part; None: the whole tensor."""
         if shard is None:
             return None

@@ -276,7 +276,7 @@ async def chat_input(pipeline: Pipeline, request: ChatRequest) -> GenerateInput:
     """
     tools = select_tools(request)
     prompt = await pipeline.workers.run(render_chat_prompt, pipeline.tokenizer, request, tools)
-    return chat_to_generate(request, prompt)
+    return chat_to_generate(request, prompt, pipeline.limits.adapter_ids)
 
 
 def render_chat_prompt(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import falcon
 import falcon.asgi
 import msgspec
@@ -41,11 +43,12 @@ class InfoResource:
 
 
 class Models:
-    """``GET /v1/models``: one entry, the served model (``owned_by`` its id, ``created`` 0)."""
+    """``GET /v1/models``: the served model, then each LoRA adapter (a chat's ``model``
+    that names one selects it); ``owned_by`` the model id, ``created`` 0."""
 
-    def __init__(self, model_id: str) -> None:
-        entry = ModelInfo(id=model_id, owned_by=model_id)
-        self._body = encode_json(ModelsList(data=[entry]))
+    def __init__(self, model_id: str, adapter_ids: Sequence[str] = ()) -> None:
+        entries = [ModelInfo(id=name, owned_by=model_id) for name in (model_id, *adapter_ids)]
+        self._body = encode_json(ModelsList(data=entries))
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON

@@ -1,9 +1,12 @@
-"""A family with no native implementation, served over HTTP through transformers.
+"""Tiny random models with a word-level tokenizer, served by the real launcher over HTTP.
 
-A tiny random GPT-NeoX (partial rotary, parallel residual: nothing of it is ours) with a
-word-level tokenizer, served by the real launcher: its greedy tokens, alone and three at
-once, equal transformers' own greedy loop on the same weights, and /info says which code
-computes the model.
+- A family with no native implementation, served through transformers: a GPT-NeoX
+  (partial rotary, parallel residual: nothing of it is ours). Its greedy tokens, alone and
+  three at once, equal transformers' own greedy loop on the same weights, and /info says
+  which code computes the model.
+- LoRA adapters (``--lora-adapters``): requests naming each of two PEFT adapters and the
+  base model, in flight together, each get the greedy tokens of its own model (PEFT's
+  forward for the adapters); /info and /v1/models list the adapters.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from typing import Any, NamedTuple
 import pytest
 import torch
 
-from tgi_hpu_kernels.testing import save_tiny_checkpoint, save_word_tokenizer
+from tgi_hpu_kernels.testing import (
+    save_tiny_checkpoint,
+    save_tiny_lora_adapter,
+    save_word_tokenizer,
+)
 from tgi_server.testing import LaunchedService
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -35,7 +42,7 @@ BUCKETS = {"PAD_SEQUENCE_TO_MULTIPLE_OF": "32", "BATCH_BUCKET_SIZE": "4"}
 
 class Served(NamedTuple):
     service: LaunchedService
-    model: torch.nn.Module
+    model: torch.nn.Module  # the base model's reference
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +83,20 @@ def _greedy_reference(model: torch.nn.Module, prompt: tuple[int, ...]) -> list[i
     return ids[0, len(prompt) :].tolist()
 
 
-def _assert_greedy(served: Served, prompt: tuple[int, ...]) -> None:
+def _assert_greedy(
+    served: Served,
+    prompt: tuple[int, ...],
+    model: torch.nn.Module | None = None,
+    adapter_id: str | None = None,
+) -> None:
     text = " ".join(f"t{i}" for i in prompt)
-    parameters = {"max_new_tokens": NUM_NEW_TOKENS, "details": True}
+    parameters: dict[str, Any] = {"max_new_tokens": NUM_NEW_TOKENS, "details": True}
+    if adapter_id is not None:
+        parameters["adapter_id"] = adapter_id
     body = _request(served.service, "POST", "/generate", {"inputs": text, "parameters": parameters})
     details = body["details"]
     ids = [token["id"] for token in details["tokens"]]
-    reference = _greedy_reference(served.model, prompt)
+    reference = _greedy_reference(model or served.model, prompt)
     if details["finish_reason"] == "length":
         assert ids == reference
     else:  # stopped at the end-of-sequence token, where transformers' greedy also chose it
@@ -106,3 +120,55 @@ def test_greedy_alone_and_batched_equal_transformers(served: Served) -> None:
     lines = connection.getresponse().read().decode().splitlines()
     connection.close()
     assert "tgi_unwarmed_shapes 0" in lines
+
+
+class ServedAdapters(NamedTuple):
+    served: Served
+    adapters: dict[str, torch.nn.Module]  # id -> PEFT's model
+
+
+@pytest.fixture(scope="module")
+def with_adapters(
+    launch: Callable[..., LaunchedService],
+    stop_and_check: Callable[[LaunchedService], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServedAdapters]:
+    pytest.importorskip("peft")
+    root = tmp_path_factory.mktemp("tiny-llama-lora")
+    folder = root / "base"
+    model = save_tiny_checkpoint(folder, "llama")
+    save_word_tokenizer(folder)
+    every = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    adapters = {
+        "sql": save_tiny_lora_adapter(folder, root / "sql", seed=5, r=4, target_modules=every),
+        "chat": save_tiny_lora_adapter(
+            folder, root / "chat", seed=6, r=2, target_modules=["q_proj", "v_proj"]
+        ),
+    }
+    entries = ",".join(f"{name}={root / name}" for name in adapters)
+    argv = ("--model-id", str(folder), "--device", "cpu", "--lora-adapters", entries)
+    service = launch("lora", *argv, limits=LIMITS, environ=BUCKETS)
+    yield ServedAdapters(Served(service, model), adapters)
+    stop_and_check(service)
+
+
+def test_adapters_are_listed(with_adapters: ServedAdapters) -> None:
+    service = with_adapters.served.service
+    assert _request(service, "GET", "/info")["lora_adapters"] == ["sql", "chat"]
+    models = _request(service, "GET", "/v1/models")["data"]
+    assert [entry["id"] for entry in models][1:] == ["sql", "chat"]
+
+
+def test_each_request_gets_its_own_adapter_in_one_batch(with_adapters: ServedAdapters) -> None:
+    served, adapters = with_adapters
+    cases = [
+        (PROMPTS[0], None, None),
+        (PROMPTS[1], adapters["sql"], "sql"),
+        (PROMPTS[2], adapters["chat"], "chat"),
+        (PROMPTS[3], adapters["sql"], "sql"),
+    ]
+    # the adapters change the answers: matching them is not matching the base model
+    for prompt, model, _ in cases[1:3]:
+        assert _greedy_reference(model, prompt) != _greedy_reference(served.model, prompt)
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        list(pool.map(lambda case: _assert_greedy(served, *case), cases))

@@ -1,0 +1,168 @@
+"""LoRA adapters applied in the batch: each sequence with its own adapter, none merged.
+
+Every adapted projection (a merged one such as ``qkv_proj`` included) gets one forward hook
+holding all adapters' pairs side by side: ``A`` ``[R, in]`` stacks every adapter's and
+part's rows, ``B`` ``[out, R]`` places each pair's columns in its part's output rows, and
+``columns`` ``[R]`` says which adapter each rank column belongs to. A step computes
+``((x @ A.T) * (row_adapter == columns)) @ B.T`` once per projection: a token's rank
+columns of other adapters are zeroed, so a mixed batch costs two thin matmuls over
+``R = sum of ranks`` whatever the mix, and base-only steps skip them.
+
+The hooks run before the tensor-parallel all-reduce hook of a row-parallel projection
+(``prepend``), so each rank adds its partial delta to its partial output and the sum is
+exact; ``A`` of a row-parallel and ``B`` of a column-parallel projection are sliced as
+their base weight is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tgi_core.contract import DecodeItem, PrefillItem, StepPlan
+from tgi_hpu_kernels.lora.checkpoint import LoraWeights
+from tgi_hpu_kernels.models.llama import LlamaForCausalLM
+from tgi_hpu_kernels.parallel.sharding import shard_weights
+
+__all__ = ["LoraAdapters"]
+
+
+@dataclass
+class _Pair:
+    adapter: int  # 1-based index; 0 is the base model
+    rows: tuple[int, int]  # (first output row, row count) of its part
+    a: Tensor
+    b: Tensor
+
+
+@dataclass
+class _Projection:
+    """One projection's hook: every adapter's pairs, side by side."""
+
+    adapters: LoraAdapters
+    a: Tensor  # [R, in]
+    b: Tensor  # [out, R]
+    columns: Tensor  # [R] adapter index of each rank column
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+        rows = self.adapters.row_adapters
+        if rows is None:  # no sequence of this step uses an adapter
+            return output
+        low = args[0] @ self.a.T
+        low = low * (rows[:, None] == self.columns).to(low.dtype)
+        return torch.addmm(output, low, self.b.T)
+
+
+@dataclass
+class LoraAdapters:
+    """The loaded adapters (``ids``, index ``i + 1`` each) and which rows of the current
+    step use which."""
+
+    ids: tuple[str, ...]
+    row_adapters: Tensor | None = None  # [N] adapter index per token row, this step
+
+    @classmethod
+    def attach(
+        cls,
+        model: LlamaForCausalLM,
+        adapters: Sequence[LoraWeights],
+        *,
+        rank: int = 0,
+        num_shard: int = 1,
+    ) -> LoraAdapters:
+        """Hooks ``adapters`` onto ``model``'s projections (this rank's slices).
+
+        Raises:
+            ValueError: an adapter adapts a layer the model does not have, or its shapes do
+                not fit the layer.
+        """
+        manager = cls(tuple(adapter.adapter_id for adapter in adapters))
+        modules = dict(model.named_modules())
+        weight = next(model.parameters())
+        pairs: dict[str, list[_Pair]] = {}
+        for index, adapter in enumerate(adapters, start=1):
+            for name, full in adapter.pairs.items():
+                target, part = model.checkpoint_target(f"{name}.weight")
+                module_name = target.removesuffix(".weight")
+                module = modules.get(module_name)
+                if module is None or not hasattr(module, "out_features"):
+                    raise ValueError(
+                        f"LoRA adapter {adapter.adapter_id!r} adapts {name}, which is not a "
+                        f"projection of this {type(model).__name__}"
+                    )
+                a, b = _this_rank(model, name, *full, rank=rank, num_shard=num_shard)
+                rows = model.part_rows(target, part) or (0, int(module.out_features))
+                if (b.shape[0], a.shape[1]) != (rows[1], module.in_features):
+                    raise ValueError(
+                        f"LoRA adapter {adapter.adapter_id!r}: {name} maps {a.shape[1]} -> "
+                        f"{b.shape[0]} features, the model's {module.in_features} -> {rows[1]}"
+                    )
+                pair = _Pair(index, rows, a.to(weight.dtype), b.to(weight.dtype))
+                pairs.setdefault(module_name, []).append(pair)
+        for module_name, module_pairs in pairs.items():
+            module = modules[module_name]
+            hook = _stack(manager, module_pairs, int(module.out_features), weight.device)
+            module.register_forward_hook(hook, prepend=True)
+        return manager
+
+    def index_of(self, adapter_id: str | None) -> int | None:
+        """0 for the base model, the adapter's index, or None when it is not loaded."""
+        if adapter_id is None:
+            return 0
+        return self.ids.index(adapter_id) + 1 if adapter_id in self.ids else None
+
+    def begin_step(
+        self, plan: StepPlan, token_offsets: Sequence[int], num_rows: int, device: torch.device
+    ) -> None:
+        """Which adapter each of the step's ``num_rows`` token rows uses (padding: none)."""
+        rows = [0] * num_rows
+        items: Sequence[PrefillItem | DecodeItem] = plan.prefill or plan.decode
+        for item, start in zip(items, token_offsets, strict=True):
+            index = self.index_of(item.adapter_id) or 0  # unknown ids never get here: prepare
+            if index:
+                count = (
+                    1
+                    if isinstance(item, DecodeItem)
+                    else len(item.token_ids) - item.num_cached_tokens
+                )
+                rows[start : start + count] = [index] * count
+        self.row_adapters = torch.tensor(rows, device=device) if any(rows) else None
+
+
+def _this_rank(
+    model: LlamaForCausalLM, name: str, a: Tensor, b: Tensor, *, rank: int, num_shard: int
+) -> tuple[Tensor, Tensor]:
+    """A column-parallel projection's B is split by rows and a row-parallel one's A by
+    columns, as the base weight of each; the other half is replicated."""
+    if num_shard == 1:
+        return a, b
+    layout = type(model).tp_layout
+    key = f"{name}.weight"
+    if any(part in key for part in layout.column):
+        ((_, b),) = shard_weights([(key, b)], rank=rank, num_shard=num_shard, layout=layout)
+    elif any(part in key for part in layout.row):
+        ((_, a),) = shard_weights([(key, a)], rank=rank, num_shard=num_shard, layout=layout)
+    return a, b
+
+
+def _stack(
+    manager: LoraAdapters, pairs: list[_Pair], out_features: int, device: torch.device
+) -> _Projection:
+    total = sum(pair.a.shape[0] for pair in pairs)
+    in_features = pairs[0].a.shape[1]
+    a = torch.zeros(total, in_features, dtype=pairs[0].a.dtype)
+    b = torch.zeros(out_features, total, dtype=pairs[0].b.dtype)
+    columns = torch.zeros(total, dtype=torch.long)
+    start = 0
+    for pair in pairs:
+        rank = pair.a.shape[0]
+        first, count = pair.rows
+        a[start : start + rank] = pair.a
+        b[first : first + count, start : start + rank] = pair.b
+        columns[start : start + rank] = pair.adapter
+        start += rank
+    return _Projection(manager, a.to(device), b.to(device), columns.to(device))
