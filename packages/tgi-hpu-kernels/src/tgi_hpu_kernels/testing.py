@@ -37,7 +37,7 @@ __all__ = [
     "teacher_forced_logits",
 ]
 
-Family = Literal["llama", "llama3", "mistral", "qwen2", "gpt_neox", "opt", "bloom"]
+Family = Literal["llama", "llama3", "mistral", "mixtral", "qwen2", "gpt_neox", "opt", "bloom"]
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 128,
@@ -71,6 +71,11 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "mistral": ("MistralConfig", {"sliding_window": 8, "head_dim": 16}),
+    # 4 experts, top 2, Mistral's sliding window.
+    "mixtral": (
+        "MixtralConfig",
+        {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8},
+    ),
     # Layer 0 full attention, layer 1 sliding (max_window_layers=1); q/k/v biases.
     "qwen2": (
         "Qwen2Config",

@@ -19,11 +19,13 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "resolve_model_clas
 _MODELS: dict[str, tuple[str, str]] = {
     "llama": ("llama", "LlamaForCausalLM"),
     "mistral": ("mistral", "MistralForCausalLM"),
+    "mixtral": ("mixtral", "MixtralForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
 }
 _ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
+    "MixtralForCausalLM": "mixtral",
     "Qwen2ForCausalLM": "qwen2",
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_MODELS))
