@@ -20,11 +20,13 @@ _MODELS: dict[str, tuple[str, str]] = {
     "llama": ("llama", "LlamaForCausalLM"),
     "mistral": ("mistral", "MistralForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "starcoder2": ("starcoder2", "Starcoder2ForCausalLM"),
 }
 _ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Starcoder2ForCausalLM": "starcoder2",
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_MODELS))
 
