@@ -1,5 +1,6 @@
 """Tensor parallelism on the CPU (gloo): 2 shards give the single-rank runner's logits and
-greedy tokens on tiny random Llama and Qwen2 models, in float32; bad shard counts fail early.
+greedy tokens on tiny random Llama, Qwen2 and StarCoder2 models, in float32; bad shard counts
+fail early.
 
 The sharded runner is the real thing: rank 0 in this process, rank 1 a child process that
 ``TorchModelRunner`` starts, plans broadcast every step.
@@ -88,7 +89,7 @@ def _greedy_tokens(runner) -> list[list[int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llama", "mixtral", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "mixtral", "qwen2", "starcoder2"])
 def test_two_shards_match_one(tiny_checkpoint, make_runner, family):
     folder, _ = tiny_checkpoint(family)
     single = make_runner(folder, block_size=BLOCK_SIZE)

@@ -37,7 +37,7 @@ __all__ = [
     "teacher_forced_logits",
 ]
 
-Family = Literal["llama", "llama3", "mistral", "mixtral", "qwen2", "gpt_neox", "opt", "bloom"]
+Family = Literal["llama", "llama3", "mistral", "mixtral", "qwen2", "starcoder2", "gpt_neox", "opt", "bloom"]
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 128,
@@ -85,6 +85,12 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "max_window_layers": 1,
             "tie_word_embeddings": True,
         },
+    ),
+    # Biases everywhere, tanh GELU and tied embeddings (StarCoder2's defaults), a window on
+    # every layer, and a LayerNorm eps large enough to matter at this scale.
+    "starcoder2": (
+        "Starcoder2Config",
+        {"sliding_window": 8, "norm_epsilon": 1e-3, "hidden_act": "gelu_pytorch_tanh"},
     ),
 }
 
@@ -149,11 +155,13 @@ def save_tiny_checkpoint(
     torch.manual_seed(seed)
     auto = transformers.AutoModelForCausalLM
     model: Any = auto.from_config(config, attn_implementation="eager")  # type: ignore[no-untyped-call]
-    if family in ("qwen2", "gpt_neox", "opt"):  # transformers zeroes biases: make them matter
+    if family in ("qwen2", "gpt_neox", "opt", "starcoder2"):  # transformers zeroes biases: make them matter
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.endswith("bias"):
                     param.normal_(0.0, 0.05)
+                elif family == "starcoder2" and "norm" in name:  # LayerNorm weights start at 1
+                    param.normal_(1.0, 0.1)
     model.save_pretrained(folder)
     evaluated: torch.nn.Module = model.eval()
     return evaluated

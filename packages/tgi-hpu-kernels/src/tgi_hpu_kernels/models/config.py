@@ -8,7 +8,7 @@ metadata is translated to this same dict form by the loader.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,6 +38,7 @@ class ModelConfig:
     mlp_bias: bool = False
     sliding_windows: tuple[int | None, ...] = ()
     eos_token_ids: tuple[int, ...] = ()
+    hidden_act: str = "silu"
 
     def sliding_window(self, layer_idx: int) -> int | None:
         return self.sliding_windows[layer_idx] if self.sliding_windows else None
@@ -87,15 +88,19 @@ def _eos_ids(raw: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, list | tuple) else (int(eos),)
 
 
-def parse_common(raw: Mapping[str, Any]) -> ModelConfig:
-    """The fields every Llama-like family shares (no bias, no sliding window).
+def parse_common(
+    raw: Mapping[str, Any], *, activations: Collection[str] = ("silu",)
+) -> ModelConfig:
+    """The fields every Llama-like family shares (no bias, no sliding window);
+    ``activations``: the ``hidden_act`` values the family implements.
 
     Raises:
-        ValueError: a missing field, or an activation other than SiLU.
+        ValueError: a missing field, or an activation not in ``activations``.
     """
     act = raw.get("hidden_act", "silu")
-    if act != "silu":
-        raise ValueError(f"hidden_act {act!r} is not supported (only 'silu')")
+    if act not in activations:
+        allowed = ", ".join(repr(a) for a in activations)
+        raise ValueError(f"hidden_act {act!r} is not supported (only {allowed})")
     try:
         num_heads = int(raw["num_attention_heads"])
         hidden_size = int(raw["hidden_size"])
@@ -113,6 +118,7 @@ def parse_common(raw: Mapping[str, Any]) -> ModelConfig:
             rope=parse_rope(raw),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             eos_token_ids=_eos_ids(raw),
+            hidden_act=str(act),
         )
     except KeyError as missing:
         raise ValueError(f"model config has no {missing.args[0]!r}") from None

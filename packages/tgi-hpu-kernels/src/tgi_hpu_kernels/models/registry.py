@@ -21,12 +21,14 @@ _MODELS: dict[str, tuple[str, str]] = {
     "mistral": ("mistral", "MistralForCausalLM"),
     "mixtral": ("mixtral", "MixtralForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "starcoder2": ("starcoder2", "Starcoder2ForCausalLM"),
 }
 _ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "MixtralForCausalLM": "mixtral",
     "Qwen2ForCausalLM": "qwen2",
+    "Starcoder2ForCausalLM": "starcoder2",
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_MODELS))
 
