@@ -19,11 +19,13 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "resolve_model_clas
 _MODELS: dict[str, tuple[str, str]] = {
     "llama": ("llama", "LlamaForCausalLM"),
     "mistral": ("mistral", "MistralForCausalLM"),
+    "phi3": ("phi3", "Phi3ForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
 }
 _ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
+    "Phi3ForCausalLM": "phi3",
     "Qwen2ForCausalLM": "qwen2",
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_MODELS))
