@@ -24,7 +24,7 @@ from tgi_core.contract import (
     StepPlan,
 )
 
-FAMILIES = ["llama", "llama3", "mistral", "mixtral", "qwen2", "starcoder2", "gpt_neox", "opt"]
+FAMILIES = ["llama", "llama3", "mistral", "mixtral", "qwen2", "starcoder2", "phi3", "gpt_neox", "opt"]
 BLOCK_SIZE = 4
 NUM_KV_BLOCKS = 64
 PROMPT_LENS = (5, 11, 17)
@@ -190,10 +190,11 @@ def test_bfloat16_native_kernels_agree_with_torch_ops(tiny_checkpoint, make_runn
     torch.testing.assert_close(logits[0], logits[1], atol=0.03 * scale, rtol=0)
 
 
-def test_bfloat16_fused_stack_gives_the_per_op_bits(tiny_checkpoint, make_runner):
+@pytest.mark.parametrize("family", ["qwen2", "phi3"])  # biases, windows; partial rotary
+def test_bfloat16_fused_stack_gives_the_per_op_bits(tiny_checkpoint, make_runner, family):
     """Decode steps (and prefills of up to 32 rows) run one native call per layer; the bits
     are those of the native kernels called one by one."""
-    folder, _ = tiny_checkpoint("qwen2")  # biases and a sliding window
+    folder, _ = tiny_checkpoint(family)
     gen = torch.Generator().manual_seed(5)
     sequences = [torch.randint(3, 128, (p + 6,), generator=gen).tolist() for p in PROMPT_LENS]
     short = _prefill_item(9, sequences[2][:14], _tables([14], seed=7)[0])

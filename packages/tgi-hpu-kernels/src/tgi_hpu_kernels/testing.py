@@ -37,7 +37,7 @@ __all__ = [
     "teacher_forced_logits",
 ]
 
-Family = Literal["llama", "llama3", "mistral", "mixtral", "qwen2", "starcoder2", "gpt_neox", "opt", "bloom"]
+Family = Literal["llama", "llama3", "mistral", "mixtral", "qwen2", "starcoder2", "phi3", "gpt_neox", "opt", "bloom"]
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 128,
@@ -75,6 +75,23 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mixtral": (
         "MixtralConfig",
         {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8},
+    # LongRoPE (short != long factors, attention factor from 256 / 64) over 12 of 16 head
+    # dims; a window on every layer. Long factors from position 64 on: the shared parity
+    # tests stay below it, test_family_phi3 crosses it. Pad id 0: 32000 is past the vocab.
+    "phi3": (
+        "Phi3Config",
+        {
+            "original_max_position_embeddings": 64,
+            "partial_rotary_factor": 0.75,
+            "rope_scaling": {
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                "long_factor": [1.5, 2.0, 3.0, 4.5, 6.0, 8.0],
+            },
+            "sliding_window": 32,
+            "pad_token_id": 0,
+        },
     ),
     # Layer 0 full attention, layer 1 sliding (max_window_layers=1); q/k/v biases.
     "qwen2": (

@@ -1,4 +1,4 @@
-"""Rotary position embeddings: default, linear, dynamic NTK and Llama-3.x scaling.
+"""Rotary position embeddings: default, linear, dynamic NTK, Llama-3.x and LongRoPE scaling.
 
 The cos/sin tables are computed once for every position the runner can see and indexed per
 step (one gather), in the model dtype, with the same float32 frequency math as
@@ -6,6 +6,19 @@ transformers. Dynamic NTK is the exception: past ``max_position_embeddings`` its
 depends on the longest sequence in the step, so ``ensure_length`` recomputes the tables in
 place when a step goes beyond what they were last built for (TGI's and transformers' rule;
 KV computed earlier keeps its old rotation, as in both).
+
+LongRoPE (Phi-3) divides each frequency by a short or a long factor and scales cos/sin by an
+attention factor. The factor set is chosen per position (TGI's rule): the short factors below
+``original_max_position_embeddings``, the long ones from it on, so a position's rotation never
+changes and KV written once stays valid (paging, prefix caching, batching). transformers picks
+one set per forward from the longest position in it, so it gives these rotations when fed one
+token at a time (or a prompt that fits the original context, then cached decode steps), and
+long factors everywhere in one uncached forward past the original context.
+
+With a partial rotary factor (Phi-4-mini) only the first ``rotary_dim`` dims of each head
+rotate, pairing dims ``i`` and ``i + rotary_dim / 2``; the tables pair ``i`` and
+``i + head_dim / 2`` and hold cos 1, sin 0 on the pass-through dims, for q/k rows loaded in
+``rotary_row_order`` (the same order for q and k, so q.k is unchanged).
 """
 
 from __future__ import annotations
@@ -16,9 +29,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["RopeConfig", "RotaryEmbedding", "apply_rotary", "inverse_frequencies"]
+__all__ = [
+    "RopeConfig",
+    "RotaryEmbedding",
+    "apply_rotary",
+    "attention_scaling",
+    "inverse_frequencies",
+    "rotary_row_order",
+]
 
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "longrope")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,18 +53,33 @@ class RopeConfig:
     original_max_position_embeddings: int | None = None
     # Per-frequency divisors stored by llama.cpp (``rope_freqs.weight``, Llama 3.x GGUFs).
     freq_factors: tuple[float, ...] | None = None
+    # LongRoPE: per-frequency divisors below / from the original context, and the cos/sin
+    # scale (None: derived from ``factor`` and the original context, as transformers does).
+    short_factor: tuple[float, ...] | None = None
+    long_factor: tuple[float, ...] | None = None
+    attention_factor: float | None = None
+    partial_rotary_factor: float = 1.0  # the fraction of each head's dims that rotate
+
+    def rotary_dim(self, head_dim: int) -> int:
+        return int(head_dim * self.partial_rotary_factor)
 
 
 def inverse_frequencies(
     rope: RopeConfig, head_dim: int, max_position_embeddings: int, seq_len: int | None = None
 ) -> Tensor:
-    """float32 ``[head_dim // 2]`` inverse frequencies (transformers' ``ROPE_INIT_FUNCTIONS``)."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    """float32 ``[rotary_dim // 2]`` inverse frequencies (transformers' ``ROPE_INIT_FUNCTIONS``;
+    LongRoPE: the long factors when ``seq_len`` exceeds the original context)."""
+    dim = rope.rotary_dim(head_dim)
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     base = rope.theta
     if rope.rope_type == "dynamic":
         length = max(seq_len or max_position_embeddings, max_position_embeddings)
         growth = rope.factor * length / max_position_embeddings - (rope.factor - 1)
-        base = base * growth ** (head_dim / (head_dim - 2))
+        base = base * growth ** (dim / (dim - 2))
+    if rope.rope_type == "longrope":
+        original = rope.original_max_position_embeddings or max_position_embeddings
+        factors = rope.long_factor if seq_len and seq_len > original else rope.short_factor
+        return 1.0 / (torch.tensor(factors, dtype=torch.float32) * base**exponents)
     inv_freq = 1.0 / (base**exponents)
     if rope.freq_factors is not None:
         inv_freq = inv_freq / torch.tensor(rope.freq_factors, dtype=torch.float32)
@@ -67,6 +102,27 @@ def _llama3_scaling(rope: RopeConfig, inv_freq: Tensor, max_position_embeddings:
     smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
     is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
     return torch.where(is_medium, smoothed, scaled)
+
+
+def attention_scaling(rope: RopeConfig) -> float:
+    """The factor cos and sin are multiplied by (LongRoPE's attention factor; else 1)."""
+    if rope.rope_type != "longrope":
+        return 1.0
+    if rope.attention_factor is not None:
+        return rope.attention_factor
+    original = rope.original_max_position_embeddings
+    if rope.factor <= 1.0 or not original:
+        return 1.0
+    return math.sqrt(1 + math.log(rope.factor) / math.log(original))
+
+
+def rotary_row_order(head_dim: int, rotary_dim: int) -> Tensor:
+    """The order of one head's q/k rows for the tables when only ``rotary_dim`` dims rotate:
+    each rotated half first in its half of the head, the pass-through dims after it."""
+    half, passed = rotary_dim // 2, (head_dim - rotary_dim) // 2
+    rotated = torch.arange(half)
+    rest = torch.arange(rotary_dim, head_dim)
+    return torch.cat((rotated, rest[:passed], rotated + half, rest[passed:]))
 
 
 class RotaryEmbedding:
@@ -96,12 +152,21 @@ class RotaryEmbedding:
         self.cos, self.signed_sin = self._tables(None)
 
     def _tables(self, seq_len: int | None) -> tuple[Tensor, Tensor]:
-        inv_freq = inverse_frequencies(
-            self.rope, self.head_dim, self.max_position_embeddings, seq_len
-        )
+        rope, max_len = self.rope, self.max_position_embeddings
+        inv_freq = inverse_frequencies(rope, self.head_dim, max_len, seq_len)
         positions = torch.arange(self.max_positions, dtype=torch.int64).float()
-        freqs = torch.outer(positions, inv_freq)  # [positions, head_dim // 2]
-        cos, sin = freqs.cos(), freqs.sin()
+        freqs = torch.outer(positions, inv_freq)  # [positions, rotary_dim // 2]
+        if rope.rope_type == "longrope":
+            original = rope.original_max_position_embeddings or max_len
+            long_inv_freq = inverse_frequencies(rope, self.head_dim, max_len, original + 1)
+            long = torch.outer(positions, long_inv_freq)
+            freqs = torch.where(positions.unsqueeze(1) >= original, long, freqs)
+        scale = attention_scaling(rope)
+        cos, sin = freqs.cos() * scale, freqs.sin() * scale
+        passed = (self.head_dim - rope.rotary_dim(self.head_dim)) // 2
+        if passed:
+            cos = torch.cat((cos, torch.ones(len(positions), passed)), dim=-1)
+            sin = torch.cat((sin, torch.zeros(len(positions), passed)), dim=-1)
         cos_table = torch.cat((cos, cos), dim=-1)
         sin_table = torch.cat((-sin, sin), dim=-1)
         return (

@@ -100,6 +100,7 @@ def _rope_override(config: ModelConfig, settings: RunnerSettings) -> ModelConfig
         theta=config.rope.theta,
         factor=settings.rope_factor if settings.rope_factor is not None else 1.0,
         original_max_position_embeddings=config.max_position_embeddings,
+        partial_rotary_factor=config.rope.partial_rotary_factor,  # the model's, not scaling
     )
     return config.with_rope(rope)
 

@@ -59,7 +59,8 @@ def parse_rope(raw: Mapping[str, Any]) -> RopeConfig:
     """RoPE parameters from ``rope_parameters`` (transformers 5) or ``rope_scaling`` (4).
 
     Raises:
-        ValueError: a rope type this package does not implement.
+        ValueError: a rope type this package does not implement, or LongRoPE without its
+            short and long factors.
     """
     params = dict(raw.get("rope_parameters") or {})
     scaling = dict(raw.get("rope_scaling") or {})
@@ -68,17 +69,41 @@ def parse_rope(raw: Mapping[str, Any]) -> RopeConfig:
     if rope_type not in ROPE_TYPES:
         supported = ", ".join(ROPE_TYPES)
         raise ValueError(f"rope type {rope_type!r} is not supported; supported: {supported}")
-    original = merged.get("original_max_position_embeddings")
+    # A top-level original context wins over the rope dict's, as in transformers (Phi-3).
+    original = raw.get("original_max_position_embeddings")
+    original = merged.get("original_max_position_embeddings") if original is None else original
+    factor = merged.get("factor")
+    if rope_type == "longrope":
+        max_positions = int(raw.get("max_position_embeddings", 2048))
+        original = int(original or max_positions)
+        if factor is None:  # the context growth, which sets the default attention factor
+            factor = max_positions / original
     freq_factors = raw.get("rope_freq_factors")
     return RopeConfig(
         rope_type=rope_type,
         theta=float(merged.get("rope_theta", raw.get("rope_theta", 10000.0))),
-        factor=float(merged.get("factor", 1.0)),
+        factor=float(1.0 if factor is None else factor),
         low_freq_factor=float(merged.get("low_freq_factor", 1.0)),
         high_freq_factor=float(merged.get("high_freq_factor", 4.0)),
         original_max_position_embeddings=int(original) if original is not None else None,
         freq_factors=tuple(float(f) for f in freq_factors) if freq_factors else None,
+        short_factor=_factors(merged, "short_factor", rope_type),
+        long_factor=_factors(merged, "long_factor", rope_type),
+        attention_factor=_optional_float(merged.get("attention_factor")),
     )
+
+
+def _factors(merged: Mapping[str, Any], key: str, rope_type: str) -> tuple[float, ...] | None:
+    if rope_type != "longrope":
+        return None
+    values = merged.get(key)
+    if not values:
+        raise ValueError(f"rope type 'longrope' needs {key!r} in the rope parameters")
+    return tuple(float(v) for v in values)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _eos_ids(raw: Mapping[str, Any]) -> tuple[int, ...]:

@@ -20,6 +20,7 @@ _MODELS: dict[str, tuple[str, str]] = {
     "llama": ("llama", "LlamaForCausalLM"),
     "mistral": ("mistral", "MistralForCausalLM"),
     "mixtral": ("mixtral", "MixtralForCausalLM"),
+    "phi3": ("phi3", "Phi3ForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
     "starcoder2": ("starcoder2", "Starcoder2ForCausalLM"),
 }
@@ -27,6 +28,7 @@ _ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "MixtralForCausalLM": "mixtral",
+    "Phi3ForCausalLM": "phi3",
     "Qwen2ForCausalLM": "qwen2",
     "Starcoder2ForCausalLM": "starcoder2",
 }
