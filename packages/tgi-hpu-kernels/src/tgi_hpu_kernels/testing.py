@@ -33,7 +33,7 @@ __all__ = [
     "teacher_forced_logits",
 ]
 
-Family = Literal["llama", "llama3", "mistral", "qwen2"]
+Family = Literal["gemma", "llama", "llama3", "mistral", "qwen2"]
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 128,
@@ -77,6 +77,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "tie_word_embeddings": True,
         },
     ),
+    # head_dim 32, not hidden / heads; random norm weights (save_tiny_checkpoint); weights
+    # large enough that the tanh GELU and the exact one differ beyond the parity tolerance.
+    "gemma": ("GemmaConfig", {"head_dim": 32, "initializer_range": 0.15}),
 }
 
 
@@ -100,6 +103,11 @@ def save_tiny_checkpoint(
             for name, param in model.named_parameters():
                 if name.endswith("bias"):
                     param.normal_(0.0, 0.05)
+    if family.startswith("gemma"):  # norm weights start at 0 (1 + w): make them matter
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.normal_(0.0, 0.3)
     model.save_pretrained(folder)
     evaluated: torch.nn.Module = model.eval()
     return evaluated

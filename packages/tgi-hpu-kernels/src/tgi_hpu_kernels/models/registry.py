@@ -17,11 +17,13 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "resolve_model_clas
 
 # model_type -> (module under tgi_hpu_kernels.models, class name)
 _MODELS: dict[str, tuple[str, str]] = {
+    "gemma": ("gemma", "GemmaForCausalLM"),
     "llama": ("llama", "LlamaForCausalLM"),
     "mistral": ("mistral", "MistralForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
 }
 _ARCHITECTURES: dict[str, str] = {
+    "GemmaForCausalLM": "gemma",
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
