@@ -1,6 +1,6 @@
-"""Gemma specifics the parity tests do not reach: its config rules, the bf16 rounding of the
-embedding scale, int8 weight-only quantization, and that the fused decoder stack (Llama's
-SiLU layer) never runs it."""
+"""Gemma and Gemma 2 specifics the parity tests do not reach: their config rules, the bf16
+rounding of the embedding scale, int8 weight-only quantization, and that the fused decoder
+stack (Llama's SiLU layer) never runs them."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from transformers.models.gemma.modeling_gemma import GemmaTextScaledWordEmbeddin
 
 from tgi_hpu_kernels.layers import QuantizedLinear
 from tgi_hpu_kernels.models.gemma import GemmaForCausalLM, ScaledEmbedding
+from tgi_hpu_kernels.models.gemma2 import Gemma2ForCausalLM
 from tgi_hpu_kernels.runner import TorchModelRunner
 from tgi_hpu_kernels.testing import teacher_forced_logits
 
@@ -65,6 +66,41 @@ def test_unsupported_configs_are_refused(extra: dict[str, Any], message: str) ->
         GemmaForCausalLM.parse_config({**_RAW, **extra})
 
 
+def test_gemma2_missing_fields_take_transformers_defaults() -> None:
+    raw = {**_RAW, "model_type": "gemma2", "num_hidden_layers": 3}
+    config = Gemma2ForCausalLM.parse_config(raw)
+    assert config.attention_scale == 256**-0.5  # query_pre_attn_scalar, not head_dim
+    assert (config.attn_logit_softcap, config.final_logit_softcap) == (50.0, 30.0)
+    assert config.sliding_windows == (4096, None, 4096)  # even layers are local
+
+
+def test_gemma2_explicit_values_and_nulls() -> None:
+    raw = {
+        **_RAW,
+        "model_type": "gemma2",
+        "num_hidden_layers": 2,
+        "query_pre_attn_scalar": 144,
+        "attn_logit_softcapping": None,
+        "final_logit_softcapping": None,
+        "sliding_window": 512,
+        "layer_types": ["full_attention", "sliding_attention"],
+    }
+    config = Gemma2ForCausalLM.parse_config(raw)
+    assert config.attention_scale == 144**-0.5
+    assert config.attn_logit_softcap is None and config.final_logit_softcap is None
+    assert config.sliding_windows == (None, 512)
+    unwindowed = Gemma2ForCausalLM.parse_config({**raw, "sliding_window": None})
+    assert unwindowed.sliding_window(1) is None
+
+
+def test_gemma2_reads_hidden_activation_only() -> None:
+    # transformers' Gemma 2 takes "gelu" literally (the exact GELU) and ignores hidden_act.
+    raw = {**_RAW, "model_type": "gemma2", "hidden_act": "silu"}
+    assert Gemma2ForCausalLM.parse_config(raw).hidden_size == 16
+    with pytest.raises(ValueError, match=r"^gemma2 hidden_activation 'gelu' is not supported"):
+        Gemma2ForCausalLM.parse_config({**raw, "hidden_activation": "gelu"})
+
+
 def test_bfloat16_embedding_scale_is_rounded_as_in_transformers() -> None:
     torch.manual_seed(0)
     ours = ScaledEmbedding(10, 3072).to(torch.bfloat16)
@@ -85,10 +121,11 @@ def _logits(runner: TorchModelRunner) -> Tensor:
     return teacher_forced_logits(runner, sequences, prefill_len=6, block_size=4)
 
 
+@pytest.mark.parametrize("family", ["gemma", "gemma2"])
 def test_int8_weight_only_quantization_serves_gemma(
-    tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner
+    tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner, family: str
 ) -> None:
-    folder, _ = tiny_checkpoint("gemma")
+    folder, _ = tiny_checkpoint(family)
     dense = _logits(make_runner(folder))
     runner = make_runner(folder, quantize="bitsandbytes")
     mlp = dict(runner._model.named_modules())["model.layers.1.mlp.gate_up_proj"]
@@ -97,12 +134,13 @@ def test_int8_weight_only_quantization_serves_gemma(
     assert float(cosine.min()) > 0.99
 
 
+@pytest.mark.parametrize("family", ["gemma", "gemma2"])
 def test_bfloat16_decode_never_takes_the_fused_llama_stack(
-    tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner
+    tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner, family: str
 ) -> None:
-    """Where the CPU has the fused bf16 stack, it would run a SiLU MLP: Gemma's bits must be
-    those of its own layers."""
-    folder, _ = tiny_checkpoint("gemma")
+    """Where the CPU has the fused bf16 stack, it would run a SiLU MLP (and neither Gemma 2's
+    extra norms nor its caps): the bits must be those of the family's own layers."""
+    folder, _ = tiny_checkpoint(family)
     fused, per_op = (
         _logits(make_runner(folder, dtype="bfloat16", fused=use)) for use in (True, False)
     )

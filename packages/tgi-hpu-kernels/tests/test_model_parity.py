@@ -24,7 +24,7 @@ from tgi_core.contract import (
     StepPlan,
 )
 
-FAMILIES = ["llama", "llama3", "mistral", "qwen2", "gemma"]
+FAMILIES = ["llama", "llama3", "mistral", "qwen2", "gemma", "gemma2"]
 BLOCK_SIZE = 4
 NUM_KV_BLOCKS = 64
 PROMPT_LENS = (5, 11, 17)

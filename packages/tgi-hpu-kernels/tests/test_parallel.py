@@ -87,7 +87,7 @@ def _greedy_tokens(runner) -> list[list[int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "gemma2"])
 def test_two_shards_match_one(tiny_checkpoint, make_runner, family):
     folder, _ = tiny_checkpoint(family)
     single = make_runner(folder, block_size=BLOCK_SIZE)

@@ -33,7 +33,7 @@ __all__ = [
     "teacher_forced_logits",
 ]
 
-Family = Literal["gemma", "llama", "llama3", "mistral", "qwen2"]
+Family = Literal["gemma", "gemma2", "llama", "llama3", "mistral", "qwen2"]
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 128,
@@ -80,6 +80,19 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     # head_dim 32, not hidden / heads; random norm weights (save_tiny_checkpoint); weights
     # large enough that the tanh GELU and the exact one differ beyond the parity tolerance.
     "gemma": ("GemmaConfig", {"head_dim": 32, "initializer_range": 0.15}),
+    # Layer 0 sliding, layer 1 full (the default layer_types); a query_pre_attn_scalar that
+    # is not head_dim; caps low enough that the scores and logits reach into the tanh.
+    "gemma2": (
+        "Gemma2Config",
+        {
+            "head_dim": 32,
+            "initializer_range": 0.15,
+            "sliding_window": 8,
+            "query_pre_attn_scalar": 24,
+            "attn_logit_softcapping": 3.0,
+            "final_logit_softcapping": 2.0,
+        },
+    ),
 }
 
 

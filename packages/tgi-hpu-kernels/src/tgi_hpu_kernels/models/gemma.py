@@ -10,6 +10,8 @@
   so it never runs for Gemma.
 - ``head_dim`` is its own number (256 in Gemma-7B, not hidden / heads); embeddings are tied.
 
+Gemma 2 (``gemma2.py``) adds two norms per layer and soft-capping.
+
 GGUF Gemma checkpoints are refused: their config keys and norm weights are not mapped here.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -98,21 +100,25 @@ class GemmaDecoderLayer(LlamaDecoderLayer):
 
 
 class GemmaModel(LlamaModel):
+    layer_class: ClassVar[type[LlamaDecoderLayer]] = GemmaDecoderLayer
+
     def __init__(self, config: ModelConfig, backend: ModelBackend) -> None:
         super().__init__(config, backend)
         self.embed_tokens = ScaledEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            GemmaDecoderLayer(config, i, backend) for i in range(config.num_hidden_layers)
+            self.layer_class(config, i, backend) for i in range(config.num_hidden_layers)
         )
         self.fuse_layers = False  # the fused stack is Llama's layer (SiLU MLP)
 
 
 class GemmaForCausalLM(LlamaForCausalLM):
+    model_class: ClassVar[type[GemmaModel]] = GemmaModel
+
     def __init__(
         self, config: ModelConfig, *, backend: ModelBackend, rotary: RotaryEmbedding
     ) -> None:
         super().__init__(config, backend=backend, rotary=rotary)
-        self.model = GemmaModel(config, backend)
+        self.model = self.model_class(config, backend)
         self.tie_weights()  # the head was tied to the replaced model's embeddings
 
     @classmethod

@@ -18,11 +18,13 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "resolve_model_clas
 # model_type -> (module under tgi_hpu_kernels.models, class name)
 _MODELS: dict[str, tuple[str, str]] = {
     "gemma": ("gemma", "GemmaForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
     "llama": ("llama", "LlamaForCausalLM"),
     "mistral": ("mistral", "MistralForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
 }
 _ARCHITECTURES: dict[str, str] = {
+    "Gemma2ForCausalLM": "gemma2",
     "GemmaForCausalLM": "gemma",
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
