@@ -75,7 +75,13 @@ def _problem(
     )
 
 
-def _attend(kernels: NativeKernels, p: Problem, scale: float, window: int | None) -> torch.Tensor:
+def _attend(
+    kernels: NativeKernels,
+    p: Problem,
+    scale: float,
+    window: int | None,
+    softcap: float | None = None,
+) -> torch.Tensor:
     return kernels.paged_attention(
         p.query,
         p.key,
@@ -86,16 +92,19 @@ def _attend(kernels: NativeKernels, p: Problem, scale: float, window: int | None
         paged=p.paged,
         scale=scale,
         sliding_window=window,
+        softcap=softcap,
     )
 
 
-def _reference(p: Problem, scale: float, window: int | None) -> torch.Tensor:
+def _reference(
+    p: Problem, scale: float, window: int | None, softcap: float | None = None
+) -> torch.Tensor:
     """The torch version over float32 copies (new keys and values written first)."""
     caches = [p.key_cache.float().clone(), p.value_cache.float().clone()]
     for cache, rows in zip(caches, (p.key, p.value), strict=True):
         cache.view(-1, *cache.shape[2:]).index_copy_(0, p.slots, rows.float())
     return paged_attention_gather(
-        p.query.float(), *caches, p.paged, scale=scale, sliding_window=window
+        p.query.float(), *caches, p.paged, scale=scale, sliding_window=window, softcap=softcap
     )
 
 
@@ -129,6 +138,24 @@ def test_paged_attention_matches_the_gather_reference(case, window, sizes):
     )
     for cache, rows in ((problem.key_cache, problem.key), (problem.value_cache, problem.value)):
         assert torch.equal(cache.view(-1, *cache.shape[2:])[problem.slots], rows)
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES)
+@pytest.mark.parametrize(
+    "sizes",
+    [(torch.float32, 6, 2, 16), (torch.bfloat16, 9, 3, 64)],
+    ids=["f32-16", "bf16-64"],
+)
+def test_paged_attention_soft_caps_the_scores(
+    case: str, sizes: tuple[torch.dtype, int, int, int]
+) -> None:
+    """Gemma 2's ``softcap * tanh(score / softcap)``, on both paths, with a window."""
+    problem = _problem(*sizes, ATTENTION_CASES[case])
+    ours = _attend(NATIVE, problem, 0.3, 5, softcap=1.5)
+    expected = _reference(problem, 0.3, 5, softcap=1.5)
+    tolerance = 1e-5 if sizes[0] == torch.float32 else 2e-2
+    torch.testing.assert_close(ours.float(), expected, atol=tolerance, rtol=0)
+    assert (expected - _reference(problem, 0.3, 5)).abs().max() > 10 * tolerance
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

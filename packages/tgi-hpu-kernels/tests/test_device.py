@@ -78,6 +78,26 @@ def test_prefill_matmul_attention_equals_sdpa(causal):
     torch.testing.assert_close(exact, expected, atol=1e-5, rtol=0)
 
 
+def test_soft_capped_matmul_attention_equals_the_eager_formula() -> None:
+    """transformers' Gemma 2 eager attention: scale, cap as ``cap * tanh(s / cap)``, mask,
+    softmax; for several queries and for one."""
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 6, 5, 16, generator=gen)
+    k = torch.randn(2, 2, 9, 16, generator=gen)
+    v = torch.randn(k.shape, generator=gen)
+    positions = torch.tensor([[4, 5, 6, 7, 8], [2, 3, 4, 5, 6]])
+    mask = (torch.arange(9)[None, None, :] <= positions[:, :, None])[:, None]  # [2, 1, 5, 9]
+    scores = q @ k.repeat_interleave(3, dim=1).transpose(-1, -2) * 0.5
+    scores = (1.5 * torch.tanh(scores / 1.5)).masked_fill(~mask, -math.inf)
+    expected = torch.softmax(scores, dim=-1) @ v.repeat_interleave(3, dim=1)
+    ours = prefill_attention_bmm(q, k, v, mask, 0.5, softcap=1.5)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    one = decode_attention_bmm(q[:, :, :1], k, v, mask[:, :, :1], 0.5, softcap=1.5)
+    torch.testing.assert_close(one, expected[:, :, :1], atol=1e-5, rtol=0)
+    uncapped = prefill_attention_bmm(q, k, v, mask, 0.5)
+    assert (uncapped - expected).abs().max() > 1e-2
+
+
 def _logits_on(device_name: str, folder: object) -> torch.Tensor:
     """A prefill, then three decodes of one bucket (captured once, replayed twice on CUDA)."""
     settings = RunnerSettings(

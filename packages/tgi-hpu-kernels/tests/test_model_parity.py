@@ -24,7 +24,19 @@ from tgi_core.contract import (
     StepPlan,
 )
 
-FAMILIES = ["llama", "llama3", "mistral", "mixtral", "qwen2", "starcoder2", "phi3", "gpt_neox", "opt"]
+FAMILIES = [
+    "llama",
+    "llama3",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "starcoder2",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "gpt_neox",
+    "opt",
+]
 BLOCK_SIZE = 4
 NUM_KV_BLOCKS = 64
 PROMPT_LENS = (5, 11, 17)

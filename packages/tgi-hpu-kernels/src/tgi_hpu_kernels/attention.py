@@ -83,11 +83,25 @@ class AttentionBackend(Protocol):
     """The device's attention kernels (``tgi_hpu_kernels.device.Device`` implements it)."""
 
     def prefill_attention(
-        self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        mask: Tensor | None,
+        scale: float,
+        *,
+        softcap: float | None = None,
     ) -> Tensor: ...
 
     def decode_attention(
-        self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        mask: Tensor,
+        scale: float,
+        *,
+        softcap: float | None = None,
     ) -> Tensor: ...
 
     def paged_attention(
@@ -102,6 +116,7 @@ class AttentionBackend(Protocol):
         paged: PagedRows,
         scale: float,
         sliding_window: int | None,
+        softcap: float | None = None,
     ) -> Tensor: ...
 
 
@@ -114,7 +129,12 @@ def _to_grid(rows: Tensor, attn: AttentionMetadata) -> Tensor:
 
 
 class PagedAttention(nn.Module):
-    """Writes this layer's new K/V to the cache and attends; no weights of its own."""
+    """Writes this layer's new K/V to the cache and attends; no weights of its own.
+
+    ``scale`` is the softmax scale (default ``head_dim ** -0.5``); ``softcap``, when set,
+    caps the scaled scores as ``softcap * tanh(score / softcap)`` before the mask and softmax
+    (Gemma 2's ``attn_logit_softcapping``).
+    """
 
     def __init__(
         self,
@@ -125,6 +145,8 @@ class PagedAttention(nn.Module):
         head_dim: int,
         sliding_window: int | None,
         backend: AttentionBackend,
+        scale: float | None = None,
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -132,7 +154,8 @@ class PagedAttention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.sliding_window = sliding_window
-        self.scale = head_dim**-0.5
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.softcap = softcap
         self._backend = backend
 
     def forward(
@@ -153,6 +176,7 @@ class PagedAttention(nn.Module):
                 paged=attn.paged,
                 scale=self.scale,
                 sliding_window=self.sliding_window,
+                softcap=self.softcap,
             )
         kv.write(self.layer_idx, key, value, attn.slots)
         mask = attn.sliding_mask if self.sliding_window is not None else attn.mask
@@ -160,16 +184,17 @@ class PagedAttention(nn.Module):
             mask = attn.mask
         q = _to_grid(query, attn)  # [b, heads, q_len, d]
         b, _, q_len, _ = q.shape
+        cap = self.softcap
         if attn.kv_rows is None:
             k, v = _to_grid(key, attn), _to_grid(value, attn)
-            out = self._backend.prefill_attention(q, k, v, mask, self.scale)
+            out = self._backend.prefill_attention(q, k, v, mask, self.scale, softcap=cap)
         else:
             assert mask is not None, "attention over cached blocks needs a mask"
             k, v = kv.gather(self.layer_idx, attn.kv_rows, b, mask.shape[-1])
             if q_len == 1:
-                out = self._backend.decode_attention(q, k, v, mask, self.scale)
+                out = self._backend.decode_attention(q, k, v, mask, self.scale, softcap=cap)
             else:
-                out = self._backend.prefill_attention(q, k, v, mask, self.scale)
+                out = self._backend.prefill_attention(q, k, v, mask, self.scale, softcap=cap)
         out = out.transpose(1, 2).reshape(b * q_len, self.num_heads * self.head_dim)
         if attn.token_index is not None:
             out = out.index_select(0, attn.token_index)

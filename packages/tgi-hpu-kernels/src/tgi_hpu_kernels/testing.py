@@ -37,7 +37,20 @@ __all__ = [
     "teacher_forced_logits",
 ]
 
-Family = Literal["llama", "llama3", "mistral", "mixtral", "qwen2", "starcoder2", "phi3", "gpt_neox", "opt", "bloom"]
+Family = Literal[
+    "llama",
+    "llama3",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "starcoder2",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "gpt_neox",
+    "opt",
+    "bloom",
+]
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 128,
@@ -75,6 +88,7 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mixtral": (
         "MixtralConfig",
         {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8},
+    ),
     # LongRoPE (short != long factors, attention factor from 256 / 64) over 12 of 16 head
     # dims; a window on every layer. Long factors from position 64 on: the shared parity
     # tests stay below it, test_family_phi3 crosses it. Pad id 0: 32000 is past the vocab.
@@ -108,6 +122,22 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "starcoder2": (
         "Starcoder2Config",
         {"sliding_window": 8, "norm_epsilon": 1e-3, "hidden_act": "gelu_pytorch_tanh"},
+    ),
+    # head_dim 32, not hidden / heads; random norm weights (save_tiny_checkpoint); weights
+    # large enough that the tanh GELU and the exact one differ beyond the parity tolerance.
+    "gemma": ("GemmaConfig", {"head_dim": 32, "initializer_range": 0.15}),
+    # Layer 0 sliding, layer 1 full (the default layer_types); a query_pre_attn_scalar that
+    # is not head_dim; caps low enough that the scores and logits reach into the tanh.
+    "gemma2": (
+        "Gemma2Config",
+        {
+            "head_dim": 32,
+            "initializer_range": 0.15,
+            "sliding_window": 8,
+            "query_pre_attn_scalar": 24,
+            "attn_logit_softcapping": 3.0,
+            "final_logit_softcapping": 2.0,
+        },
     ),
 }
 
@@ -172,13 +202,19 @@ def save_tiny_checkpoint(
     torch.manual_seed(seed)
     auto = transformers.AutoModelForCausalLM
     model: Any = auto.from_config(config, attn_implementation="eager")  # type: ignore[no-untyped-call]
-    if family in ("qwen2", "gpt_neox", "opt", "starcoder2"):  # transformers zeroes biases: make them matter
+    # transformers zeroes biases: make them matter
+    if family in ("qwen2", "starcoder2", "gpt_neox", "opt"):
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.endswith("bias"):
                     param.normal_(0.0, 0.05)
                 elif family == "starcoder2" and "norm" in name:  # LayerNorm weights start at 1
                     param.normal_(1.0, 0.1)
+    if family.startswith("gemma"):  # norm weights start at 0 (1 + w): make them matter
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.normal_(0.0, 0.3)
     model.save_pretrained(folder)
     evaluated: torch.nn.Module = model.eval()
     return evaluated

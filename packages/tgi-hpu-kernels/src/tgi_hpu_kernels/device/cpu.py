@@ -124,18 +124,34 @@ class CpuDevice(Device):
         return MemoryInfo(free_bytes=free, total_bytes=total)
 
     def prefill_attention(
-        self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        mask: Tensor | None,
+        scale: float,
+        *,
+        softcap: float | None = None,
     ) -> Tensor:
         # bf16/fp16 grids up to 512 x 512: matmuls beat SDPA's flash kernel 2x; beyond, the
-        # materialised scores cost more than they save, and float32 SDPA is as fast.
-        if query.dtype != torch.float32 and query.shape[2] * key.shape[2] <= _BMM_PREFILL_CELLS:
-            return prefill_attention_bmm(query, key, value, mask, scale)
+        # materialised scores cost more than they save, and float32 SDPA is as fast. SDPA
+        # cannot soft-cap scores: those always take the matmuls.
+        small = query.dtype != torch.float32 and query.shape[2] * key.shape[2] <= _BMM_PREFILL_CELLS
+        if small or softcap is not None:
+            return prefill_attention_bmm(query, key, value, mask, scale, softcap=softcap)
         return sdpa_attention(query, key, value, mask, scale)
 
     def decode_attention(
-        self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        mask: Tensor,
+        scale: float,
+        *,
+        softcap: float | None = None,
     ) -> Tensor:
-        return decode_attention_bmm(query, key, value, mask, scale)
+        return decode_attention_bmm(query, key, value, mask, scale, softcap=softcap)
 
     @contextmanager
     def matmul_context(self, num_rows: int) -> Iterator[None]:
@@ -172,6 +188,7 @@ class CpuDevice(Device):
         paged: PagedRows,
         scale: float,
         sliding_window: int | None,
+        softcap: float | None = None,
     ) -> Tensor:
         # One native call writes the new K/V and reads each sequence's blocks in place: no
         # per-layer gather copy, no padded grid, no materialised scores.
@@ -186,6 +203,7 @@ class CpuDevice(Device):
             paged=paged,
             scale=scale,
             sliding_window=sliding_window,
+            softcap=softcap,
         )
 
     # -- layer kernels: one native pass each instead of several torch ops ----------------

@@ -44,7 +44,7 @@ _SIGNATURES = {
         *(_P, _P, _P, _I64),  # key cache, value cache, block tables (pointer, row stride)
         *(_P, _P, _P, _P),  # seq_lens, query_starts, query_lens, out
         *[_INT] * 6,  # sequences, heads, kv heads, head dim, block size, window
-        *(_F32, _INT),  # scale, threads
+        *(_F32, _F32, _INT),  # scale, softcap (0: none), threads
     ],
     "rms_norm": [_P, _I64, _P, _P, _P, _INT, _INT, _F32, _INT],
     "silu_mul": [_P, _P, _INT, _INT, _INT],
@@ -105,6 +105,7 @@ class NativeKernels:
         paged: PagedRows,
         scale: float,
         sliding_window: int | None,
+        softcap: float | None = None,
     ) -> Tensor:
         """Writes this step's keys/values at ``slots``, then runs causal attention of the
         packed query rows over their paged keys/values, read in place.
@@ -116,6 +117,7 @@ class NativeKernels:
             slots: int64 ``[rows]`` cache slot of each row's key and value.
             paged: the int32 block tables, lengths and query rows of each sequence.
             sliding_window: a query attends to its last ``sliding_window`` keys only.
+            softcap: scaled scores become ``softcap * tanh(score / softcap)`` (None: as is).
 
         Returns:
             ``[rows, heads * head_dim]`` in the query's dtype.
@@ -140,7 +142,7 @@ class NativeKernels:
             *(paged.seq_lens.data_ptr(), paged.query_starts.data_ptr()),
             *(paged.query_lens.data_ptr(), out.data_ptr()),
             *(paged.seq_lens.shape[0], heads, kv_heads, head_dim, block_size),
-            *(sliding_window or 0, scale),
+            *(sliding_window or 0, scale, softcap or 0.0),
         )
         return out
 

@@ -26,6 +26,7 @@ from tgi_hpu_kernels.device.base import (
     MemoryInfo,
     StepRunner,
     decode_attention_bmm,
+    prefill_attention_bmm,
     sdpa_attention,
 )
 
@@ -128,8 +129,17 @@ class HpuDevice(Device):
             self._htcore.mark_step()
 
     def prefill_attention(
-        self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        mask: Tensor | None,
+        scale: float,
+        *,
+        softcap: float | None = None,
     ) -> Tensor:
+        if softcap is not None:  # neither FusedSDPA nor SDPA soft-caps scores
+            return prefill_attention_bmm(query, key, value, mask, scale, softcap=softcap)
         if self._fused_sdpa is None:
             return sdpa_attention(query, key, value, mask, scale)
         group = query.shape[1] // key.shape[1]
@@ -147,9 +157,16 @@ class HpuDevice(Device):
         return out
 
     def decode_attention(
-        self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        mask: Tensor,
+        scale: float,
+        *,
+        softcap: float | None = None,
     ) -> Tensor:
-        return decode_attention_bmm(query, key, value, mask, scale)
+        return decode_attention_bmm(query, key, value, mask, scale, softcap=softcap)
 
     def step_runner(self, module: nn.Module) -> StepRunner:
         if not self._enable_graphs:

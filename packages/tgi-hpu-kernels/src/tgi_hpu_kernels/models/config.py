@@ -39,6 +39,11 @@ class ModelConfig:
     sliding_windows: tuple[int | None, ...] = ()
     eos_token_ids: tuple[int, ...] = ()
     hidden_act: str = "silu"
+    # Gemma 2 (read by its layers only): the softmax scale (None: head_dim ** -0.5), and tanh
+    # soft-caps of the attention scores and of the final logits (None: uncapped)
+    attention_scale: float | None = None
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
 
     def sliding_window(self, layer_idx: int) -> int | None:
         return self.sliding_windows[layer_idx] if self.sliding_windows else None

@@ -17,6 +17,8 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "resolve_model_clas
 
 # model_type -> (module under tgi_hpu_kernels.models, class name)
 _MODELS: dict[str, tuple[str, str]] = {
+    "gemma": ("gemma", "GemmaForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
     "llama": ("llama", "LlamaForCausalLM"),
     "mistral": ("mistral", "MistralForCausalLM"),
     "mixtral": ("mixtral", "MixtralForCausalLM"),
@@ -25,6 +27,8 @@ _MODELS: dict[str, tuple[str, str]] = {
     "starcoder2": ("starcoder2", "Starcoder2ForCausalLM"),
 }
 _ARCHITECTURES: dict[str, str] = {
+    "Gemma2ForCausalLM": "gemma2",
+    "GemmaForCausalLM": "gemma",
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "MixtralForCausalLM": "mixtral",

@@ -8,6 +8,7 @@
  * tables[b][t / block_size] * block_size + t % block_size. Sequence b has query_lens[b]
  * query rows from row query_starts[b], at positions seq_lens[b] - query_lens[b] onwards;
  * the query at position p attends to keys [max(0, p + 1 - window), p] (window 0: all).
+ * A positive softcap caps every scaled score as softcap * tanh(score / softcap) (Gemma 2).
  * Work items are tiles of queries of one sequence; within one, keys are read chunk by chunk
  * (every head of a slot is contiguous, so the hardware streams them) and the softmax is
  * computed online (flash-attention style), in float32.
@@ -33,11 +34,17 @@ typedef struct {
     const int32_t *seq_lens, *query_starts, *query_lens;
     void *out; /* [rows, heads * head_dim], contiguous */
     int heads, kv_heads, head_dim, block_size, window;
-    float scale;
+    float scale, softcap; /* softcap 0: scores are not capped */
 } Problem;
 
 static inline int64_t slot_of(const int32_t *table, int t, int block_size) {
     return (int64_t)table[t / block_size] * block_size + t % block_size;
+}
+
+/* Soft-capped scores, in place (a no-op without a cap). */
+static inline void cap_scores(float *scores, int count, float softcap) {
+    if (softcap <= 0.0f) return;
+    for (int j = 0; j < count; j++) scores[j] = softcap * tanhf(scores[j] / softcap);
 }
 
 /* ---- portable path (float32, or bf16 where AVX512-BF16 is missing): one query row ------ */
@@ -89,8 +96,9 @@ static inline __attribute__((always_inline)) void attend_row_portable(const Prob
                 const float *k = load_row(pb->k_cache, slot * slot_stride + head_offset, kv_row,
                                           head_dim, is_bf16);
                 scores[j] = dot(qf + qh * head_dim, k, head_dim) * pb->scale;
-                m = scores[j] > m ? scores[j] : m;
             }
+            cap_scores(scores, count, pb->softcap);
+            for (int j = 0; j < count; j++) m = scores[j] > m ? scores[j] : m;
             const float correction = exp_approx(row_max[qh] - m);
             float total = 0.0f;
             for (int j = 0; j < count; j++) total += (scores[j] = exp_approx(scores[j] - m));
@@ -228,6 +236,7 @@ static inline __attribute__((always_inline)) void attend_tile_avx512(const Probl
                     const int s = qi * heads + qh;
                     head_scores(q_row + qh * head_dim, k, slots + j_lo, j_hi - j_lo, nv, pb->scale,
                                 scores);
+                    cap_scores(scores, j_hi - j_lo, pb->softcap);
                     const __m512 correction = _mm512_set1_ps(
                         chunk_softmax(scores, j_hi - j_lo, row_max + s, row_sum + s));
                     /* Two keys per step into two accumulator sets: twice the FMA chains in
@@ -363,12 +372,12 @@ static int paged_attention(const Problem *pb, int n, int64_t new_rows, int num_t
              void *k_cache, void *v_cache, const int32_t *tables, int64_t table_stride,        \
              const int32_t *seq_lens, const int32_t *query_starts, const int32_t *query_lens,  \
              void *out, int n, int heads, int kv_heads, int head_dim, int block_size,          \
-             int window, float scale, int num_threads) {                                       \
+             int window, float scale, float softcap, int num_threads) {                        \
         const Problem pb = {q,          q_stride,     new_k,        new_v,      new_k_stride, \
                             new_v_stride, slots,      k_cache,      v_cache,    tables,       \
                             table_stride, seq_lens,   query_starts, query_lens, out,          \
                             heads,        kv_heads,   head_dim,     block_size, window,       \
-                            scale};                                                            \
+                            scale,        softcap};                                            \
         return paged_attention(&pb, n, new_rows, num_threads, IS_BF16);                        \
     }
 

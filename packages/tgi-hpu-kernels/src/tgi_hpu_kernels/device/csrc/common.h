@@ -78,7 +78,7 @@ int paged_attention_bf16(const void *q, int64_t q_stride, const void *new_k, int
                          int64_t table_stride, const int32_t *seq_lens,
                          const int32_t *query_starts, const int32_t *query_lens, void *out, int n,
                          int heads, int kv_heads, int head_dim, int block_size, int window,
-                         float scale, int num_threads);
+                         float scale, float softcap, int num_threads);
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #include <immintrin.h>

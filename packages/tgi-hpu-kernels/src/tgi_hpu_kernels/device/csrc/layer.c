@@ -57,7 +57,7 @@ int decoder_layer_bf16(const StepArgs *s, const LayerWeights *w, const uint16_t 
         s->qkv, qkv_width, s->qkv + q_width, qkv_width, s->qkv + q_width + kv_width, qkv_width,
         s->slots, rows, w->k_cache, w->v_cache, s->tables, s->table_stride, s->seq_lens,
         s->query_starts, s->query_lens, s->attn, s->num_seqs, s->heads, s->kv_heads,
-        s->head_dim, s->block_size, w->window, w->scale, threads);
+        s->head_dim, s->block_size, w->window, w->scale, 0.0f, threads);
     status |= linear_bf16(s->attn, q_width, w->o_weight, w->o_bias, s->normed, size, rows, size,
                           q_width, threads);
     status |= rms_norm_bf16(s->normed, size, residual, w->post_norm, s->normed, rows, size,
