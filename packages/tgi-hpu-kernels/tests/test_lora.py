@@ -72,6 +72,31 @@ def test_the_same_adapter_on_every_sequence_and_the_fused_stack_stays_off(
         torch.testing.assert_close(ours[i], reference(model, sequence), atol=ATOL, rtol=0)
 
 
+# each family's own projection names, as PEFT targets them in its checkpoints
+FAMILY_TARGETS = {
+    "mistral": ["q_proj", "v_proj", "gate_proj"],
+    "qwen2": ["q_proj", "k_proj", "o_proj", "down_proj"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],  # fused in the checkpoint
+    "gemma2": ["q_proj", "o_proj", "up_proj"],
+    "starcoder2": ["q_proj", "c_fc", "c_proj"],
+    "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],  # attention only: experts are fused
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_TARGETS))
+def test_every_native_family_takes_adapters_on_its_own_projections(
+    tiny_checkpoint, make_runner, tmp_path, family
+):
+    base, base_model = tiny_checkpoint(family)
+    targets = FAMILY_TARGETS[family]
+    model = save_tiny_lora_adapter(base, tmp_path / "a", seed=7, r=4, target_modules=targets)
+    runner = make_runner(base, lora_adapters=(f"a={tmp_path / 'a'}",))
+    sequences = SEQUENCES[:2]
+    ours = teacher_forced_logits(runner, sequences, 5, 4, adapter_ids=[None, "a"])
+    torch.testing.assert_close(ours[0], reference(base_model, sequences[0]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(ours[1], reference(model, sequences[1]), atol=ATOL, rtol=0)
+
+
 def test_an_adapter_that_is_not_loaded_fails_only_its_request(tiny_checkpoint, make_runner):
     base, _ = tiny_checkpoint("llama")
     runner = make_runner(base)

@@ -142,6 +142,7 @@ class TorchModelRunner:
         self._lora = load_lora_adapters(
             self._model,
             settings,
+            raw_config=loaded.raw_config,
             device_name=self._device.name,
             fp8=self._quantization is not None,
         )

@@ -9,7 +9,7 @@ family here is loaded by transformers and served through our paged attention
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,8 @@ class LoadedModel:
     config: ModelConfig
     source: ModelSource
     dtype: torch.dtype
+    # the checkpoint's config as read (a family converts adapter tensors with it too)
+    raw_config: Mapping[str, Any]
     quantization: QuantizationPlan | None = None  # None: dense weights
 
 
@@ -199,7 +201,9 @@ def load_model(
             backend=backend,
             trust_remote_code=settings.trust_remote_code,
         )
-        return LoadedModel(model=served, config=served.config, source=source, dtype=dtype)
+        return LoadedModel(
+            model=served, config=served.config, source=source, dtype=dtype, raw_config=raw
+        )
     config = _rope_override(cls.parse_config(raw), settings)
     if group is not None:
         config = shard_config(config, group.num_shard)
@@ -248,4 +252,6 @@ def load_model(
     else:
         model.load_weights(weights)
     model.eval()
-    return LoadedModel(model=model, config=config, source=source, dtype=dtype, quantization=plan)
+    return LoadedModel(
+        model=model, config=config, source=source, dtype=dtype, quantization=plan, raw_config=raw
+    )

@@ -3,6 +3,9 @@ per sequence in the batch (``adapters.py``). ``load_lora_adapters`` is what the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from tgi_core.settings.lora import parse_lora_adapter
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.lora.adapters import LoraAdapters
@@ -23,7 +26,12 @@ def _refusal(settings: RunnerSettings, device_name: str, fp8: bool) -> str | Non
 
 
 def load_lora_adapters(
-    model: object, settings: RunnerSettings, *, device_name: str, fp8: bool
+    model: object,
+    settings: RunnerSettings,
+    *,
+    raw_config: Mapping[str, Any],
+    device_name: str,
+    fp8: bool,
 ) -> LoraAdapters | None:
     """Reads ``settings.lora_adapters`` and hooks them onto ``model``; None without any.
 
@@ -46,4 +54,6 @@ def load_lora_adapters(
             raise ValueError(f"LoRA adapter {adapter.id!r} is given twice")
         weights.append(read_adapter(adapter.id, adapter_folder(adapter, settings)))
     model.model.fuse_layers = False  # the fused stack would skip the adapters' hooks
-    return LoraAdapters.attach(model, weights, rank=settings.rank, num_shard=settings.num_shard)
+    return LoraAdapters.attach(
+        model, weights, raw_config, rank=settings.rank, num_shard=settings.num_shard
+    )

@@ -16,7 +16,7 @@ their base weight is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,11 +70,16 @@ class LoraAdapters:
         cls,
         model: LlamaForCausalLM,
         adapters: Sequence[LoraWeights],
+        raw_config: Mapping[str, Any],
         *,
         rank: int = 0,
         num_shard: int = 1,
     ) -> LoraAdapters:
         """Hooks ``adapters`` onto ``model``'s projections (this rank's slices).
+
+        Each B goes through the family's ``checkpoint_tensors`` as a weight of its
+        projection would (``raw_config``: the checkpoint's), so a family that splits fused
+        projections or reorders rows at load (Phi-3) splits and reorders B the same way.
 
         Raises:
             ValueError: an adapter adapts a layer the model does not have, or its shapes do
@@ -85,24 +90,20 @@ class LoraAdapters:
         weight = next(model.parameters())
         pairs: dict[str, list[_Pair]] = {}
         for index, adapter in enumerate(adapters, start=1):
-            for name, full in adapter.pairs.items():
-                target, part = model.checkpoint_target(f"{name}.weight")
-                module_name = target.removesuffix(".weight")
-                module = modules.get(module_name)
-                if module is None or not hasattr(module, "out_features"):
-                    raise ValueError(
-                        f"LoRA adapter {adapter.adapter_id!r} adapts {name}, which is not a "
-                        f"projection of this {type(model).__name__}"
+            for name, (a, full_b) in adapter.pairs.items():
+                converted = type(model).checkpoint_tensors([(f"{name}.weight", full_b)], raw_config)
+                for weight_name, b in converted:
+                    module_name, pair = _pair(
+                        model,
+                        modules,
+                        adapter=adapter.adapter_id,
+                        index=index,
+                        weight_name=weight_name,
+                        halves=(a, b),
+                        shard=(rank, num_shard),
                     )
-                a, b = _this_rank(model, name, *full, rank=rank, num_shard=num_shard)
-                rows = model.part_rows(target, part) or (0, int(module.out_features))
-                if (b.shape[0], a.shape[1]) != (rows[1], module.in_features):
-                    raise ValueError(
-                        f"LoRA adapter {adapter.adapter_id!r}: {name} maps {a.shape[1]} -> "
-                        f"{b.shape[0]} features, the model's {module.in_features} -> {rows[1]}"
-                    )
-                pair = _Pair(index, rows, a.to(weight.dtype), b.to(weight.dtype))
-                pairs.setdefault(module_name, []).append(pair)
+                    pair.a, pair.b = pair.a.to(weight.dtype), pair.b.to(weight.dtype)
+                    pairs.setdefault(module_name, []).append(pair)
         for module_name, module_pairs in pairs.items():
             module = modules[module_name]
             hook = _stack(manager, module_pairs, int(module.out_features), weight.device)
@@ -133,20 +134,52 @@ class LoraAdapters:
         self.row_adapters = torch.tensor(rows, device=device) if any(rows) else None
 
 
-def _this_rank(
-    model: LlamaForCausalLM, name: str, a: Tensor, b: Tensor, *, rank: int, num_shard: int
-) -> tuple[Tensor, Tensor]:
-    """A column-parallel projection's B is split by rows and a row-parallel one's A by
-    columns, as the base weight of each; the other half is replicated."""
-    if num_shard == 1:
-        return a, b
-    layout = type(model).tp_layout
-    key = f"{name}.weight"
-    if any(part in key for part in layout.column):
-        ((_, b),) = shard_weights([(key, b)], rank=rank, num_shard=num_shard, layout=layout)
-    elif any(part in key for part in layout.row):
-        ((_, a),) = shard_weights([(key, a)], rank=rank, num_shard=num_shard, layout=layout)
-    return a, b
+def _pair(
+    model: LlamaForCausalLM,
+    modules: Mapping[str, nn.Module],
+    *,
+    adapter: str,
+    index: int,
+    weight_name: str,
+    halves: tuple[Tensor, Tensor],
+    shard: tuple[int, int],
+) -> tuple[str, _Pair]:
+    """The module a checkpoint projection's (A, B) adapts, and the pair as this rank holds
+    it: a column-parallel projection's B split by rows and a row-parallel one's A by
+    columns, as the base weight of each.
+
+    Raises:
+        ValueError: no such projection, or shapes that do not fit it.
+    """
+    projection = weight_name.removesuffix(".weight")
+    target, part = model.checkpoint_target(weight_name)
+    module_name = target.removesuffix(".weight")
+    module = modules.get(module_name)
+    if module is None or not hasattr(module, "out_features"):
+        raise ValueError(
+            f"LoRA adapter {adapter!r} adapts {projection}, which is not a projection of "
+            f"this {type(model).__name__}"
+        )
+    a, b = halves
+    rank, num_shard = shard
+    if num_shard > 1:
+        layout = type(model).tp_layout
+        column = any(p in weight_name for p in layout.column)
+        row = any(p in weight_name for p in layout.row)
+        if column or row:
+            ((_, sliced),) = shard_weights(
+                [(weight_name, b if column else a)], rank=rank, num_shard=num_shard, layout=layout
+            )
+            a, b = (a, sliced) if column else (sliced, b)
+    linear: Any = module  # Linear or QuantizedLinear: both have the features counts
+    rows = model.part_rows(target, part) or (0, int(linear.out_features))
+    in_features = int(linear.in_features)
+    if (b.shape[0], a.shape[1]) != (rows[1], in_features):
+        raise ValueError(
+            f"LoRA adapter {adapter!r}: {projection} maps {a.shape[1]} -> {b.shape[0]} "
+            f"features, the model's {in_features} -> {rows[1]}"
+        )
+    return module_name, _Pair(index, rows, a, b)
 
 
 def _stack(
