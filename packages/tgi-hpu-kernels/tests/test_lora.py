@@ -76,6 +76,7 @@ def test_the_same_adapter_on_every_sequence_and_the_fused_stack_stays_off(
 FAMILY_TARGETS = {
     "mistral": ["q_proj", "v_proj", "gate_proj"],
     "qwen2": ["q_proj", "k_proj", "o_proj", "down_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "up_proj"],
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],  # fused in the checkpoint
     "gemma2": ["q_proj", "o_proj", "up_proj"],
     "starcoder2": ["q_proj", "c_fc", "c_proj"],

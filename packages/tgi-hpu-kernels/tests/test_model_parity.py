@@ -30,6 +30,7 @@ FAMILIES = [
     "mistral",
     "mixtral",
     "qwen2",
+    "qwen3",
     "starcoder2",
     "phi3",
     "gemma",

@@ -43,6 +43,7 @@ Family = Literal[
     "mistral",
     "mixtral",
     "qwen2",
+    "qwen3",
     "starcoder2",
     "phi3",
     "gemma",
@@ -115,6 +116,17 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "sliding_window": 8,
             "max_window_layers": 1,
             "tie_word_embeddings": True,
+        },
+    ),
+    # q/k norms (random weights: save_tiny_checkpoint), explicit head_dim, the last layer
+    # sliding.
+    "qwen3": (
+        "Qwen3Config",
+        {
+            "head_dim": 32,
+            "use_sliding_window": True,
+            "sliding_window": 8,
+            "max_window_layers": 1,
         },
     ),
     # Biases everywhere, tanh GELU and tied embeddings (StarCoder2's defaults), a window on
@@ -210,6 +222,11 @@ def save_tiny_checkpoint(
                     param.normal_(0.0, 0.05)
                 elif family == "starcoder2" and "norm" in name:  # LayerNorm weights start at 1
                     param.normal_(1.0, 0.1)
+    if family == "qwen3":  # q/k norm weights start at 1: make them matter
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("q_norm.weight", "k_norm.weight")):
+                    param.normal_(1.0, 0.3)
     if family.startswith("gemma"):  # norm weights start at 0 (1 + w): make them matter
         with torch.no_grad():
             for name, param in model.named_parameters():

@@ -15,10 +15,11 @@ from typing import Any
 from tgi_hpu_kernels.models.config import ModelConfig, parse_common
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
 
-__all__ = ["Qwen2ForCausalLM"]
+__all__ = ["Qwen2ForCausalLM", "sliding_windows"]
 
 
-def _sliding_windows(raw: Mapping[str, Any], num_layers: int) -> tuple[int | None, ...]:
+def sliding_windows(raw: Mapping[str, Any], num_layers: int) -> tuple[int | None, ...]:
+    """Each layer's window (None: full attention) by Qwen2's rule (the module doc)."""
     window = raw.get("sliding_window")
     if not raw.get("use_sliding_window", False) or window is None:
         return ()
@@ -35,5 +36,5 @@ class Qwen2ForCausalLM(LlamaForCausalLM):
     @classmethod
     def parse_config(cls, raw: Mapping[str, Any]) -> ModelConfig:
         config = parse_common(raw)
-        windows = _sliding_windows(raw, config.num_hidden_layers)
+        windows = sliding_windows(raw, config.num_hidden_layers)
         return replace(config, qkv_bias=True, sliding_windows=windows)

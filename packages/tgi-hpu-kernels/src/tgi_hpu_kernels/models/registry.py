@@ -24,6 +24,7 @@ _MODELS: dict[str, tuple[str, str]] = {
     "mixtral": ("mixtral", "MixtralForCausalLM"),
     "phi3": ("phi3", "Phi3ForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
     "starcoder2": ("starcoder2", "Starcoder2ForCausalLM"),
 }
 _ARCHITECTURES: dict[str, str] = {
@@ -34,6 +35,7 @@ _ARCHITECTURES: dict[str, str] = {
     "MixtralForCausalLM": "mixtral",
     "Phi3ForCausalLM": "phi3",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
     "Starcoder2ForCausalLM": "starcoder2",
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_MODELS))
