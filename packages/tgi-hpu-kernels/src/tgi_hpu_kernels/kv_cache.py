@@ -7,6 +7,12 @@ last block (id ``num_blocks``) is scratch: padded token rows write there, and pa
 table entries point there, so padding never touches a real sequence's KV. The scheduler's
 allocator sees only ids ``[0, num_blocks)``.
 
+With ``--kv-cache-dtype fp8_e4m3fn`` (or ``fp8_e5m2``) the blocks hold FP8 with unit
+scale, as TGI-Gaudi's default: K/V are clamped to the format's range when written and
+widened to the model's dtype when read, so a block costs a half (bf16) or a quarter
+(float32) of the memory and the pool holds that many times more tokens. Attention then
+reads through ``gather``: the devices' in-place paged kernels read the model's dtype only.
+
 Sizing the pool from memory lives in ``memory.py``; which slots a step writes is the
 runner's business (``step_inputs.py``).
 """
@@ -16,7 +22,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["KVCache"]
+__all__ = ["KV_CACHE_DTYPES", "KVCache"]
+
+# --kv-cache-dtype -> the storage dtype
+KV_CACHE_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 class KVCache:
@@ -32,12 +41,23 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device,
+        storage_dtype: torch.dtype | None = None,
     ) -> None:
+        """``dtype`` is the model's (what ``gather`` returns); ``storage_dtype``, when set,
+        what the blocks hold (an FP8 format)."""
         shape = (num_blocks + 1, block_size, num_kv_heads, head_dim)
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.dtype = dtype
+        stored = storage_dtype or dtype
+        self._limit = torch.finfo(stored).max if stored != dtype else None
+        self.keys = [torch.zeros(shape, dtype=stored, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=stored, device=device) for _ in range(num_layers)]
+
+    @property
+    def is_narrowed(self) -> bool:
+        """Whether the blocks hold a narrower dtype than the model's (FP8)."""
+        return self._limit is not None
 
     @staticmethod
     def bytes_per_block(
@@ -63,6 +83,13 @@ class KVCache:
     def write(self, layer: int, key: Tensor, value: Tensor, slots: Tensor) -> None:
         """Stores ``key``/``value`` ``[tokens, kv_heads, head_dim]`` at ``slots`` ``[tokens]``."""
         k_cache, v_cache = self.keys[layer], self.values[layer]
+        if self._limit is not None:
+            # saturate (a cast past the FP8 range gives NaN); copy the bytes (torch has no
+            # FP8 index_copy on the CPU)
+            fp8 = k_cache.dtype
+            key = key.clamp(-self._limit, self._limit).to(fp8).view(torch.uint8)
+            value = value.clamp(-self._limit, self._limit).to(fp8).view(torch.uint8)
+            k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
         k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, key)
         v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, value)
 
@@ -78,6 +105,12 @@ class KVCache:
         k_cache, v_cache = self.keys[layer], self.values[layer]
         head_dim = k_cache.shape[-1]
         shape = (batch_size, k_cache.shape[2], k_len, head_dim)
+        if self._limit is not None:  # the bytes gathered, then widened
+            fp8 = k_cache.dtype
+            k_bytes, v_bytes = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
+            keys = k_bytes.view(-1, head_dim).index_select(0, rows).view(fp8).view(shape)
+            values = v_bytes.view(-1, head_dim).index_select(0, rows).view(fp8).view(shape)
+            return keys.to(self.dtype), values.to(self.dtype)
         keys = k_cache.view(-1, head_dim).index_select(0, rows).view(shape)
         values = v_cache.view(-1, head_dim).index_select(0, rows).view(shape)
         return keys, values

@@ -21,7 +21,7 @@ import torch
 
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device import Device
-from tgi_hpu_kernels.kv_cache import KVCache
+from tgi_hpu_kernels.kv_cache import KV_CACHE_DTYPES, KVCache
 from tgi_hpu_kernels.models.config import ModelConfig
 
 __all__ = ["allocate_kv_cache", "blocks_for_limits", "plan_num_kv_blocks"]
@@ -85,15 +85,22 @@ def allocate_kv_cache(
     """The KV pool for ``config``: ``num_kv_blocks`` blocks, or as many as memory allows.
 
     ``agree`` turns this process's count into the one every shard uses (their minimum).
+    With ``--kv-cache-dtype`` the blocks hold FP8 and a block costs that much less.
+
+    Raises:
+        ValueError: an FP8 format the device does not take (e5m2 on Gaudi).
     """
     num_layers, num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
+    if settings.kv_cache_dtype == "fp8_e5m2" and device.name == "hpu":
+        raise ValueError("--kv-cache-dtype fp8_e5m2 is not supported on Gaudi: use fp8_e4m3fn")
+    storage = KV_CACHE_DTYPES[settings.kv_cache_dtype] if settings.kv_cache_dtype else None
     if num_kv_blocks is None:
         per_block = KVCache.bytes_per_block(
             num_layers=num_layers,
             block_size=settings.block_size,
             num_kv_heads=num_kv_heads,
             head_dim=config.head_dim,
-            dtype=dtype,
+            dtype=storage or dtype,
         )
         num_kv_blocks = plan_num_kv_blocks(settings, device, per_block)
     if agree is not None:
@@ -106,4 +113,5 @@ def allocate_kv_cache(
         head_dim=config.head_dim,
         dtype=dtype,
         device=device.torch_device,
+        storage_dtype=storage,
     )

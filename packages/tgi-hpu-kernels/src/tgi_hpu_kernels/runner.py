@@ -57,13 +57,6 @@ __all__ = ["TorchModelRunner"]
 logger = logging.getLogger(__name__)
 
 
-def _check_supported(settings: RunnerSettings) -> None:
-    if settings.kv_cache_dtype is not None:
-        logger.warning(
-            "kv_cache_dtype=%r is not supported yet and is ignored", settings.kv_cache_dtype
-        )
-
-
 class _StepModule(nn.Module):
     """The graph-capturable part of a step: tokens in, final hidden states out."""
 
@@ -114,7 +107,6 @@ class TorchModelRunner:
         eos_token_ids: Sequence[int] = (),
         prompt_embedder: PromptEmbedder | None = None,
     ) -> None:
-        _check_supported(settings)
         self._prompt_embedder = prompt_embedder
         self._device = device or select_device(settings.device, settings)
         self._settings = settings = resolve_dtype(settings, self._device)
@@ -154,7 +146,8 @@ class TorchModelRunner:
             num_kv_blocks,
             agree=group.min_over_ranks if group else None,
         )
-        paged = self._device.reads_paged_kv(
+        # FP8 blocks are read through a widening gather, not the in-place paged kernels
+        paged = not self._kv.is_narrowed and self._device.reads_paged_kv(
             loaded.dtype,
             num_heads=c.num_attention_heads,
             num_kv_heads=c.num_key_value_heads,
@@ -299,6 +292,11 @@ class TorchModelRunner:
             origin = "QUANT_CONFIG" if self._settings.quant_config else "--quantize fp8"
             return f"FP8 projections, dense LM head ({origin})"
         return "dense" if self._weights is None else self._weights.describe()
+
+    @property
+    def kv_cache_dtype(self) -> torch.dtype:
+        """What the KV blocks hold: the model's dtype, or FP8 (``--kv-cache-dtype``)."""
+        return self._kv.keys[0].dtype
 
     @property
     def lora_adapters(self) -> tuple[str, ...]:

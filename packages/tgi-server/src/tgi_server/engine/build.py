@@ -143,9 +143,10 @@ def build_engine(
             )
         dtype = str(torch_runner.dtype).removeprefix("torch.")
         device_type = torch_runner.device.name
+        kv_dtype = str(torch_runner.kv_cache_dtype).removeprefix("torch.")
         compute_path = (
             f"{torch_runner.device.describe()}; model: {torch_runner.implementation}; "
-            f"weights: {torch_runner.weights}"
+            f"weights: {torch_runner.weights}; KV cache: {kv_dtype}"
         )
         runner_eos_ids = torch_runner.eos_token_ids
         runner = torch_runner
