@@ -7,6 +7,8 @@
 - LoRA adapters (``--lora-adapters``): requests naming each of two PEFT adapters and the
   base model, in flight together, each get the greedy tokens of its own model (PEFT's
   forward for the adapters); /info and /v1/models list the adapters.
+- Speculative decoding (``--speculate 3``): repetitive prompts, in flight together, get
+  transformers' greedy tokens, and /metrics counts the draft tokens accepted.
 """
 
 from __future__ import annotations
@@ -172,3 +174,31 @@ def test_each_request_gets_its_own_adapter_in_one_batch(with_adapters: ServedAda
         assert _greedy_reference(model, prompt) != _greedy_reference(served.model, prompt)
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
         list(pool.map(lambda case: _assert_greedy(served, *case), cases))
+
+
+@pytest.fixture(scope="module")
+def speculating(
+    launch: Callable[..., LaunchedService],
+    stop_and_check: Callable[[LaunchedService], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("tiny-llama-speculate")
+    model = save_tiny_checkpoint(folder, "llama")
+    save_word_tokenizer(folder)
+    argv = ("--model-id", str(folder), "--device", "cpu", "--speculate", "3")
+    service = launch("speculate", *argv, limits=LIMITS, environ=BUCKETS)
+    yield Served(service, model)
+    stop_and_check(service)
+
+
+def test_speculation_keeps_greedy_answers_and_counts_what_it_skipped(speculating: Served) -> None:
+    repetitive = ((5, 6, 7, 8, 5, 6, 7, 8, 5, 6), (40, 41, 40, 41, 40), (3, 9, 3, 9, 3))
+    with ThreadPoolExecutor(max_workers=len(repetitive)) as pool:
+        list(pool.map(lambda prompt: _assert_greedy(speculating, prompt), repetitive))
+    connection = http.client.HTTPConnection("127.0.0.1", speculating.service.port, timeout=30)
+    connection.request("GET", "/metrics")
+    lines = connection.getresponse().read().decode().splitlines()
+    connection.close()
+    assert 'tgi_request_skipped_tokens_bucket{le="3.0"}' in " ".join(lines)
+    skipped = next(line for line in lines if line.startswith("tgi_request_skipped_tokens_sum"))
+    assert float(skipped.split()[-1]) > 0  # drafts were accepted: the greedy check means it

@@ -154,7 +154,6 @@ def test_a_refused_setting_stops_start_up_unless_default(spec: Spec) -> None:
 
 def test_the_refused_and_moot_are_the_ones_we_mean() -> None:
     assert {spec.name for spec in REFUSED} == {
-        "speculate",
         "weights_cache_override",
         "shard_uds_path",
         "ngrok",
@@ -177,7 +176,8 @@ def test_help_and_docs_show_each_status() -> None:
         if spec.status.note:
             assert f"[{spec.status.note}]" in " ".join(help_text.split())
             assert spec.status.reason in docs
-    assert "[refused: not supported yet by this server]" in " ".join(help_text.split())
+    refused = "[refused: not supported yet by this server; use --huggingface-hub-cache]"
+    assert refused in " ".join(help_text.split())
 
 
 def test_the_slices_carry_the_newly_read_settings() -> None:

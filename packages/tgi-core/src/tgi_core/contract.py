@@ -48,6 +48,7 @@ __all__ = [
     "StepOutput",
     "StepPlan",
     "StopChecker",
+    "TokenChoice",
     "TokenEvent",
     "TopToken",
     "WarmupProgress",
@@ -140,13 +141,19 @@ class PrefillItem(msgspec.Struct, frozen=True, gc=False):
 
 
 class DecodeItem(msgspec.Struct, frozen=True, gc=False):
-    """A running sequence's next step: its last token at ``position`` (0-based)."""
+    """A running sequence's next step: its last token at ``position`` (0-based).
+
+    ``draft`` (speculative decoding) are tokens guessed to follow ``token_id``: the runner
+    computes them too (positions ``position + 1 ...``, slots in ``block_table``) and answers
+    with the tokens it accepts, then one of its own (``SequenceOutput.extra``).
+    """
 
     seq_id: int
     token_id: int
     position: int
     block_table: tuple[int, ...]
     adapter_id: str | None = None  # the sequence's LoRA adapter (as in its PrefillItem)
+    draft: tuple[int, ...] = ()
 
 
 class StepPlan(msgspec.Struct, frozen=True, gc=False):
@@ -178,6 +185,14 @@ class TopToken(msgspec.Struct, frozen=True, gc=False, array_like=True):
     logprob: float
 
 
+class TokenChoice(msgspec.Struct, frozen=True, gc=False):
+    """One more token of a speculative step, with what ``SequenceOutput`` says of its first."""
+
+    token_id: int
+    logprob: float
+    top_tokens: tuple[TopToken, ...] = ()
+
+
 class SequenceOutput(msgspec.Struct, frozen=True, gc=False):
     """The token a step produced for one sequence.
 
@@ -198,6 +213,9 @@ class SequenceOutput(msgspec.Struct, frozen=True, gc=False):
     top_tokens: tuple[TopToken, ...] = ()
     prompt_logprobs: tuple[float | None, ...] | None = None
     error: str | None = None
+    # a speculative step's tokens after ``token_id``, in order: the draft tokens accepted
+    # after it, then the runner's own (``token_id`` is the draft's first, or its own)
+    extra: tuple[TokenChoice, ...] = ()
 
 
 class StepOutput(msgspec.Struct, frozen=True, gc=False):

@@ -49,12 +49,17 @@ from tgi_hpu_kernels.profiling import StepProfiler
 from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
 from tgi_hpu_kernels.quantization import check_quantize, fp8_at_load
 from tgi_hpu_kernels.sequence_sampling import SequenceSampling
+from tgi_hpu_kernels.speculative import choose_verified, verify_items, verify_shape
 from tgi_hpu_kernels.step_inputs import KVLayout, StepInputs, build_decode, build_prefill
 from tgi_hpu_kernels.warmup import DummySize, dummy_plan, dummy_sizes, run_warmup, shapes_to_warm
 
 __all__ = ["TorchModelRunner"]
 
 logger = logging.getLogger(__name__)
+
+
+def _is_speculative(plan: StepPlan) -> bool:
+    return any(item.draft for item in plan.decode)
 
 
 class _StepModule(nn.Module):
@@ -111,6 +116,11 @@ class TorchModelRunner:
         self._device = device or select_device(settings.device, settings)
         self._settings = settings = resolve_dtype(settings, self._device)
         check_quantize(settings, self._device.name, self._device.quantized_kernels)
+        if settings.speculate and self._device.needs_static_shapes:
+            raise ValueError(
+                f"--speculate runs on packed steps; {self._device.name} runs static shapes "
+                "here (the CPU's default packs them)"
+            )
         if (warning := self._device.dtype_warning(settings.dtype)) is not None:
             logger.warning(warning)
         # num_shard > 1: rank 0 starts the other shards here (see parallel/)
@@ -363,6 +373,9 @@ class TorchModelRunner:
             )
         if not isinstance(plan.shape, DecodeShape):
             raise ValueError(f"a decode plan needs a DecodeShape, got {plan.shape}")
+        if any(item.draft for item in plan.decode):  # --speculate: verify the drafts
+            items, shape = verify_items(plan.decode), verify_shape(plan.decode)
+            return build_prefill(items, shape, self._layout, static=static, device=device)
         return build_decode(plan.decode, plan.shape, self._layout, static=static, device=device)
 
     def _forward(self, plan: StepPlan) -> tuple[Tensor, Tensor, StepInputs]:
@@ -380,7 +393,8 @@ class TorchModelRunner:
             args += (self._prompt_embeds(plan.prefill, inputs),)
         with self._device.matmul_context(inputs.input_ids.shape[0]):
             hidden = self._step(args, is_prefill=plan.is_prefill)
-        rows = hidden.index_select(0, inputs.logits_index)
+        # a speculative step samples every row (packed: no padding), others the last ones
+        rows = hidden if _is_speculative(plan) else hidden.index_select(0, inputs.logits_index)
         with self._device.matmul_context(rows.shape[0]):
             logits = self._model.compute_logits(rows)
         self._device.mark_step()
@@ -404,6 +418,11 @@ class TorchModelRunner:
         # grammar masks are written on the host before the forward pass, to overlap the device
         step = self._sequences.prepare(plan)
         logits, hidden, inputs = self._forward(plan)
+        if _is_speculative(plan):
+            verified = choose_verified(
+                self._sequences, step, plan.decode, logits, inputs.token_offsets
+            )
+            return StepOutput(step_id=plan.step_id, outputs=tuple(verified))
         result = self._sequences.sample(step, logits)
         prompt_logprobs = self._prompt_logprobs(plan, hidden, inputs)
         failed = step.failed  # sequences failed alone: only their own request hears why

@@ -162,9 +162,16 @@ class SequenceSampling:
         if self._grammar is not None:
             self._grammar.compiler.end_step()  # the prepared prefills have their guides
         seq_ids = [item.seq_id for item in plan.prefill] or [item.seq_id for item in plan.decode]
+        return self.prepare_rows(seq_ids, failed)
+
+    def prepare_rows(
+        self, seq_ids: list[int], failed: dict[int, str] | None = None
+    ) -> PreparedStep:
+        """The grammar masks of ``seq_ids``' rows at their guides' current states (a
+        speculative step asks again for each position it verifies)."""
         grammar = self._grammar if self._grammar and self._grammar.num_sequences else None
         mask = grammar.prepare(seq_ids, self._vocab_size) if grammar else None
-        return PreparedStep(seq_ids, grammar, mask, failed)
+        return PreparedStep(seq_ids, grammar, mask, {} if failed is None else failed)
 
     def sample(self, step: PreparedStep, logits: Tensor) -> SampleResult:
         """Mask ``logits`` ``[len(step.seq_ids), vocab]``, choose one token per row and move

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -75,7 +76,7 @@ class Engine:
         self._runner = runner
         self._refusals: list[RequestEvent] = []
         self._warmed: frozenset[Shape] | None = None
-        self._timer = StepTimer()
+        self._timer = StepTimer(scheduler.settings.speculate)
 
     @classmethod
     def create(
@@ -157,9 +158,13 @@ class Engine:
         step_events = self._scheduler.update(plan, output)
         if method is not None:
             updated = time.perf_counter()
-            num_tokens = sum(isinstance(event, TokenEvent) for event in step_events)
+            per_sequence = Counter(e.request_id for e in step_events if isinstance(e, TokenEvent))
             self._timer.succeeded(
-                method, executed - scheduled, updated - executed, updated - started, num_tokens
+                method,
+                executed - scheduled,
+                updated - executed,
+                updated - started,
+                per_sequence.values(),
             )
         events.extend(step_events)
         return events

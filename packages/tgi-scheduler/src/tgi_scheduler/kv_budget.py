@@ -108,14 +108,16 @@ class KVBudget:
             self.reserved_tokens += admission.reserved_tokens
             self.outstanding_blocks += admission.reserved_blocks - len(seq.block_ids)
 
-    def grow(self, seq: Sequence) -> None:
-        """Give ``seq`` the block its next decode writes into, if it crosses a boundary."""
+    def grow(self, seq: Sequence, num_draft: int = 0) -> None:
+        """Give ``seq`` the blocks its next decode writes into: its last token's slot and
+        ``num_draft`` more (speculative decoding; the caller keeps them in the reservation)."""
         block_ids = seq.block_ids
-        if len(seq.token_ids) > len(block_ids) * self._block_size:
-            # Within the reservation, so the invariant guarantees a block.
-            block_ids.extend(self.allocator.allocate(1))
+        num_new = blocks_for(len(seq.token_ids) + num_draft, self._block_size) - len(block_ids)
+        if num_new > 0:
+            # Within the reservation, so the invariant guarantees the blocks.
+            block_ids.extend(self.allocator.allocate(num_new))
             seq.block_table = tuple(block_ids)
-            self.outstanding_blocks -= 1
+            self.outstanding_blocks -= num_new
 
     def mark_computed(self, seq: Sequence) -> None:
         """A step computed the KV of ``seq``'s history (before its new token is appended).

@@ -53,6 +53,7 @@ from tgi_scheduler.policy import Admission, BatchLimits, concat_limits, next_bat
 from tgi_scheduler.preparing import Preparing
 from tgi_scheduler.queue import make_queue
 from tgi_scheduler.sequence import FINISH_REASONS, Sequence, SequenceStatus
+from tgi_scheduler.speculation import NgramDrafter
 from tgi_scheduler.stats import SchedulerStats, StepCounters, snapshot
 
 __all__ = ["GENERATION_ERROR_PREFIX", "Scheduler"]
@@ -285,8 +286,10 @@ class Scheduler:
         items: list[DecodeItem] = []
         append = items.append
         max_width = 0
+        speculate = self._settings.speculate
         for seq in self._running.values():
-            grow(seq)
+            draft = self._draft(seq, speculate) if speculate else ()
+            grow(seq, len(draft))
             table = seq.block_table
             max_width = max(max_width, len(table))
             append(
@@ -296,11 +299,22 @@ class Scheduler:
                     len(seq.token_ids) - 1,
                     table,
                     seq.request.adapter_id,
+                    draft,
                 )
             )
         self.counters.num_decode_steps += 1
         self._waiting_steps += 1
         return self._plan(self._tables.decode(len(items), max_width), decode=tuple(items))
+
+    @staticmethod
+    def _draft(seq: Sequence, speculate: int) -> tuple[int, ...]:
+        """Up to ``speculate`` guessed tokens, within what the sequence may still generate in
+        its reserved chunk (every token this step can produce stays inside it)."""
+        tokens = seq.token_ids
+        room = min(speculate, min(seq.reserved_tokens, seq.max_num_tokens) - len(tokens) - 1)
+        if seq.drafter is None:
+            seq.drafter = NgramDrafter()
+        return seq.drafter.propose(tokens, room)
 
     def _plan(
         self,
@@ -348,27 +362,33 @@ class Scheduler:
                 self._retire(seq, SequenceStatus.FINISHED_FAILED)
                 events.append(RequestFailed(seq.seq_id, GENERATION_ERROR_PREFIX + out.error))
                 continue
-            mark_computed(seq)
-            token_id = out.token_id
-            seq.token_ids.append(token_id)
-            status = seq.stop_status(token_id, eos_token_ids)
-            if status is None and len(seq.token_ids) >= seq.reserved_tokens:
-                status = self._next_chunk(seq)
-            first = len(seq.token_ids) == seq.num_prompt_tokens + 1
-            events.append(
-                TokenEvent(
-                    seq.seq_id,
-                    token_id,
-                    out.logprob,
-                    out.top_tokens,
-                    None if status is None else FINISH_REASONS[status],
-                    seq.queue_seconds if first else None,
-                    out.prompt_logprobs if first and seq.send_prompt_logprobs else None,
+            choices = [(out.token_id, out.logprob, out.top_tokens)]
+            choices += [(c.token_id, c.logprob, c.top_tokens) for c in out.extra]
+            for index, (token_id, logprob, top_tokens) in enumerate(choices):
+                # the KV of every token before this one exists (a speculative step computed
+                # the draft tokens it accepted, which are the tokens appended before)
+                mark_computed(seq)
+                seq.token_ids.append(token_id)
+                status = seq.stop_status(token_id, eos_token_ids)
+                last = status is not None or index == len(choices) - 1
+                if last and status is None and len(seq.token_ids) >= seq.reserved_tokens:
+                    status = self._next_chunk(seq)
+                first = len(seq.token_ids) == seq.num_prompt_tokens + 1
+                events.append(
+                    TokenEvent(
+                        seq.seq_id,
+                        token_id,
+                        logprob,
+                        top_tokens,
+                        None if status is None else FINISH_REASONS[status],
+                        seq.queue_seconds if first else None,
+                        out.prompt_logprobs if first and seq.send_prompt_logprobs else None,
+                    )
                 )
-            )
-            seq.send_prompt_logprobs = False
-            if status is not None:
-                self._retire(seq, status)
+                seq.send_prompt_logprobs = False
+                if status is not None:
+                    self._retire(seq, status)
+                    break
         return events
 
     def _next_chunk(self, seq: Sequence) -> SequenceStatus | None:

@@ -12,6 +12,7 @@ from collections.abc import Container
 
 from tgi_core.contract import FinishReason, GenerationRequest, StopChecker
 from tgi_scheduler.prefix_cache import BlockHash
+from tgi_scheduler.speculation import NgramDrafter
 
 __all__ = ["FINISH_REASONS", "Sequence", "SequenceStatus"]
 
@@ -54,6 +55,7 @@ class Sequence:
         "block_hashes",
         "block_ids",
         "block_table",
+        "drafter",
         "eos_enabled",
         "first_scheduled_time",
         "max_num_tokens",
@@ -103,6 +105,7 @@ class Sequence:
         self.eos_enabled = not (request.ignore_eos or ignore_eos)
         self.send_prompt_logprobs = request.prompt_logprobs
         self.overdue = False
+        self.drafter: NgramDrafter | None = None  # --speculate: built at its first decode
 
     def __repr__(self) -> str:
         return (

@@ -16,6 +16,7 @@ values. What each timing measures: the ``tgi_scheduler.engine`` module docstring
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_SIZE_BUCKETS",
     "DURATION_BUCKETS",
-    "SKIPPED_TOKENS_BUCKETS",
     "HistogramSnapshot",
     "Method",
     "MethodStats",
@@ -35,6 +35,7 @@ __all__ = [
     "StepCounters",
     "StepStats",
     "StepTimer",
+    "skipped_tokens_buckets",
     "snapshot",
 ]
 
@@ -55,8 +56,11 @@ DURATION_BUCKETS = _duration_buckets()
 """Upper bounds (s) of every ``*_duration`` histogram, TGI's: 1.5e-4 s times 1.5, 35 of them."""
 BATCH_SIZE_BUCKETS = tuple(float(size) for size in range(1, 1025))
 """``tgi_batch_next_size``'s upper bounds, TGI's: 1 to 1024."""
-SKIPPED_TOKENS_BUCKETS = (0.0,)
-"""``tgi_request_skipped_tokens``'s upper bounds, TGI's ``0..=speculate`` with no speculation."""
+
+
+def skipped_tokens_buckets(speculate: int) -> tuple[float, ...]:
+    """``tgi_request_skipped_tokens``'s upper bounds, TGI's ``0..=speculate``."""
+    return tuple(float(n) for n in range(speculate + 1))
 
 
 class StepCounters:
@@ -238,14 +242,14 @@ class StepTimer:
 
     __slots__ = ("_concat", "_methods", "_next_size", "_skipped_tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, speculate: int = 0) -> None:
         self._methods: dict[Method, _MethodTimer] = {
             "prefill": _MethodTimer(),
             "decode": _MethodTimer(),
         }
         self._concat = _Histogram(DURATION_BUCKETS)
         self._next_size = _Histogram(BATCH_SIZE_BUCKETS)
-        self._skipped_tokens = _Histogram(SKIPPED_TOKENS_BUCKETS)
+        self._skipped_tokens = _Histogram(skipped_tokens_buckets(speculate))
 
     def scheduled(self, method: Method, num_new: int, seconds: float, *, joined: bool) -> None:
         """A plan was made in ``seconds``; ``num_new`` sequences came from the queue
@@ -260,16 +264,23 @@ class StepTimer:
         self._methods[method].num_failure += 1
 
     def succeeded(
-        self, method: Method, forward: float, decode: float, inference: float, num_tokens: int
+        self,
+        method: Method,
+        forward: float,
+        decode: float,
+        inference: float,
+        tokens_per_sequence: Iterable[int],
     ) -> None:
         """A step ran: its runner call, its update and the whole step took these seconds,
-        and produced ``num_tokens`` tokens (none of them speculated)."""
+        and gave each sequence these many tokens (more than one: speculated tokens it
+        accepted, each observed in ``tgi_request_skipped_tokens`` as TGI's ``n - 1``)."""
         timer = self._methods[method]
         timer.forward.observe(forward)
         timer.decode.observe(decode)
         timer.inference.observe(inference)
         timer.num_success += 1
-        self._skipped_tokens.observe(0, num_tokens)
+        for num_tokens in tokens_per_sequence:
+            self._skipped_tokens.observe(num_tokens - 1)
 
     def snapshot(self) -> StepStats:
         return StepStats(

@@ -15,6 +15,8 @@ While it runs it checks what a device runner relies on, and records every violat
 - a sequence scripted to prepare is prefilled only right after ``prepare`` said ready;
 - sequences are prefilled once before they decode, released at most once, decoded with the
   token and position the runner produced, and their block tables only grow by appending;
+- a decode's ``draft`` (speculative decoding) is verified: each guess the runner would
+  itself have chosen next is accepted, then one token of its own follows;
 - block tables cover the slots written, and no sequence writes into a block another live
   sequence's table holds;
 - with ``check_kv``, a simulated KV cache (one token id per slot) proves that every cached
@@ -33,6 +35,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from tgi_core.contract import (
     PREPARED,
     PREPARING,
@@ -47,6 +51,7 @@ from tgi_core.contract import (
     Shape,
     StepOutput,
     StepPlan,
+    TokenChoice,
     TopToken,
     WarmupProgress,
     WarmupReport,
@@ -334,12 +339,23 @@ class FakeRunner:
         table = item.block_table
         if table[: len(live.table)] != live.table:
             self._violation(f"sequence {seq_id}: block table {table} does not extend {live.table}")
-        self._check_table(seq_id, table, item.position + 1)
+        draft = item.draft
+        self._check_table(seq_id, table, item.position + 1 + len(draft))
         self._hold(seq_id, table[len(live.table) :])
         live.table = table
         self._check_read(seq_id, table, tokens, item.position)
-        self._write(seq_id, table, tokens, item.position)
-        return self._next(seq_id, live, None)
+        self._write(seq_id, table, [*tokens, *draft], item.position)
+        first = self._next(seq_id, live, None)
+        # a draft token is accepted where it is the token this runner chose there
+        extra: list[TokenChoice] = []
+        chosen = first
+        for guess in draft:
+            if chosen.error is not None or chosen.token_id != guess:
+                break
+            chosen = self._next(seq_id, live, None)
+            if chosen.error is None:
+                extra.append(TokenChoice(chosen.token_id, chosen.logprob, chosen.top_tokens))
+        return msgspec.structs.replace(first, extra=tuple(extra)) if extra else first
 
     def _next(
         self,

@@ -31,9 +31,9 @@ buckets; what each measures on our side, where TGI's router and shards split dif
   ``tgi_batch_inference_success`` / ``_failure{method}`` its outcome.
 - ``tgi_batch_next_size``: the number of queued requests each prefill admits (TGI: the size
   of each batch the queue hands over), buckets 1 to 1024.
-- ``tgi_request_skipped_tokens``: one observation per token a step produced, of the tokens
-  it speculated; always 0 (bucket ``le="0"`` only, TGI's ``0..=speculate``) until
-  speculative decoding exists.
+- ``tgi_request_skipped_tokens``: one observation per sequence and step, of the tokens the
+  step gave it beyond one (draft tokens accepted under ``--speculate``); buckets
+  ``0..=speculate`` as TGI's (``le="0"`` only without speculation).
 
 The text is rendered here rather than by ``prometheus_client.generate_latest``, which would
 rename every counter ``<name>_total``: TGI's counters are plain ``tgi_request_count``.

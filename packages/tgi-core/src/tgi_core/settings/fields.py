@@ -104,8 +104,8 @@ _MODEL_FIELDS = (
         MODEL,
         NON_NEGATIVE_INT,
         None,
-        "The number of input ids to speculate on (n-gram or medusa).",
-        status=refused(_NOT_YET),
+        "Tokens to speculate per decode step (n-gram prompt lookup), verified in one forward "
+        "pass; greedy and seeded outputs are those of plain decoding.",
     ),
     Spec(
         "rope_scaling",

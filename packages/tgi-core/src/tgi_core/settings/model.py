@@ -225,6 +225,7 @@ class Settings:
             queue_policy=self.queue_policy,
             prefix_caching=self.prefix_caching,
             ignore_eos_token=self.ignore_eos_token,
+            speculate=self.speculate or 0,
         )
 
     def runner(self, rank: int = 0) -> RunnerSettings:
@@ -274,6 +275,7 @@ class Settings:
             disable_custom_kernels=self.disable_custom_kernels,
             trust_remote_code=self.trust_remote_code,
             lora_adapters=self.lora_adapters,
+            speculate=self.speculate or 0,
         )
 
     def server(self) -> ServerSettings:

@@ -41,6 +41,8 @@ class SchedulerSettings:
     # The shortest prefill length bucket. A vision-language model's is BASE_IMAGE_TOKENS: as
     # in TGI-Gaudi, its prefills are warmed up (and padded) from there to max_input_tokens.
     min_prefill_len: int = 1
+    # --speculate: draft tokens proposed per decode step (n-gram lookup over the sequence)
+    speculate: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,7 @@ class RunnerSettings:
     disable_custom_kernels: bool = False  # the CPU backend's native kernels off
     trust_remote_code: bool = False  # run a checkpoint's own code (transformers fallback)
     lora_adapters: tuple[str, ...] = ()  # --lora-adapters entries (settings/lora.py)
+    speculate: int = 0  # --speculate: decode steps verify this many draft tokens at most
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,7 @@ class LoraAdapters:
             index = self.index_of(item.adapter_id) or 0  # unknown ids never get here: prepare
             if index:
                 count = (
-                    1
+                    1 + len(item.draft)  # the last token and the draft (--speculate)
                     if isinstance(item, DecodeItem)
                     else len(item.token_ids) - item.num_cached_tokens
                 )
