@@ -34,6 +34,8 @@ FAMILIES = [
     "phi3",
     "gemma",
     "gemma2",
+    "falcon",
+    "falcon_new",
     "gpt_neox",
     "opt",
 ]
