@@ -80,6 +80,8 @@ FAMILY_TARGETS = {
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],  # fused in the checkpoint
     "gemma2": ["q_proj", "o_proj", "up_proj"],
     "starcoder2": ["q_proj", "c_fc", "c_proj"],
+    "falcon": ["query_key_value", "dense_4h_to_h"],  # fused q/k/v in the checkpoint
+    "falcon_new": ["query_key_value", "dense", "dense_h_to_4h"],  # interleaved groups
     "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],  # attention only: experts are fused
 }
 

@@ -35,6 +35,8 @@ FAMILIES = [
     "phi3",
     "gemma",
     "gemma2",
+    "falcon",
+    "falcon_new",
     "gpt_neox",
     "opt",
 ]

@@ -90,7 +90,8 @@ def _greedy_tokens(runner) -> list[list[int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "family", ["gemma", "gemma2", "llama", "mixtral", "phi3", "qwen2", "qwen3", "starcoder2"]
+    "family",
+    ["falcon_new", "gemma", "gemma2", "llama", "mixtral", "phi3", "qwen2", "qwen3", "starcoder2"],
 )
 def test_two_shards_match_one(tiny_checkpoint, make_runner, family):
     folder, _ = tiny_checkpoint(family)

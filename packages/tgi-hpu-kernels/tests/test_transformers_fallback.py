@@ -51,8 +51,9 @@ def test_unknown_model_type_names_both_paths(tmp_path):
     with pytest.raises(UnsupportedModelError) as raised:
         read_model_config(RunnerSettings(model_id=str(tmp_path)))
     assert str(raised.value) == (
-        "Unsupported model type 'no_such_model'; supported model types: gemma, gemma2, llama, "
-        "mistral, mixtral, phi3, qwen2, qwen3, starcoder2; transformers has no causal LM for it"
+        "Unsupported model type 'no_such_model'; supported model types: falcon, gemma, gemma2, "
+        "llama, mistral, mixtral, phi3, qwen2, qwen3, starcoder2; transformers has no causal LM "
+        "for it"
     )
 
 

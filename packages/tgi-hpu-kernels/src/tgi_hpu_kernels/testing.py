@@ -48,6 +48,8 @@ Family = Literal[
     "phi3",
     "gemma",
     "gemma2",
+    "falcon",
+    "falcon_new",
     "gpt_neox",
     "opt",
     "bloom",
@@ -62,6 +64,20 @@ _COMMON: dict[str, Any] = {
     "num_key_value_heads": 2,  # GQA
     "max_position_embeddings": 256,
     "rms_norm_eps": 1e-5,
+    "initializer_range": 0.05,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+_FALCON: dict[str, Any] = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "ffn_hidden_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 256,
+    "layer_norm_epsilon": 1e-3,
+    "bias": True,
     "initializer_range": 0.05,
     "bos_token_id": 1,
     "eos_token_id": 2,
@@ -151,6 +167,24 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             "final_logit_softcapping": 2.0,
         },
     ),
+    # Falcon names its fields its own way, so its configs do not take _COMMON. Old
+    # architecture: multi-query (one KV head), parallel attention + MLP on one shared
+    # LayerNorm, biases, exact GELU; rope theta and a linear rope scaling that matter.
+    "falcon": (
+        "FalconConfig",
+        {
+            **_FALCON,
+            "multi_query": True,
+            "parallel_attn": True,
+            "rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0},
+        },
+    ),
+    # New architecture (40B/180B): 2 KV groups in the interleaved fused q/k/v, ln_attn and
+    # ln_mlp.
+    "falcon_new": (
+        "FalconConfig",
+        {**_FALCON, "new_decoder_architecture": True, "num_kv_heads": 2},
+    ),
 }
 
 # Families with no native implementation, served through transformers: their configs name
@@ -209,18 +243,19 @@ def save_tiny_checkpoint(
         class_name, values = TINY_FALLBACK_CONFIGS[family]
     else:
         class_name, extra = TINY_CONFIGS[family]
-        values = {**_COMMON, **extra}
+        values = extra if family.startswith("falcon") else {**_COMMON, **extra}
     config = getattr(transformers, class_name)(**{**values, **overrides})
     torch.manual_seed(seed)
     auto = transformers.AutoModelForCausalLM
     model: Any = auto.from_config(config, attn_implementation="eager")  # type: ignore[no-untyped-call]
     # transformers zeroes biases: make them matter
-    if family in ("qwen2", "starcoder2", "gpt_neox", "opt"):
+    if family in ("qwen2", "starcoder2", "falcon", "falcon_new", "gpt_neox", "opt"):
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.endswith("bias"):
                     param.normal_(0.0, 0.05)
-                elif family == "starcoder2" and "norm" in name:  # LayerNorm weights start at 1
+                # LayerNorm weights (the only other vectors there) start at 1
+                elif family in ("starcoder2", "falcon", "falcon_new") and param.dim() == 1:
                     param.normal_(1.0, 0.1)
     if family == "qwen3":  # q/k norm weights start at 1: make them matter
         with torch.no_grad():

@@ -44,6 +44,9 @@ class ModelConfig:
     attention_scale: float | None = None
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
+    # Falcon (read by its layers only): 0 a sequential block; 1 or 2 a parallel one
+    # (attention and MLP summed into the residual) with one shared norm or one norm each
+    parallel_norms: int = 0
 
     def sliding_window(self, layer_idx: int) -> int | None:
         return self.sliding_windows[layer_idx] if self.sliding_windows else None

@@ -17,6 +17,7 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "resolve_model_clas
 
 # model_type -> (module under tgi_hpu_kernels.models, class name)
 _MODELS: dict[str, tuple[str, str]] = {
+    "falcon": ("falcon", "FalconForCausalLM"),
     "gemma": ("gemma", "GemmaForCausalLM"),
     "gemma2": ("gemma2", "Gemma2ForCausalLM"),
     "llama": ("llama", "LlamaForCausalLM"),
@@ -28,6 +29,7 @@ _MODELS: dict[str, tuple[str, str]] = {
     "starcoder2": ("starcoder2", "Starcoder2ForCausalLM"),
 }
 _ARCHITECTURES: dict[str, str] = {
+    "FalconForCausalLM": "falcon",
     "Gemma2ForCausalLM": "gemma2",
     "GemmaForCausalLM": "gemma",
     "LlamaForCausalLM": "llama",
