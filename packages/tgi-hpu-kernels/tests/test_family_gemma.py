@@ -58,7 +58,6 @@ def test_tanh_gelu_names_are_accepted(acts: dict[str, str]) -> None:
         ({"hidden_act": "silu"}, r"^gemma hidden_act 'silu' is not supported"),
         ({"hidden_activation": "relu"}, r"^gemma hidden_activation 'relu' is not supported"),
         ({"use_bidirectional_attention": True}, r"^gemma use_bidirectional_attention"),
-        ({"gguf_architecture": "gemma"}, r"^gemma GGUF checkpoints are not supported"),
     ],
 )
 def test_unsupported_configs_are_refused(extra: dict[str, Any], message: str) -> None:

@@ -187,7 +187,6 @@ def test_rope_scaling_override_keeps_the_partial_rotary_factor(
     "values,message",
     [
         ({"partial_rotary_factor": 0.7}, r"gives 11 rotated dims of 16"),
-        ({"gguf_architecture": "phi3"}, r"^Phi-3 GGUF files are not supported"),
         ({"rope_scaling": {"type": "longrope", "long_factor": LONG}}, r"needs 'short_factor'"),
     ],
 )

@@ -239,10 +239,10 @@ def load_model(
     model.tie_weights()
     weights: Iterable[tuple[str, torch.Tensor]]
     if reader is not None:
-        weights = iter_gguf_tensors(reader, raw)
+        weights = iter_gguf_tensors(reader, raw)  # HF names and values, as a safetensors file
     else:
         weights = language_model_weights(full_config, iter_safetensors(source.path))
-        weights = cls.checkpoint_tensors(weights, raw)
+    weights = cls.checkpoint_tensors(weights, raw)
     if group is not None:
         weights = shard_weights(
             weights, rank=group.rank, num_shard=group.num_shard, layout=cls.tp_layout

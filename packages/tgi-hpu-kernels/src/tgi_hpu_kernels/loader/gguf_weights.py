@@ -1,9 +1,23 @@
 """Reading a llama.cpp GGUF file: config from its metadata, dequantized HF-named tensors.
 
-Tensors are dequantized with ``gguf.quants.dequantize`` to float32 and renamed to the HF
-checkpoint names the models load. llama.cpp's converter permutes the rows of Llama's Q and K
-projections (for its interleaved rotary layout); they are permuted back exactly as
-transformers' GGUF loader does, so both load the same weights.
+Tensors are dequantized with ``gguf.quants.dequantize`` to float32, renamed to the HF
+checkpoint names (gguf-py's ``TENSOR_MAPPING`` read backwards) and given back the values the
+HF checkpoint held, undoing what llama.cpp's ``convert_hf_to_gguf.py`` changed, so that each
+family's ``checkpoint_tensors`` then reads them as it reads safetensors:
+
+- ``llama`` (Llama, Mistral, Mixtral): Q and K rows were permuted for llama.cpp's interleaved
+  rotary layout; they are permuted back as transformers' GGUF loader does. Mixtral (a
+  ``llama`` file with ``expert_count``) stores each layer's experts as 3-D ``ffn_*_exps``
+  ``[experts, rows, cols]``, split here into the classic per-expert ``w1``/``w2``/``w3``.
+- ``gemma``/``gemma2``: every ``*norm.weight`` was stored as ``1 + w``; 1 is subtracted.
+  Gemma 2's ``ffn_norm`` is its ``pre_feedforward_layernorm``.
+- ``phi3``: ``attn_qkv`` and ``ffn_up`` are the checkpoint's fused ``qkv_proj`` and
+  ``gate_up_proj``; LongRoPE's factors are tensors (``rope_factors_long``/``_short``).
+- ``starcoder2``: ``ffn_up``/``ffn_down`` are ``c_fc``/``c_proj``; norms carry biases.
+- ``qwen2``: Llama's names with q/k/v biases, nothing permuted.
+
+Metadata llama.cpp does not write takes llama.cpp's own choice: Gemma 2's query scale is
+``head_dim`` except for the 27B (46 layers: ``hidden / heads``), as in llama-model.cpp.
 """
 
 from __future__ import annotations
@@ -31,10 +45,15 @@ _CONFIG_KEYS = {
     "attention.head_count": "num_attention_heads",
     "attention.head_count_kv": "num_key_value_heads",
     "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "attention.layer_norm_epsilon": "norm_epsilon",  # StarCoder2's LayerNorms
     "attention.key_length": "head_dim",
     "attention.sliding_window": "sliding_window",
     "rope.freq_base": "rope_theta",
     "vocab_size": "vocab_size",
+    "expert_count": "num_local_experts",
+    "expert_used_count": "num_experts_per_tok",
+    "attn_logit_softcapping": "attn_logit_softcapping",
+    "final_logit_softcapping": "final_logit_softcapping",
 }
 _TOP_TENSORS = {
     "token_embd": "model.embed_tokens",
@@ -52,6 +71,19 @@ _LAYER_TENSORS = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Where an architecture's layer tensors name other HF modules than Llama's.
+_ARCH_LAYER_TENSORS = {
+    "gemma2": {
+        "post_attention_norm": "post_attention_layernorm",
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
+    "llama": {"ffn_gate_inp": "block_sparse_moe.gate"},  # Mixtral's router
+    "phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
+    "starcoder2": {"ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
+}
+_EXPERT_TENSORS = {"ffn_gate_exps": "w1", "ffn_down_exps": "w2", "ffn_up_exps": "w3"}
+_GEMMA_27B_LAYERS = 46  # llama.cpp's LLM_TYPE_27B, the one Gemma 2 scaled by hidden / heads
 
 
 def open_gguf(path: Path) -> GGUFReader:
@@ -84,12 +116,15 @@ def gguf_config(reader: GGUFReader) -> dict[str, Any]:
     """A HF-style config dict from the GGUF metadata (what transformers' GGUF loader reads)."""
     arch = str(_field(reader, "general.architecture"))
     name = str(_field(reader, "general.name") or "").lower()
-    model_type = "mistral" if arch == "llama" and "mistral" in name else arch
-    raw: dict[str, Any] = {"model_type": model_type, "gguf_architecture": arch}
+    raw: dict[str, Any] = {"model_type": arch, "gguf_architecture": arch}
     for key, hf_key in _CONFIG_KEYS.items():
         value = _field(reader, f"{arch}.{key}")
         if value is not None:
             raw[hf_key] = value
+    if arch == "llama" and raw.get("num_local_experts"):
+        raw["model_type"] = "mixtral"
+    elif arch == "llama" and "mistral" in name:
+        raw["model_type"] = "mistral"
     if "vocab_size" not in raw:
         tokens = reader.fields.get("tokenizer.ggml.tokens")
         if tokens is not None:
@@ -101,12 +136,57 @@ def gguf_config(reader: GGUFReader) -> dict[str, Any]:
     raw["tie_word_embeddings"] = "output.weight" not in names
     if "rope_freqs.weight" in names:
         raw["rope_freq_factors"] = tuple(float(f) for f in _tensor("rope_freqs.weight", reader))
-    if model_type == "qwen2" and "sliding_window" in raw:
-        raw["use_sliding_window"] = True
+    if not raw.get("sliding_window"):
+        raw.pop("sliding_window", None)  # llama.cpp writes 0 for none (Phi-3)
+    raw.update(_arch_fields(reader, arch, raw, names))
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
     if eos is not None:
         raw["eos_token_id"] = int(eos)
     return raw
+
+
+def _head_dim(raw: dict[str, Any]) -> int:
+    return int(raw.get("head_dim") or int(raw["hidden_size"]) // int(raw["num_attention_heads"]))
+
+
+def _arch_fields(
+    reader: GGUFReader, arch: str, raw: dict[str, Any], names: set[str]
+) -> dict[str, Any]:
+    """Config fields an architecture states otherwise than through the shared keys."""
+    if arch == "qwen2" and "sliding_window" in raw:
+        return {"use_sliding_window": True}
+    if arch == "gemma2":  # no query_pre_attn_scalar in a GGUF: llama.cpp's rule
+        per_head = int(raw["hidden_size"]) // int(raw["num_attention_heads"])
+        big = int(raw["num_hidden_layers"]) == _GEMMA_27B_LAYERS
+        return {"query_pre_attn_scalar": per_head if big else _head_dim(raw)}
+    if arch == "phi3":
+        return _phi3_rope(reader, arch, raw, names)
+    return {}
+
+
+def _phi3_rope(
+    reader: GGUFReader, arch: str, raw: dict[str, Any], names: set[str]
+) -> dict[str, Any]:
+    """Phi-3's partial rotary factor and LongRoPE (its factors are tensors in a GGUF)."""
+    fields: dict[str, Any] = {}
+    head_dim = _head_dim(raw)
+    rotary = _field(reader, f"{arch}.rope.dimension_count")
+    if rotary is not None:
+        fields["partial_rotary_factor"] = int(rotary) / head_dim
+    original = _field(reader, f"{arch}.rope.scaling.original_context_length")
+    if original is not None:
+        fields["original_max_position_embeddings"] = int(original)
+    if "rope_factors_long.weight" in names:
+        scaling: dict[str, Any] = {
+            "rope_type": "longrope",
+            "long_factor": [float(f) for f in _tensor("rope_factors_long.weight", reader)],
+            "short_factor": [float(f) for f in _tensor("rope_factors_short.weight", reader)],
+        }
+        attention = _field(reader, f"{arch}.rope.scaling.attn_factor")
+        if attention is not None:
+            scaling["attention_factor"] = float(attention)
+        fields["rope_scaling"] = scaling
+    return fields
 
 
 def _tensor(name: str, reader: GGUFReader) -> np.ndarray:
@@ -116,10 +196,11 @@ def _tensor(name: str, reader: GGUFReader) -> np.ndarray:
     raise KeyError(name)
 
 
-def _hf_name(gguf_name: str) -> str | None:
+def _hf_name(gguf_name: str, arch: str) -> str | None:
     parts = gguf_name.split(".")
-    if parts[0] == "blk" and len(parts) == 4 and parts[2] in _LAYER_TENSORS:
-        return f"model.layers.{parts[1]}.{_LAYER_TENSORS[parts[2]]}.{parts[3]}"
+    if parts[0] == "blk" and len(parts) == 4:
+        module = _ARCH_LAYER_TENSORS.get(arch, {}).get(parts[2]) or _LAYER_TENSORS.get(parts[2])
+        return None if module is None else f"model.layers.{parts[1]}.{module}.{parts[3]}"
     if len(parts) == 2 and parts[0] in _TOP_TENSORS:
         return f"{_TOP_TENSORS[parts[0]]}.{parts[1]}"
     return None
@@ -133,20 +214,32 @@ def _unpermute_rows(weights: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def iter_gguf_tensors(reader: GGUFReader, raw: dict[str, Any]) -> Iterator[tuple[str, Tensor]]:
-    """Every weight as (HF name, float32 tensor); Q/K rows un-permuted for Llama GGUFs."""
-    permuted = raw.get("gguf_architecture") == "llama"
+    """Every weight as (HF name, float32 tensor) with the values the HF checkpoint holds."""
+    arch = str(raw.get("gguf_architecture"))
     heads = {
         ".q_proj.": int(raw["num_attention_heads"]),
         ".k_proj.": int(raw.get("num_key_value_heads") or raw["num_attention_heads"]),
     }
     for tensor in reader.tensors:
-        name = _hf_name(tensor.name)
+        parts = tensor.name.split(".")
+        weights = dequantize(tensor.data, tensor.tensor_type)
+        if parts[0] == "blk" and parts[2] in _EXPERT_TENSORS:
+            prefix = f"model.layers.{parts[1]}.block_sparse_moe.experts"
+            for expert, rows in enumerate(weights):
+                yield f"{prefix}.{expert}.{_EXPERT_TENSORS[parts[2]]}.{parts[3]}", _torch(rows)
+            continue
+        name = _hf_name(tensor.name, arch)
         if name is None:
             continue  # rope_freqs and other non-parameters are read through the config
-        weights = dequantize(tensor.data, tensor.tensor_type)
-        if permuted:
+        if arch == "llama":
             for marker, num_heads in heads.items():
                 if marker in name:
                     weights = _unpermute_rows(weights, num_heads)
-        # A copy: F32 tensors come straight from the read-only memory map.
-        yield name, torch.from_numpy(np.array(weights, dtype=np.float32))
+        elif arch in ("gemma", "gemma2") and name.endswith("norm.weight"):
+            weights = weights - 1.0  # stored as 1 + w; the family adds the 1 back
+        yield name, _torch(weights)
+
+
+def _torch(weights: np.ndarray) -> Tensor:
+    # A copy: F32 tensors come straight from the read-only memory map.
+    return torch.from_numpy(np.array(weights, dtype=np.float32))

@@ -53,7 +53,10 @@ _GGUF_BITS = {
     **dict.fromkeys(("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"), 8),
 }
 _GGUF_GROUP = 32
-_PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+_PROJECTIONS = (
+    *("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down"),
+    *("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"),  # Mixtral's experts
+)
 
 
 @dataclass(frozen=True)

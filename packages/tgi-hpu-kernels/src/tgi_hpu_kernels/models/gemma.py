@@ -12,7 +12,8 @@
 
 Gemma 2 (``gemma2.py``) adds two norms per layer and soft-capping.
 
-GGUF Gemma checkpoints are refused: their config keys and norm weights are not mapped here.
+A GGUF file's norms (stored by llama.cpp as ``1 + w``) reach ``checkpoint_tensors`` as ``w``
+(``loader/gguf_weights.py``), like a safetensors checkpoint's.
 """
 
 from __future__ import annotations
@@ -53,12 +54,9 @@ def parse_gemma_config(
     that mean the tanh GELU there) hold a tanh GELU where present.
 
     Raises:
-        ValueError: another activation, a GGUF file, bidirectional attention, or a missing
-            field.
+        ValueError: another activation, bidirectional attention, or a missing field.
     """
     model_type = raw.get("model_type", "gemma")
-    if "gguf_architecture" in raw:
-        raise ValueError(f"{model_type} GGUF checkpoints are not supported: use safetensors")
     for key, values in accepted.items():
         act = raw.get(key)
         if act is not None and act not in values:

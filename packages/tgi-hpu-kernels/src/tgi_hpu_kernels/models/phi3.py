@@ -48,11 +48,8 @@ def _normalised(raw: Mapping[str, Any]) -> dict[str, Any]:
 class Phi3ForCausalLM(LlamaForCausalLM):
     @classmethod
     def parse_config(cls, raw: Mapping[str, Any]) -> ModelConfig:
-        """Raises ValueError for a GGUF file (its fused, unpermuted tensors are not read) and
-        for a partial rotary factor that leaves no or an odd number of rotated or passed
-        dims."""
-        if "gguf_architecture" in raw:
-            raise ValueError("Phi-3 GGUF files are not supported: use the safetensors checkpoint")
+        """Raises ValueError for a partial rotary factor that leaves no or an odd number of
+        rotated or passed dims."""
         normalised = _normalised(raw)
         config = parse_common(normalised)
         partial = float(normalised["rope_parameters"]["partial_rotary_factor"])
