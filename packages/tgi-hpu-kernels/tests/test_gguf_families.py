@@ -33,6 +33,7 @@ MakeRunner = Callable[..., TorchModelRunner]
 # family -> (GGUF architecture, config overrides for what a GGUF of it can say)
 _FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen2": ("qwen2", {"use_sliding_window": False}),
+    "qwen3": ("qwen3", {"use_sliding_window": False}),
     "gemma": ("gemma", {}),
     "gemma2": ("gemma2", {"query_pre_attn_scalar": 32}),  # head_dim: llama.cpp's scale
     "phi3": ("phi3", {}),
@@ -66,7 +67,7 @@ def _add_metadata(writer: GGUFWriter, family: str, config: Any) -> None:
         writer.add_layer_norm_eps(config.norm_epsilon)
     else:
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    if family.startswith("gemma"):
+    if family.startswith("gemma") or family == "qwen3":  # head_dim is not hidden / heads
         writer.add_key_length(config.head_dim)
         writer.add_value_length(config.head_dim)
     if family == "gemma2":

@@ -14,7 +14,8 @@ family's ``checkpoint_tensors`` then reads them as it reads safetensors:
 - ``phi3``: ``attn_qkv`` and ``ffn_up`` are the checkpoint's fused ``qkv_proj`` and
   ``gate_up_proj``; LongRoPE's factors are tensors (``rope_factors_long``/``_short``).
 - ``starcoder2``: ``ffn_up``/``ffn_down`` are ``c_fc``/``c_proj``; norms carry biases.
-- ``qwen2``: Llama's names with q/k/v biases, nothing permuted.
+- ``qwen2``: Llama's names with q/k/v biases, nothing permuted; ``qwen3`` adds the per-head
+  ``attn_q_norm``/``attn_k_norm``.
 
 Metadata llama.cpp does not write takes llama.cpp's own choice: Gemma 2's query scale is
 ``head_dim`` except for the 27B (46 layers: ``hidden / heads``), as in llama-model.cpp.
@@ -80,6 +81,7 @@ _ARCH_LAYER_TENSORS = {
     },
     "llama": {"ffn_gate_inp": "block_sparse_moe.gate"},  # Mixtral's router
     "phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
+    "qwen3": {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
     "starcoder2": {"ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
 }
 _EXPERT_TENSORS = {"ffn_gate_exps": "w1", "ffn_down_exps": "w2", "ffn_up_exps": "w3"}
@@ -153,7 +155,7 @@ def _arch_fields(
     reader: GGUFReader, arch: str, raw: dict[str, Any], names: set[str]
 ) -> dict[str, Any]:
     """Config fields an architecture states otherwise than through the shared keys."""
-    if arch == "qwen2" and "sliding_window" in raw:
+    if arch in ("qwen2", "qwen3") and "sliding_window" in raw:
         return {"use_sliding_window": True}
     if arch == "gemma2":  # no query_pre_attn_scalar in a GGUF: llama.cpp's rule
         per_head = int(raw["hidden_size"]) // int(raw["num_attention_heads"])
