@@ -7,7 +7,7 @@ from __future__ import annotations
 from tgi_core.contract import FinishReason, GenerationRequest, TokenEvent
 from tgi_core.settings.slices import SchedulerSettings
 from tgi_scheduler import Engine
-from tgi_scheduler.speculation import NgramDrafter
+from tgi_scheduler.speculation import MAX_VERIFY_ROWS, NgramDrafter
 from tgi_scheduler.testing import FakeRunner, run_until_idle
 
 # FakeRunner counts up: a prompt that already counted once is guessed right.
@@ -87,3 +87,14 @@ def test_a_sequence_failing_alone_mid_draft_fails_only_itself() -> None:
     events, engine = _run(3, prompts, 12, fail_after={1: 4})
     assert len(events[1]) < 4 and len(events[2]) == 12
     assert engine.stats().batch_size == 0 and not engine.has_unfinished()
+
+
+def test_a_batch_that_fills_the_row_budget_speculates_nothing() -> None:
+    full = {i: COUNTING for i in range(1, MAX_VERIFY_ROWS + 1)}
+    events, engine = _run(3, full, 8)
+    steps = engine.stats().steps
+    assert steps is not None and steps.skipped_tokens.sum == 0
+    assert all(len(evs) == 8 for evs in events.values())
+    few = {i: COUNTING for i in range(1, 4)}
+    steps = _run(3, few, 8)[1].stats().steps
+    assert steps is not None and steps.skipped_tokens.sum > 0

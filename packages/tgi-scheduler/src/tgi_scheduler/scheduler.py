@@ -53,7 +53,7 @@ from tgi_scheduler.policy import Admission, BatchLimits, concat_limits, next_bat
 from tgi_scheduler.preparing import Preparing
 from tgi_scheduler.queue import make_queue
 from tgi_scheduler.sequence import FINISH_REASONS, Sequence, SequenceStatus
-from tgi_scheduler.speculation import NgramDrafter
+from tgi_scheduler.speculation import MAX_VERIFY_ROWS, NgramDrafter
 from tgi_scheduler.stats import SchedulerStats, StepCounters, snapshot
 
 __all__ = ["GENERATION_ERROR_PREFIX", "Scheduler"]
@@ -287,8 +287,11 @@ class Scheduler:
         append = items.append
         max_width = 0
         speculate = self._settings.speculate
+        # draft tokens share the rows a step may verify (speculation.py)
+        budget = MAX_VERIFY_ROWS - len(self._running) if speculate else 0
         for seq in self._running.values():
-            draft = self._draft(seq, speculate) if speculate else ()
+            draft = self._draft(seq, min(speculate, budget)) if budget > 0 else ()
+            budget -= len(draft)
             grow(seq, len(draft))
             table = seq.block_table
             max_width = max(max_width, len(table))
