@@ -1,13 +1,14 @@
 """Speculative decoding on a real model (``--speculate``): the scheduler's n-gram drafts,
 verified by the runner in one forward pass, give plain decoding's tokens, logprobs and top
-tokens (greedy, seeded sampling, penalties), alone and batched, in fewer steps."""
+tokens (greedy, seeded sampling, penalties, grammars), alone and batched, in fewer steps."""
 
 from __future__ import annotations
 
 import pytest
 
 from tgi_core.contract import GenerationRequest, SamplingParams, TokenEvent
-from tgi_core.settings.slices import SchedulerSettings
+from tgi_core.settings.slices import RunnerSettings, SchedulerSettings
+from tgi_hpu_kernels.runner import TorchModelRunner
 from tgi_scheduler import Engine
 from tgi_scheduler.testing import run_until_idle
 
@@ -22,13 +23,27 @@ SAMPLINGS = {
     "greedy": SamplingParams(),
     "seeded": SamplingParams(do_sample=True, temperature=0.8, top_k=20, seed=7),
     "penalised": SamplingParams(repetition_penalty=1.3, frequency_penalty=0.2, top_n_tokens=3),
+    # the grammar leaves two tokens at each step: its masks are rebuilt at every position
+    "grammar": SamplingParams(grammar="(t5 |t6 )(t7 |t8 )(t9 )+"),
 }
 
 
 def _generate(
     make_runner, folder, speculate: int, sampling: SamplingParams, prompts=PROMPTS
 ) -> tuple[dict[int, list[TokenEvent]], int, float]:
-    runner = make_runner(folder, block_size=BLOCK_SIZE, speculate=speculate)
+    if sampling.grammar is None:
+        runner = make_runner(folder, block_size=BLOCK_SIZE, speculate=speculate)
+    else:  # a vocabulary of words "t<i> " (EOS: 2) for the grammar to constrain
+        words = {i: f"t{i} ".encode() for i in range(128) if i != 2}
+        settings = RunnerSettings(
+            model_id=str(folder),
+            dtype="float32",
+            device="cpu",
+            block_size=BLOCK_SIZE,
+            max_total_tokens=128,
+            speculate=speculate,
+        )
+        runner = TorchModelRunner(settings, num_kv_blocks=64, token_bytes=words)
     settings = SchedulerSettings(
         max_input_tokens=32,
         max_total_tokens=64,
