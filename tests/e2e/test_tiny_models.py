@@ -8,7 +8,8 @@
   base model, in flight together, each get the greedy tokens of its own model (PEFT's
   forward for the adapters); /info and /v1/models list the adapters.
 - Speculative decoding (``--speculate 3``): repetitive prompts, in flight together, get
-  transformers' greedy tokens, and /metrics counts the draft tokens accepted.
+  transformers' greedy tokens, and /metrics counts the draft tokens accepted; the same with
+  a Medusa model id (its heads draft; ``--speculate`` unset takes their number).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Any, NamedTuple
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from tgi_hpu_kernels.testing import (
+    greedy_reference,
     save_tiny_checkpoint,
     save_tiny_lora_adapter,
     save_word_tokenizer,
@@ -76,15 +79,6 @@ def _request(service: LaunchedService, method: str, path: str, payload: Any = No
         connection.close()
 
 
-def _greedy_reference(model: torch.nn.Module, prompt: tuple[int, ...]) -> list[int]:
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(NUM_NEW_TOKENS):
-            next_id = model(ids).logits[0, -1].argmax()
-            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-    return ids[0, len(prompt) :].tolist()
-
-
 def _assert_greedy(
     served: Served,
     prompt: tuple[int, ...],
@@ -98,7 +92,7 @@ def _assert_greedy(
     body = _request(served.service, "POST", "/generate", {"inputs": text, "parameters": parameters})
     details = body["details"]
     ids = [token["id"] for token in details["tokens"]]
-    reference = _greedy_reference(model or served.model, prompt)
+    reference = greedy_reference(model or served.model, prompt, NUM_NEW_TOKENS)
     if details["finish_reason"] == "length":
         assert ids == reference
     else:  # stopped at the end-of-sequence token, where transformers' greedy also chose it
@@ -171,7 +165,8 @@ def test_each_request_gets_its_own_adapter_in_one_batch(with_adapters: ServedAda
     ]
     # the adapters change the answers: matching them is not matching the base model
     for prompt, model, _ in cases[1:3]:
-        assert _greedy_reference(model, prompt) != _greedy_reference(served.model, prompt)
+        ours, base = (greedy_reference(m, prompt, NUM_NEW_TOKENS) for m in (model, served.model))
+        assert ours != base
     with ThreadPoolExecutor(max_workers=len(cases)) as pool:
         list(pool.map(lambda case: _assert_greedy(served, *case), cases))
 
@@ -195,10 +190,52 @@ def test_speculation_keeps_greedy_answers_and_counts_what_it_skipped(speculating
     repetitive = ((5, 6, 7, 8, 5, 6, 7, 8, 5, 6), (40, 41, 40, 41, 40), (3, 9, 3, 9, 3))
     with ThreadPoolExecutor(max_workers=len(repetitive)) as pool:
         list(pool.map(lambda prompt: _assert_greedy(speculating, prompt), repetitive))
-    connection = http.client.HTTPConnection("127.0.0.1", speculating.service.port, timeout=30)
+    skipped = _skipped_tokens(speculating.service)
+    assert 'tgi_request_skipped_tokens_bucket{le="3.0"}' in skipped
+    total = skipped.split("tgi_request_skipped_tokens_sum ")[1].split()[0]
+    assert float(total) > 0  # drafts were accepted: the greedy check means something
+
+
+def _skipped_tokens(service: LaunchedService) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
     connection.request("GET", "/metrics")
     lines = connection.getresponse().read().decode().splitlines()
     connection.close()
-    assert 'tgi_request_skipped_tokens_bucket{le="3.0"}' in " ".join(lines)
-    skipped = next(line for line in lines if line.startswith("tgi_request_skipped_tokens_sum"))
-    assert float(skipped.split()[-1]) > 0  # drafts were accepted: the greedy check means it
+    return " ".join(line for line in lines if line.startswith("tgi_request_skipped_tokens"))
+
+
+@pytest.fixture(scope="module")
+def medusa(
+    launch: Callable[..., LaunchedService],
+    stop_and_check: Callable[[LaunchedService], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("tiny-llama-medusa")
+    base, heads = root / "base", root / "medusa"
+    model = save_tiny_checkpoint(base, "llama")
+    heads.mkdir()
+    save_word_tokenizer(heads)  # the server reads the tokenizer of the model id it is given
+    hidden = model.lm_head.weight.shape[1]
+    weights = {  # two heads that guess the model's own next token again
+        name: tensor
+        for head in range(2)
+        for name, tensor in {
+            f"{head}.0.linear.weight": torch.zeros(hidden, hidden),
+            f"{head}.0.linear.bias": torch.zeros(hidden),
+            f"{head}.1.weight": model.lm_head.weight.detach().clone(),
+        }.items()
+    }
+    save_file(weights, str(heads / "medusa_lm_head.safetensors"))
+    config = {"medusa_num_heads": 2, "medusa_num_layers": 1, "base_model_name_or_path": str(base)}
+    (heads / "config.json").write_text(json.dumps(config))
+    service = launch(
+        "medusa", "--model-id", str(heads), "--device", "cpu", limits=LIMITS, environ=BUCKETS
+    )
+    yield Served(service, model)
+    stop_and_check(service)
+
+
+def test_a_medusa_model_drafts_with_its_heads_and_keeps_greedy_answers(medusa: Served) -> None:
+    with ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
+        list(pool.map(lambda prompt: _assert_greedy(medusa, prompt), PROMPTS))
+    assert 'tgi_request_skipped_tokens_bucket{le="2.0"}' in _skipped_tokens(medusa.service)

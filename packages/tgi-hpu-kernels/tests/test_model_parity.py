@@ -11,6 +11,7 @@ within 1e-4.
 from __future__ import annotations
 
 import random
+from typing import get_args
 
 import pytest
 import torch
@@ -23,23 +24,9 @@ from tgi_core.contract import (
     SamplingParams,
     StepPlan,
 )
+from tgi_hpu_kernels.testing import Family
 
-FAMILIES = [
-    "llama",
-    "llama3",
-    "mistral",
-    "mixtral",
-    "qwen2",
-    "qwen3",
-    "starcoder2",
-    "phi3",
-    "gemma",
-    "gemma2",
-    "falcon",
-    "falcon_new",
-    "gpt_neox",
-    "opt",
-]
+FAMILIES = [f for f in get_args(Family) if f != "bloom"]  # bloom: refused (ALiBi)
 BLOCK_SIZE = 4
 NUM_KV_BLOCKS = 64
 PROMPT_LENS = (5, 11, 17)

@@ -42,6 +42,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _two_shards(make_runner, folder, **settings):
+    """A runner over 2 ranks on 127.0.0.1 (rank 1 in a process it starts)."""
+    return make_runner(
+        folder,
+        block_size=BLOCK_SIZE,
+        num_shard=2,
+        master_addr="127.0.0.1",
+        master_port=_free_port(),
+        **settings,
+    )
+
+
 def _tables(base: int) -> list[tuple[int, ...]]:
     return [tuple(range(base + 8 * i, base + 8 * i + 8)) for i in range(len(PROMPTS))]
 
@@ -97,13 +109,7 @@ def test_two_shards_match_one(tiny_checkpoint, make_runner, family):
     folder, _ = tiny_checkpoint(family)
     single = make_runner(folder, block_size=BLOCK_SIZE)
     expected_logits, expected_tokens = _teacher_forced_logits(single), _greedy_tokens(single)
-    sharded = make_runner(
-        folder,
-        block_size=BLOCK_SIZE,
-        num_shard=2,
-        master_addr="127.0.0.1",
-        master_port=_free_port(),
-    )
+    sharded = _two_shards(make_runner, folder)
     try:
         shard_pids = sharded._parallel.processes.pids
         assert len(shard_pids) == 1 and psutil.pid_exists(shard_pids[0])
@@ -132,14 +138,7 @@ def test_two_shards_with_lora_adapters_match_one(tiny_checkpoint, make_runner, t
     adapter_ids = [None, "a", "b"]
     single = make_runner(folder, block_size=BLOCK_SIZE, lora_adapters=entries)
     expected = teacher_forced_logits(single, sequences, 5, BLOCK_SIZE, adapter_ids)
-    sharded = make_runner(
-        folder,
-        block_size=BLOCK_SIZE,
-        num_shard=2,
-        master_addr="127.0.0.1",
-        master_port=_free_port(),
-        lora_adapters=entries,
-    )
+    sharded = _two_shards(make_runner, folder, lora_adapters=entries)
     try:
         ours = teacher_forced_logits(sharded, sequences, 5, BLOCK_SIZE, adapter_ids)
         torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
@@ -152,14 +151,7 @@ def test_shard_ranks_write_their_own_profiles(tiny_checkpoint, make_runner, tmp_
     profile = ProfileSettings(
         wait_steps=0, warmup_steps=1, active_steps=2, path=str(tmp_path), ranks=(0, 1)
     )
-    sharded = make_runner(
-        tiny_checkpoint("llama")[0],
-        block_size=BLOCK_SIZE,
-        num_shard=2,
-        master_addr="127.0.0.1",
-        master_port=_free_port(),
-        profile=profile,
-    )
+    sharded = _two_shards(make_runner, tiny_checkpoint("llama")[0], profile=profile)
     try:
         _greedy_tokens(sharded)  # several steps on both ranks
     finally:

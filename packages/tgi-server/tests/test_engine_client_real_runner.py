@@ -29,15 +29,6 @@ PROMPTS = [(5, 17, 33, 9), (40, 41), (7, 7, 7, 7, 7, 7), (100, 3, 64)]
 MAX_NEW_TOKENS = 12
 
 
-def greedy_reference(model: torch.nn.Module, prompt: tuple[int, ...]) -> list[int]:
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(MAX_NEW_TOKENS):
-            next_id = model(ids).logits[0, -1].argmax()
-            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-    return ids[0, len(prompt) :].tolist()
-
-
 class TinyModel(NamedTuple):
     folder: Path
     model: torch.nn.Module
@@ -77,7 +68,9 @@ async def generate_all(client: EngineClient) -> list[list[TokenEvent]]:
 
 def assert_matches_transformers(tiny: TinyModel, streams: list[list[TokenEvent]]) -> None:
     for prompt, events in zip(PROMPTS, streams, strict=True):
-        assert [event.token_id for event in events] == greedy_reference(tiny.model, prompt)
+        assert [event.token_id for event in events] == testing.greedy_reference(
+            tiny.model, prompt, MAX_NEW_TOKENS
+        )
         assert events[-1].finish_reason is FinishReason.LENGTH
 
 

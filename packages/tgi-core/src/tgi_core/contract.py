@@ -216,6 +216,9 @@ class SequenceOutput(msgspec.Struct, frozen=True, gc=False):
     # a speculative step's tokens after ``token_id``, in order: the draft tokens accepted
     # after it, then the runner's own (``token_id`` is the draft's first, or its own)
     extra: tuple[TokenChoice, ...] = ()
+    # the runner's guesses of the tokens after this step's last one (Medusa heads), for the
+    # scheduler to send back as the next draft; None: the runner makes none
+    draft: tuple[int, ...] | None = None
 
 
 class StepOutput(msgspec.Struct, frozen=True, gc=False):

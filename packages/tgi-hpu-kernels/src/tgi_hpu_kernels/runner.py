@@ -40,6 +40,7 @@ from tgi_hpu_kernels.device import Device, resolve_dtype, select_device
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.loader import load_model, torch_dtype
 from tgi_hpu_kernels.lora import load_lora_adapters
+from tgi_hpu_kernels.medusa import MedusaHeads, with_drafts, with_medusa
 from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
@@ -114,6 +115,7 @@ class TorchModelRunner:
     ) -> None:
         self._prompt_embedder = prompt_embedder
         self._device = device or select_device(settings.device, settings)
+        settings, medusa = with_medusa(settings)
         self._settings = settings = resolve_dtype(settings, self._device)
         check_quantize(settings, self._device.name, self._device.quantized_kernels)
         if settings.speculate and self._device.needs_static_shapes:
@@ -141,6 +143,17 @@ class TorchModelRunner:
         self._weights = loaded.quantization
         # FP8: INC patches the layers before any graph wraps them (quantization.py)
         self._quantization = fp8_at_load(self._model, settings, loaded.dtype, self._device.name)
+        self._medusa = (
+            MedusaHeads.load(
+                medusa,
+                hidden_size=loaded.config.hidden_size,
+                vocab_size=loaded.config.vocab_size,
+                dtype=loaded.dtype,
+                device=self._device.torch_device,
+            )
+            if medusa is not None and settings.rank == 0  # rank 0 alone samples
+            else None
+        )
         self._lora = load_lora_adapters(
             self._model,
             settings,
@@ -304,6 +317,11 @@ class TorchModelRunner:
         return "dense" if self._weights is None else self._weights.describe()
 
     @property
+    def speculate(self) -> int:
+        """Draft tokens a step may verify: ``--speculate``, else a Medusa model's heads."""
+        return self._settings.speculate
+
+    @property
     def kv_cache_dtype(self) -> torch.dtype:
         """What the KV blocks hold: the model's dtype, or FP8 (``--kv-cache-dtype``)."""
         return self._kv.keys[0].dtype
@@ -422,7 +440,12 @@ class TorchModelRunner:
             verified = choose_verified(
                 self._sequences, step, plan.decode, logits, inputs.token_offsets
             )
-            return StepOutput(step_id=plan.step_id, outputs=tuple(verified))
+            last_rows = [
+                offset + len(out.extra)
+                for offset, out in zip(inputs.token_offsets, verified, strict=True)
+            ]
+            drafted = with_drafts(self._medusa, verified, hidden, last_rows, self.speculate)
+            return StepOutput(step_id=plan.step_id, outputs=drafted)
         result = self._sequences.sample(step, logits)
         prompt_logprobs = self._prompt_logprobs(plan, hidden, inputs)
         failed = step.failed  # sequences failed alone: only their own request hears why
@@ -438,7 +461,9 @@ class TorchModelRunner:
             )
             for i, seq_id in enumerate(step.seq_ids)
         )
-        return StepOutput(step_id=plan.step_id, outputs=outputs)
+        last_rows = [int(row) for row in inputs.logits_index[: len(outputs)]]
+        drafted = with_drafts(self._medusa, outputs, hidden, last_rows, self.speculate)
+        return StepOutput(step_id=plan.step_id, outputs=drafted)
 
     def _prompt_logprobs(
         self, plan: StepPlan, hidden: Tensor, inputs: StepInputs

@@ -30,6 +30,7 @@ __all__ = [
     "Family",
     "TokenScore",
     "english_text",
+    "greedy_reference",
     "prefill_plan",
     "save_tiny_checkpoint",
     "save_tiny_lora_adapter",
@@ -270,6 +271,18 @@ def save_tiny_checkpoint(
     model.save_pretrained(folder)
     evaluated: torch.nn.Module = model.eval()
     return evaluated
+
+
+def greedy_reference(model: torch.nn.Module, prompt: Sequence[int], num_tokens: int) -> list[int]:
+    """transformers' greedy continuation of ``prompt``: ``num_tokens`` argmax steps over the
+    whole sequence (no cache, no end-of-sequence stop)."""
+    ids = torch.tensor([list(prompt)])
+    with torch.no_grad():
+        for _ in range(num_tokens):
+            next_id = model(ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+    tokens: list[int] = ids[0, len(prompt) :].tolist()
+    return tokens
 
 
 def save_tiny_lora_adapter(base: Path, folder: Path, *, seed: int, **lora: Any) -> torch.nn.Module:

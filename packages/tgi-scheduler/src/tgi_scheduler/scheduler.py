@@ -315,6 +315,8 @@ class Scheduler:
         its reserved chunk (every token this step can produce stays inside it)."""
         tokens = seq.token_ids
         room = min(speculate, min(seq.reserved_tokens, seq.max_num_tokens) - len(tokens) - 1)
+        if seq.proposed_draft is not None:  # the runner guesses itself (Medusa heads)
+            return seq.proposed_draft[: max(room, 0)]
         if seq.drafter is None:
             seq.drafter = NgramDrafter()
         return seq.drafter.propose(tokens, room)
@@ -392,6 +394,7 @@ class Scheduler:
                 if status is not None:
                     self._retire(seq, status)
                     break
+            seq.proposed_draft = out.draft
         return events
 
     def _next_chunk(self, seq: Sequence) -> SequenceStatus | None:

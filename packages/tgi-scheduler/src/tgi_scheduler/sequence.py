@@ -63,6 +63,7 @@ class Sequence:
         "num_computed_tokens",
         "num_prompt_tokens",
         "overdue",
+        "proposed_draft",
         "request",
         "reserved_blocks",
         "reserved_tokens",
@@ -106,6 +107,7 @@ class Sequence:
         self.send_prompt_logprobs = request.prompt_logprobs
         self.overdue = False
         self.drafter: NgramDrafter | None = None  # --speculate: built at its first decode
+        self.proposed_draft: tuple[int, ...] | None = None  # the runner's own (Medusa)
 
     def __repr__(self) -> str:
         return (

@@ -137,6 +137,8 @@ def build_engine(
             eos_token_ids=tokenizer.eos_token_ids,
             prompt_embedder=prompt_embedder,
         )
+        if torch_runner.speculate != scheduler_settings.speculate:  # a Medusa model's heads
+            scheduler_settings = replace(scheduler_settings, speculate=torch_runner.speculate)
         if prompt_embedder is not None:  # TGI-Gaudi warms a VLM's prefills from here up
             scheduler_settings = replace(
                 scheduler_settings, min_prefill_len=settings.base_image_tokens
