@@ -98,3 +98,20 @@ def test_a_batch_that_fills_the_row_budget_speculates_nothing() -> None:
     few = {i: COUNTING for i in range(1, 4)}
     steps = _run(3, few, 8)[1].stats().steps
     assert steps is not None and steps.skipped_tokens.sum > 0
+
+
+def test_a_stop_sequence_inside_an_accepted_draft_ends_the_request_there() -> None:
+    settings = SchedulerSettings(
+        max_input_tokens=32, max_total_tokens=64, block_size=4, speculate=3
+    )
+    # the stop checker sees every token in order, accepted draft tokens included
+    engine = Engine.create(
+        settings,
+        FakeRunner(128, 4),
+        eos_token_ids=[2000],
+        stop_checker_factory=lambda request: lambda token_id: token_id == 5,
+    )
+    engine.add_request(GenerationRequest(1, COUNTING, 12))
+    events = [e for e in run_until_idle(engine)[1] if isinstance(e, TokenEvent)]
+    assert [e.token_id for e in events] == [3, 4, 5]  # 4, 5, 6, 7 were one step
+    assert events[-1].finish_reason is FinishReason.STOP_SEQUENCE
