@@ -1,6 +1,7 @@
 """Every ``--quantize`` value of TGI through the real launcher: served (the embedded SmolLM2
-answers the seed's question coherently, and /info says how its weights are held) or refused
-at start-up with one line and exit status 2.
+answers the seed's question coherently, and /info says how its weights are held; one launch
+per scheme, the values that name the same scheme checked on its plan) or refused at start-up
+with one line and exit status 2.
 
 gptq and awq name pre-quantized checkpoints: their loading, and the one-line refusal of a
 checkpoint that does not declare them, are tested on tiny checkpoints of each layout in
@@ -68,7 +69,22 @@ def test_the_values_are_all_of_tgis() -> None:
     assert set(UNSERVED_QUANTIZE) == {"compressed-tensors", "exl2", "marlin"}
 
 
-@pytest.mark.parametrize("method", sorted(WEIGHTS))
+# eetq and bitsandbytes-fp4 are bitsandbytes' and bitsandbytes-nf4's schemes under another
+# name: one launcher per scheme, the aliases checked on the plan the runner builds
+ALIASES = {"eetq": "bitsandbytes", "bitsandbytes-fp4": "bitsandbytes-nf4"}
+
+
+def test_an_alias_value_is_served_as_its_scheme() -> None:
+    from tgi_hpu_kernels.loader.quantize import plan_quantization
+
+    for alias, scheme in ALIASES.items():
+        plan, twin = plan_quantization(alias, None), plan_quantization(scheme, None)
+        assert plan is not None and twin is not None
+        assert (plan.linears, plan.head) == (twin.linears, twin.head)
+        assert plan.describe() == f"{WEIGHTS[alias]} (--quantize {alias})"
+
+
+@pytest.mark.parametrize("method", sorted(set(WEIGHTS) - set(ALIASES)))
 def test_a_served_method_answers(method: str, launch: Any, stop_and_check: Any) -> None:
     service = launch(f"quantize-{method}", "--quantize", method)
     try:
