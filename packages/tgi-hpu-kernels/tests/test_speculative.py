@@ -79,8 +79,9 @@ def test_speculation_gives_plain_decoding_s_answers(tiny_checkpoint, make_runner
         ]
 
 
-def test_speculation_runs_on_a_transformers_fallback_model(tiny_checkpoint, make_runner):
-    folder, _ = tiny_checkpoint("gpt_neox")
+@pytest.mark.parametrize("family", ["gpt_neox", "bloom"])  # paged; recomputed (rejected drafts)
+def test_speculation_runs_on_a_transformers_fallback_model(tiny_checkpoint, make_runner, family):
+    folder, _ = tiny_checkpoint(family)
     plain, _, _ = _generate(make_runner, folder, 0, SamplingParams())
     fast, _, skipped = _generate(make_runner, folder, 3, SamplingParams())
     assert skipped > 0

@@ -14,6 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from tgi_core.contract import (
+    DecodeItem,
+    DecodeShape,
+    PrefillItem,
+    PrefillShape,
+    SamplingParams,
+    StepPlan,
+)
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.loader import read_model_config
 from tgi_hpu_kernels.models import UnsupportedModelError
@@ -100,14 +108,39 @@ def test_gguf_of_a_family_without_native_code_is_refused(tmp_path):
         read_model_config(RunnerSettings(model_id=str(path)))
 
 
-def test_model_without_the_attention_interface_is_refused(make_runner, tmp_path):
-    save_tiny_checkpoint(tmp_path, "bloom")
-    with pytest.raises(ValueError) as raised:
-        make_runner(tmp_path)
-    assert str(raised.value) == (
-        "BloomForCausalLM does not route its attention through transformers' attention "
-        "interface, so it cannot use the paged KV cache; it is not supported"
+def test_model_without_the_attention_interface_is_recomputed(make_runner, tmp_path):
+    """BLOOM's ALiBi attention is its own: the fallback recomputes each sequence's history
+    every step and still gives transformers' logits (parity in every mode:
+    test_model_parity.py)."""
+    reference = save_tiny_checkpoint(tmp_path, "bloom")
+    runner = make_runner(tmp_path)
+    assert runner.implementation == (
+        "transformers BloomForCausalLM (fallback, recomputed every step)"
     )
+    sequences = [[(5 * i + 3 * s) % 128 for i in range(13)] for s in range(3)]
+    ours = teacher_forced_logits(runner, sequences, prefill_len=5, block_size=4)
+    torch.testing.assert_close(ours, _reference_logits(reference, sequences), atol=ATOL, rtol=0)
+
+
+def test_recomputed_model_keeps_histories_from_prefill_to_release(make_runner, tmp_path):
+    save_tiny_checkpoint(tmp_path, "bloom")
+    runner = make_runner(tmp_path)
+    prefill = PrefillItem(
+        seq_id=7,
+        token_ids=(5, 6, 7, 8),
+        num_prompt_tokens=4,
+        num_cached_tokens=0,
+        block_table=(1, 2),
+        sampling=SamplingParams(),
+    )
+    decode = DecodeItem(seq_id=7, token_id=3, position=4, block_table=(1, 2))
+    decode_shape = DecodeShape(batch_size=1, num_blocks=2)
+    runner.execute(StepPlan(step_id=1, shape=PrefillShape(1, 4), prefill=(prefill,)))
+    (output,) = runner.execute(StepPlan(step_id=2, shape=decode_shape, decode=(decode,))).outputs
+    assert output.error is None
+    released = StepPlan(step_id=3, shape=decode_shape, decode=(decode,), released=(7,))
+    with pytest.raises(ValueError, match="sequence 7 was never prefilled here"):
+        runner.execute(released)
 
 
 def _remote_code_checkpoint(folder: Path) -> torch.nn.Module:

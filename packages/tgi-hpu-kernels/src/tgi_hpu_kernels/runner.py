@@ -37,6 +37,7 @@ from tgi_core.contract import (
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.attention import AttentionMetadata
 from tgi_hpu_kernels.device import Device, resolve_dtype, select_device
+from tgi_hpu_kernels.device.base import EagerStepRunner
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.loader import load_model, torch_dtype
 from tgi_hpu_kernels.lora import load_lora_adapters
@@ -45,6 +46,7 @@ from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
 from tgi_hpu_kernels.models.transformers_fallback import TransformersCausalLM
+from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
 from tgi_hpu_kernels.parallel import start_tensor_parallel
 from tgi_hpu_kernels.profiling import StepProfiler
 from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
@@ -66,7 +68,9 @@ def _is_speculative(plan: StepPlan) -> bool:
 class _StepModule(nn.Module):
     """The graph-capturable part of a step: tokens in, final hidden states out."""
 
-    def __init__(self, model: LlamaForCausalLM | TransformersCausalLM, kv: KVCache) -> None:
+    def __init__(
+        self, model: LlamaForCausalLM | TransformersCausalLM | RecomputingCausalLM, kv: KVCache
+    ) -> None:
         super().__init__()
         self.model = model
         self.kv = kv
@@ -183,7 +187,12 @@ class TorchModelRunner:
             c.window,
             paged=paged,
         )
-        self._step = self._device.step_runner(_StepModule(self._model, self._kv))
+        step_module = _StepModule(self._model, self._kv)
+        # a recomputed model's shapes are its sequences' lengths: no graph fits them
+        recomputed = isinstance(self._model, RecomputingCausalLM)
+        self._step = (
+            EagerStepRunner(step_module) if recomputed else self._device.step_runner(step_module)
+        )
         self._profiler = StepProfiler(
             settings.profile, rank=settings.rank, activities=self._device.profiler_activities()
         )
@@ -341,6 +350,9 @@ class TorchModelRunner:
         """Which code computes the model: a native family or transformers' (the fallback)."""
         if isinstance(self._model, TransformersCausalLM):
             return f"transformers {type(self._model.hf_model).__name__} (fallback)"
+        if isinstance(self._model, RecomputingCausalLM):
+            name = type(self._model.hf_model).__name__
+            return f"transformers {name} (fallback, recomputed every step)"
         return f"native {type(self._model).__name__}"
 
     @property
@@ -375,6 +387,11 @@ class TorchModelRunner:
 
     # -- internals --------------------------------------------------------------------
 
+    def _release(self, seq_ids: Sequence[int]) -> None:
+        self._sequences.release(seq_ids)
+        if isinstance(self._model, RecomputingCausalLM):
+            self._model.release(seq_ids)
+
     def _record_shape(self, shape: Shape) -> None:
         if self._warmed is not None and shape not in self._warmed and shape not in self._unwarmed:
             self._unwarmed.add(shape)
@@ -402,6 +419,8 @@ class TorchModelRunner:
         if self._parallel is not None and self._parallel.rank == 0:
             self._parallel.group.send_plan(plan)  # every shard runs the same forward pass
         inputs = self._build(plan)
+        if isinstance(self._model, RecomputingCausalLM):
+            self._model.begin_step(plan, inputs.token_offsets)
         if self._lora is not None:
             num_rows = inputs.input_ids.shape[0]
             self._lora.begin_step(plan, inputs.token_offsets, num_rows, self._device.torch_device)
@@ -426,7 +445,7 @@ class TorchModelRunner:
         return embeds
 
     def _execute(self, plan: StepPlan, *, record_shape: bool) -> StepOutput:
-        self._sequences.release(plan.released)
+        self._release(plan.released)
         if not plan.num_sequences:
             return StepOutput(step_id=plan.step_id, outputs=())
         if plan.shape is None:
@@ -488,5 +507,5 @@ class TorchModelRunner:
         )
         self._sequences.add_dummy_decodes(plan.decode)
         self._execute(plan, record_shape=False)
-        self._sequences.release([i.seq_id for i in plan.prefill] + [d.seq_id for d in plan.decode])
+        self._release([i.seq_id for i in plan.prefill] + [d.seq_id for d in plan.decode])
         self._device.synchronize()

@@ -45,7 +45,9 @@ from tgi_hpu_kernels.models.transformers_fallback import (
     TransformersCausalLM,
     fallback_config,
     is_served_by_transformers,
+    load_transformers_model,
 )
+from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
 from tgi_hpu_kernels.parallel.sharding import add_row_parallel_reduce, shard_config, shard_weights
 
 if TYPE_CHECKING:
@@ -70,7 +72,7 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torc
 class LoadedModel:
     """A model ready to run, with what was loaded and from where."""
 
-    model: LlamaForCausalLM | TransformersCausalLM
+    model: LlamaForCausalLM | TransformersCausalLM | RecomputingCausalLM
     config: ModelConfig
     source: ModelSource
     dtype: torch.dtype
@@ -189,12 +191,7 @@ def load_model(
     raw = _raw_config(source)
     cls = _native_class(raw, source, settings)
     if cls is None:
-        if device.type == "hpu":
-            raise ValueError(
-                f"model type {raw.get('model_type')!r} has no native implementation and "
-                "the transformers fallback does not run on HPU"
-            )
-        served = TransformersCausalLM.load(
+        served = load_transformers_model(
             source.path,
             dtype=dtype,
             device=device,

@@ -9,14 +9,14 @@ function registered here, which writes the layer's K/V into the paged cache and 
 with the step's ``AttentionMetadata``. Scheduling, buckets, the prefix cache, sampling and
 grammars work as for a native family; transformers allocates no cache of its own.
 
-What it needs and refuses (one line each, at load):
-- the model's attention goes through transformers' attention interface
-  (``_supports_attention_backend``; ALiBi or custom-masked models do not);
-- logits are the output embedding's (a head that rescales or soft-caps them is refused);
-- one rank, dense weights, a safetensors folder, a CPU or CUDA device (on HPU
-  optimum-habana's Gaudi classes keep their own attention, which the paged cache cannot
-  reach);
-- remote modelling code (``auto_map``) only with ``--trust-remote-code``.
+A model whose attention does not go through transformers' attention interface
+(``_supports_attention_backend``: ALiBi or custom-masked models), and every model on Gaudi,
+where optimum-habana's Gaudi classes keep their own attention, is recomputed every step
+instead (``transformers_recompute.py``).
+
+What it needs and refuses (one line each, at load): logits are the output embedding's (a
+head that rescales or soft-caps them is refused); one rank, dense weights, a safetensors
+folder; remote modelling code (``auto_map``) only with ``--trust-remote-code``.
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ from tgi_hpu_kernels.attention import AttentionBackend, AttentionMetadata, Paged
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.layers.rotary import RopeConfig
 from tgi_hpu_kernels.models.config import ModelConfig
+from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
 
 __all__ = [
     "TransformersCausalLM",
     "fallback_config",
     "is_served_by_transformers",
+    "load_transformers_model",
 ]
 
 _ATTENTION = "tgi_paged"
@@ -129,6 +131,52 @@ def fallback_config(hf_config: Any) -> ModelConfig:
     )
 
 
+def load_transformers_model(
+    folder: Path,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    backend: AttentionBackend,
+    trust_remote_code: bool,
+) -> TransformersCausalLM | RecomputingCausalLM:
+    """Loads ``folder`` with transformers: through the paged cache where its attention goes
+    through transformers' attention interface, else recomputed every step
+    (``transformers_recompute.py``); on Gaudi always recomputed, with optimum-habana's
+    Gaudi model classes (TGI-Gaudi's way: ``adapt_transformers_to_gaudi`` before loading).
+
+    Raises:
+        ValueError: a model whose logits are transformed after the output embedding.
+    """
+    from transformers import AutoModelForCausalLM
+
+    on_gaudi = device.type == "hpu"
+    if on_gaudi:
+        from optimum.habana.transformers.modeling_utils import adapt_transformers_to_gaudi
+
+        adapt_transformers_to_gaudi()
+    else:
+        _register_attention()
+    hf_model: Any = AutoModelForCausalLM.from_pretrained(
+        folder,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    transforms = [k for k in _LOGIT_TRANSFORMS if getattr(hf_model.config, k, None)]
+    if transforms:
+        raise ValueError(
+            f"{type(hf_model).__name__} transforms its logits after the output embedding "
+            f"({', '.join(transforms)}); it is not supported through transformers"
+        )
+    config = fallback_config(hf_model.config)
+    hf_model = hf_model.to(device).eval()
+    if on_gaudi:
+        return RecomputingCausalLM(hf_model, config)
+    if getattr(hf_model, "_supports_attention_backend", False):
+        hf_model.set_attn_implementation(_ATTENTION)
+        return TransformersCausalLM(hf_model, config, backend)
+    return RecomputingCausalLM(hf_model, config)
+
+
 class TransformersCausalLM(nn.Module):
     """A transformers causal LM behind the interface the runner calls on native families:
     ``forward`` -> final hidden states, ``compute_logits`` -> float32 logits."""
@@ -148,45 +196,6 @@ class TransformersCausalLM(nn.Module):
             )
             for i in range(config.num_hidden_layers)
         )
-
-    @classmethod
-    def load(
-        cls,
-        folder: Path,
-        *,
-        dtype: torch.dtype,
-        device: torch.device,
-        backend: AttentionBackend,
-        trust_remote_code: bool,
-    ) -> TransformersCausalLM:
-        """Loads ``folder`` with transformers, its attention routed to the paged cache.
-
-        Raises:
-            ValueError: the model cannot run this way (see the module doc).
-        """
-        from transformers import AutoModelForCausalLM
-
-        _register_attention()
-        hf_model: Any = AutoModelForCausalLM.from_pretrained(
-            folder,
-            dtype=dtype,
-            attn_implementation=_ATTENTION,
-            trust_remote_code=trust_remote_code,
-        )
-        name = type(hf_model).__name__
-        if not getattr(hf_model, "_supports_attention_backend", False):
-            raise ValueError(
-                f"{name} does not route its attention through transformers' attention "
-                "interface, so it cannot use the paged KV cache; it is not supported"
-            )
-        transforms = [k for k in _LOGIT_TRANSFORMS if getattr(hf_model.config, k, None)]
-        if transforms:
-            raise ValueError(
-                f"{name} transforms its logits after the output embedding "
-                f"({', '.join(transforms)}); it is not supported through transformers"
-            )
-        config = fallback_config(hf_model.config)
-        return cls(hf_model.to(device).eval(), config, backend)
 
     def attention_layer(self, module: nn.Module) -> PagedAttention:
         """Our paged attention for transformers' attention ``module`` (its ``layer_idx``)."""

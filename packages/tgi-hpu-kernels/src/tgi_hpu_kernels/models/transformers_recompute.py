@@ -1,0 +1,108 @@
+"""The fallback for what paged attention cannot reach: transformers' model, recomputed.
+
+Some transformers models keep their attention to themselves (ALiBi in BLOOM and MPT, the
+local attention of GPT-Neo...), and on Gaudi optimum-habana's model classes do (their own
+static KV cache and fused kernels). Neither can write our paged cache, so this fallback
+keeps no KV cache at all: each step, every sequence's whole history (prompt and generated
+tokens) runs through the model again, and the rows the step asked for are returned.
+Correctness first: the cost of a step grows with the length of each sequence, where a
+paged model's grows with the new tokens only.
+
+The runner tells it which sequences a step holds (``begin_step``) and which ended
+(``release``); it keeps each live sequence's token ids. Everything else (scheduling,
+buckets, the prefix cache's accounting, sampling, grammars, speculation's verification)
+is as for any model: the KV pool the runner allocates only does the scheduler's
+accounting here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tgi_core.contract import DecodeItem, PrefillItem, StepPlan
+from tgi_hpu_kernels.attention import AttentionMetadata
+from tgi_hpu_kernels.kv_cache import KVCache
+from tgi_hpu_kernels.models.config import ModelConfig
+
+__all__ = ["RecomputingCausalLM"]
+
+
+class RecomputingCausalLM(nn.Module):
+    """A transformers causal LM behind the runner's model interface, without a KV cache:
+    ``begin_step`` -> ``forward`` (hidden states of the step's rows) -> ``compute_logits``."""
+
+    def __init__(self, hf_model: Any, config: ModelConfig) -> None:
+        super().__init__()
+        self.hf_model = hf_model
+        self.config = config
+        self._histories: dict[int, list[int]] = {}
+        # this step's sequences: (first token row, whole history, rows the step computes)
+        self._step: list[tuple[int, list[int], int]] = []
+
+    def begin_step(self, plan: StepPlan, token_offsets: Sequence[int]) -> None:
+        """Records the histories of ``plan``'s sequences and where their rows go.
+
+        A prefill brings its whole history; a decode appends its token (and draft) to the
+        history kept since, cut at its position first (drafts rejected last step go).
+
+        Raises:
+            ValueError: a decode of a sequence this model never saw prefilled.
+        """
+        self._step = []
+        items: Sequence[PrefillItem | DecodeItem] = plan.prefill or plan.decode
+        for item, offset in zip(items, token_offsets, strict=True):
+            if isinstance(item, PrefillItem):
+                history = list(item.token_ids)
+                rows = len(history) - item.num_cached_tokens
+            else:
+                kept = self._histories.get(item.seq_id)
+                if kept is None:
+                    if item.seq_id >= 0:
+                        raise ValueError(f"sequence {item.seq_id} was never prefilled here")
+                    kept = [item.token_id] * item.position  # warmup's dummy sequences
+                history = [*kept[: item.position], item.token_id, *item.draft]
+                rows = 1 + len(item.draft)
+            self._histories[item.seq_id] = history
+            self._step.append((offset, history, rows))
+
+    def release(self, seq_ids: Sequence[int]) -> None:
+        """Forgets the histories of sequences that ended (finished, aborted, preempted)."""
+        for seq_id in seq_ids:
+            self._histories.pop(seq_id, None)
+
+    def ensure_positions(self, length: int) -> None:
+        """Nothing to extend: transformers computes its positional encoding every step."""
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        positions: Tensor,
+        attn: AttentionMetadata,
+        kv: KVCache,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
+        """The step's token rows -> final hidden states ``[N, hidden]`` (padding rows 0).
+
+        Each sequence runs alone over its whole history; its last rows fill its rows."""
+        if inputs_embeds is not None:
+            raise ValueError("a model served through transformers takes no image embeddings")
+        hidden = torch.zeros(
+            input_ids.shape[0],
+            self.config.hidden_size,
+            dtype=self.hf_model.dtype,
+            device=input_ids.device,
+        )
+        for offset, history, rows in self._step:
+            ids = torch.tensor([history], dtype=torch.long, device=input_ids.device)
+            out = self.hf_model.base_model(input_ids=ids, use_cache=False)
+            hidden[offset : offset + rows] = out.last_hidden_state[0, -rows:]
+        return hidden
+
+    def compute_logits(self, hidden: Tensor) -> Tensor:
+        """``[n, hidden]`` -> float32 ``[n, vocab]`` through the output embedding."""
+        logits: Tensor = self.hf_model.get_output_embeddings()(hidden)
+        return logits.float()
