@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from msgspec.structs import replace
 
+from tgi_core.contract import ImageInput, PrefillItem
+from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.device.cpu import CpuDevice
 from tgi_hpu_kernels.layers import QuantizedLinear
 from tgi_hpu_kernels.models import resolve_model_class
 from tgi_hpu_kernels.models.gpt_bigcode import GPTBigCodeForCausalLM
 from tgi_hpu_kernels.parallel.sharding import shard_config
+from tgi_hpu_kernels.runner import TorchModelRunner
 from tgi_hpu_kernels.testing import prefill_plan
 
 BASE = {"vocab_size": 32, "n_embd": 64, "n_layer": 3, "n_head": 4}
@@ -94,6 +99,14 @@ def test_c_attn_split_puts_rows_in_llamas_order(multi_query, q_rows, k_rows, v_r
     assert torch.equal(split[f"{prefix}.v_proj.bias"], fused[v_rows].flatten())
 
 
+def test_fused_tensors_the_split_cannot_read_are_refused():
+    fused = "transformer.h.0.attn.c_attn"
+    with pytest.raises(ValueError, match=r"^GPT-BigCode: fused tensor .*qweight' is not supported"):
+        list(GPTBigCodeForCausalLM.checkpoint_tensors([(f"{fused}.qweight", torch.zeros(8))], BASE))
+    with pytest.raises(ValueError, match=r"has 64 rows, expected 96"):  # 4 queries + k + v
+        list(GPTBigCodeForCausalLM.checkpoint_tensors([(f"{fused}.bias", torch.zeros(64))], BASE))
+
+
 def test_checkpoint_names_map_to_llamas_tree():
     names = [
         "transformer.wte.weight",
@@ -121,6 +134,31 @@ def test_checkpoint_names_map_to_llamas_tree():
         "model.layers.0.mlp.c_fc.weight",
         "model.layers.0.mlp.c_proj.bias",
     ]
+
+
+def test_positions_are_added_to_given_input_embeddings(tiny_checkpoint):
+    """A prompt embedder (a VLM's) writes token 50's embedding over row 2 of each prompt:
+    the logits are transformers' for the prompt holding token 50 there, positions added."""
+    folder, hf_model = tiny_checkpoint("gpt_bigcode")
+    replacement = hf_model.transformer.wte.weight[50].detach()
+
+    def embedder(items: list[PrefillItem], offsets: list[int], embeds: torch.Tensor) -> None:
+        for offset in offsets:
+            embeds[offset + 2] = replacement
+
+    settings = RunnerSettings(
+        model_id=str(folder), dtype="float32", device="cpu", block_size=4, max_total_tokens=128
+    )
+    runner = TorchModelRunner(settings, device=CpuDevice(), prompt_embedder=embedder)
+    plan = prefill_plan(PROMPTS, blocks_per_sequence=4, batch_size=2, seq_len=16)
+    image = ImageInput(data=b"", mimetype="image/png", height=1, width=1)
+    prefill = tuple(replace(item, images=(image,)) for item in plan.prefill)
+    logits = runner.compute_logits(replace(plan, prefill=prefill))
+    for i, prompt in enumerate(PROMPTS):
+        with torch.no_grad():
+            edited = torch.tensor([[*prompt[:2], 50, *prompt[3:]]])
+            expected = hf_model(edited).logits[0, -1].float()
+        torch.testing.assert_close(logits[i], expected, atol=1e-4, rtol=0)
 
 
 def test_a_sequence_past_the_learned_positions_is_refused(tiny_checkpoint, make_runner):
