@@ -1,5 +1,6 @@
 """GPT-BigCode beyond the shared parity tests: its config defaults and names, refusals, the
-fused c_attn split in both layouts, learned positions, and int8 weight-only quantization."""
+fused c_attn split in both layouts, greedy tokens, learned positions (added to given input
+embeddings, refused past the table), and int8 weight-only quantization."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from msgspec.structs import replace
 
-from tgi_core.contract import ImageInput, PrefillItem
+from tgi_core.contract import DecodeItem, DecodeShape, ImageInput, PrefillItem, StepPlan
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device.cpu import CpuDevice
 from tgi_hpu_kernels.layers import QuantizedLinear
@@ -15,7 +16,7 @@ from tgi_hpu_kernels.models import resolve_model_class
 from tgi_hpu_kernels.models.gpt_bigcode import GPTBigCodeForCausalLM
 from tgi_hpu_kernels.parallel.sharding import shard_config
 from tgi_hpu_kernels.runner import TorchModelRunner
-from tgi_hpu_kernels.testing import prefill_plan
+from tgi_hpu_kernels.testing import greedy_reference, prefill_plan, save_tiny_checkpoint
 
 BASE = {"vocab_size": 32, "n_embd": 64, "n_layer": 3, "n_head": 4}
 PROMPTS = ([3, 17, 29, 41, 5, 9, 60, 12, 7, 101, 33], [7, 8, 9, 10, 11, 12])
@@ -134,6 +135,27 @@ def test_checkpoint_names_map_to_llamas_tree():
         "model.layers.0.mlp.c_fc.weight",
         "model.layers.0.mlp.c_proj.bias",
     ]
+
+
+@pytest.mark.parametrize("family", ["gpt_bigcode", "gpt_bigcode_mha"])
+def test_greedy_tokens_are_transformers(tmp_path, make_runner, family):
+    """32 greedy tokens per prompt, batched and paged, as transformers picks them (weights
+    large enough that the continuations vary)."""
+    hf_model = save_tiny_checkpoint(tmp_path, family, initializer_range=0.2)
+    runner = make_runner(tmp_path)
+    plan = prefill_plan(PROMPTS, blocks_per_sequence=12, batch_size=2, seq_len=16)
+    tokens = [[out.token_id] for out in runner.execute(plan).outputs]
+    for step in range(31):
+        decode = tuple(
+            DecodeItem(i, t[-1], len(p) + step, plan.prefill[i].block_table)
+            for i, (p, t) in enumerate(zip(PROMPTS, tokens, strict=True))
+        )
+        shape = DecodeShape(batch_size=2, num_blocks=12)
+        outputs = runner.execute(StepPlan(step_id=step + 1, shape=shape, decode=decode)).outputs
+        for t, out in zip(tokens, outputs, strict=True):
+            t.append(out.token_id)
+    assert tokens == [greedy_reference(hf_model, p, 32) for p in PROMPTS]
+    assert all(len(set(t)) > 4 for t in tokens)
 
 
 def test_positions_are_added_to_given_input_embeddings(tiny_checkpoint):
