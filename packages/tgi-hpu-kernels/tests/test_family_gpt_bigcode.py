@@ -1,6 +1,6 @@
 """GPT-BigCode beyond the shared parity tests: its config defaults and names, refusals, the
 fused c_attn split in both layouts, greedy tokens, learned positions (added to given input
-embeddings, refused past the table), and int8 weight-only quantization."""
+embeddings, a --max-total-tokens past them refused), and int8 weight-only quantization."""
 
 from __future__ import annotations
 
@@ -183,13 +183,11 @@ def test_positions_are_added_to_given_input_embeddings(tiny_checkpoint):
         torch.testing.assert_close(logits[i], expected, atol=1e-4, rtol=0)
 
 
-def test_a_sequence_past_the_learned_positions_is_refused(tiny_checkpoint, make_runner):
+def test_max_total_tokens_past_the_learned_positions_is_refused(tiny_checkpoint, make_runner):
     folder, _ = tiny_checkpoint("gpt_bigcode")  # n_positions 256
-    runner = make_runner(folder, max_total_tokens=512, num_kv_blocks=100)
-    prompt = list(range(3, 127)) * 3  # 372 tokens
-    plan = prefill_plan([prompt], blocks_per_sequence=94, batch_size=1, seq_len=372)
-    with pytest.raises(ValueError, match=r"^GPT-BigCode has learned positions for 256 tokens"):
-        runner.compute_logits(plan)
+    assert make_runner(folder, max_total_tokens=256).config.max_position_embeddings == 256
+    with pytest.raises(ValueError, match=r"^GPT-BigCode has learned positions for 256 tokens: "):
+        make_runner(folder, max_total_tokens=257)
 
 
 @pytest.mark.parametrize("family", ["gpt_bigcode", "gpt_bigcode_mha"])

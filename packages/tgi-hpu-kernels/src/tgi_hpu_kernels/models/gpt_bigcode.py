@@ -2,8 +2,8 @@
 
 What differs from Llama:
 - No rotary embedding: learned absolute positions (``wpe``, ``n_positions`` rows) are added
-  to the token embeddings (and to ``inputs_embeds``), and q/k are never rotated. A sequence
-  past ``n_positions`` is refused, as the table has no row for it.
+  to the token embeddings (and to ``inputs_embeds``), and q/k are never rotated. A
+  ``--max-total-tokens`` past ``n_positions`` is refused at load: the table has no rows there.
 - The checkpoint fuses q, k and v into ``c_attn``: with ``multi_query`` (the default) all
   queries then one key and one value head, without it one (q, k, v) triple per head; both
   are Falcon's grouped layout (1 and ``n_head`` groups), split by ``split_fused_qkv``.
@@ -140,6 +140,13 @@ class GPTBigCodeForCausalLM(LlamaForCausalLM):
     def __init__(
         self, config: ModelConfig, *, backend: ModelBackend, rotary: RotaryEmbedding
     ) -> None:
+        # The loader sizes the (here unused) rotary tables for max_total_tokens + 1 positions.
+        max_total, learned = rotary.max_positions - 1, config.max_position_embeddings
+        if max_total > learned:
+            raise ValueError(
+                f"GPT-BigCode has learned positions for {learned} tokens: --max-total-tokens "
+                f"{max_total} is past them; use at most {learned}"
+            )
         super().__init__(config, backend=backend, rotary=rotary)
         self.model = GPTBigCodeModel(config, backend)
         self.tie_weights()  # the head was tied to the replaced model's embedding
@@ -202,15 +209,6 @@ class GPTBigCodeForCausalLM(LlamaForCausalLM):
         yield from split_fused_qkv(
             weights, config, renames=_RENAMES, fused=_FUSED, family="GPT-BigCode"
         )
-
-    def ensure_positions(self, length: int) -> None:
-        """Refuses a step past the learned positions (nothing to extend: no rotary)."""
-        table = self.config.max_position_embeddings
-        if length > table:
-            raise ValueError(
-                f"GPT-BigCode has learned positions for {table} tokens, a sequence reaches "
-                f"{length}: keep --max-total-tokens at or below {table}"
-            )
 
     def forward(
         self,
