@@ -5,7 +5,8 @@ its metadata keys, gguf-py's own HF -> GGUF tensor names (``TensorNameMap``), an
 changes (Q/K rows permuted for ``llama`` files, Gemma norms as ``1 + w``, Mixtral's experts
 stacked into 3-D ``ffn_*_exps``, Phi-3's LongRoPE factors as tensors). Where llama.cpp writes
 no metadata for a setting (Qwen2's, StarCoder2's and Mixtral's sliding windows; Gemma 2's
-``query_pre_attn_scalar``), the reference model takes what a GGUF then means.
+``query_pre_attn_scalar``; GPT-BigCode's MLP width, always 4x hidden), the reference model
+takes what a GGUF then means.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ _FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "phi3": ("phi3", {}),
     "starcoder2": ("starcoder2", {"sliding_window": None}),
     "mixtral": ("llama", {"sliding_window": None}),
+    "gpt_bigcode": ("starcoder", {"n_inner": None}),
 }
 _EXPERTS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 _BLOCK_SIZE = 4
@@ -52,17 +54,21 @@ def _llama_cpp_permute(weights: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def _add_metadata(writer: GGUFWriter, family: str, config: Any) -> None:
-    rope = config.rope_parameters
     writer.add_name(f"tiny-{family}")
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(rope["rope_theta"])
     writer.add_vocab_size(config.vocab_size)
     writer.add_eos_token_id(2)
+    if family == "gpt_bigcode":  # llama.cpp's StarCoderModel: no rope, a 4x MLP
+        writer.add_feed_forward_length(4 * config.hidden_size)
+        writer.add_layer_norm_eps(config.layer_norm_epsilon)
+        return
+    rope = config.rope_parameters
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_rope_freq_base(rope["rope_theta"])
     if family == "starcoder2":
         writer.add_layer_norm_eps(config.norm_epsilon)
     else:

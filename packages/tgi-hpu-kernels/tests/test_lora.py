@@ -82,6 +82,8 @@ FAMILY_TARGETS = {
     "starcoder2": ["q_proj", "c_fc", "c_proj"],
     "falcon": ["query_key_value", "dense_4h_to_h"],  # fused q/k/v in the checkpoint
     "falcon_new": ["query_key_value", "dense", "dense_h_to_4h"],  # interleaved groups
+    "gpt_bigcode": ["c_attn", "c_proj"],  # fused q/k/v; attention's and the MLP's c_proj
+    "gpt_bigcode_mha": ["c_attn", "c_fc"],  # one q/k/v triple per head
     "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],  # attention only: experts are fused
 }
 

@@ -86,8 +86,8 @@ def test_unsupported_model_type_lists_the_supported_ones():
     with pytest.raises(UnsupportedModelError) as err:
         resolve_model_class({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
     assert str(err.value) == (
-        "Unsupported model type 'gpt2'; supported model types: falcon, gemma, gemma2, llama, "
-        "mistral, mixtral, phi3, qwen2, qwen3, starcoder2"
+        "Unsupported model type 'gpt2'; supported model types: falcon, gemma, gemma2, "
+        "gpt_bigcode, llama, mistral, mixtral, phi3, qwen2, qwen3, starcoder2"
     )
 
 

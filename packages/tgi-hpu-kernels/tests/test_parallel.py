@@ -103,7 +103,18 @@ def _greedy_tokens(runner) -> list[list[int]]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "family",
-    ["falcon_new", "gemma", "gemma2", "llama", "mixtral", "phi3", "qwen2", "qwen3", "starcoder2"],
+    [
+        "falcon_new",
+        "gemma",
+        "gemma2",
+        "gpt_bigcode_mha",  # multi-query (one KV head) cannot be split
+        "llama",
+        "mixtral",
+        "phi3",
+        "qwen2",
+        "qwen3",
+        "starcoder2",
+    ],
 )
 def test_two_shards_match_one(tiny_checkpoint, make_runner, family):
     folder, _ = tiny_checkpoint(family)

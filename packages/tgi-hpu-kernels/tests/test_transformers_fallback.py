@@ -60,8 +60,8 @@ def test_unknown_model_type_names_both_paths(tmp_path):
         read_model_config(RunnerSettings(model_id=str(tmp_path)))
     assert str(raised.value) == (
         "Unsupported model type 'no_such_model'; supported model types: falcon, gemma, gemma2, "
-        "llama, mistral, mixtral, phi3, qwen2, qwen3, starcoder2; transformers has no causal LM "
-        "for it"
+        "gpt_bigcode, llama, mistral, mixtral, phi3, qwen2, qwen3, starcoder2; transformers has "
+        "no causal LM for it"
     )
 
 

@@ -51,6 +51,8 @@ Family = Literal[
     "gemma2",
     "falcon",
     "falcon_new",
+    "gpt_bigcode",
+    "gpt_bigcode_mha",
     "gpt_neox",
     "opt",
     "bloom",
@@ -79,6 +81,19 @@ _FALCON: dict[str, Any] = {
     "max_position_embeddings": 256,
     "layer_norm_epsilon": 1e-3,
     "bias": True,
+    "initializer_range": 0.05,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+_GPT_BIGCODE: dict[str, Any] = {
+    "vocab_size": 128,
+    "n_embd": 64,
+    "n_inner": 96,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_positions": 256,
+    "layer_norm_epsilon": 1e-3,
     "initializer_range": 0.05,
     "bos_token_id": 1,
     "eos_token_id": 2,
@@ -186,6 +201,19 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         "FalconConfig",
         {**_FALCON, "new_decoder_architecture": True, "num_kv_heads": 2},
     ),
+    # GPT-2's field names, so no _COMMON either. Learned positions, no rope; multi-query
+    # (one KV head after all queries in c_attn), biases, tanh GELU, tied embeddings.
+    "gpt_bigcode": ("GPTBigCodeConfig", {**_GPT_BIGCODE, "multi_query": True}),
+    # One (q, k, v) triple per head in c_attn, exact GELU, its own LM head.
+    "gpt_bigcode_mha": (
+        "GPTBigCodeConfig",
+        {
+            **_GPT_BIGCODE,
+            "multi_query": False,
+            "activation_function": "gelu",
+            "tie_word_embeddings": False,
+        },
+    ),
 }
 
 # Families with no native implementation, served through transformers: their configs name
@@ -244,19 +272,20 @@ def save_tiny_checkpoint(
         class_name, values = TINY_FALLBACK_CONFIGS[family]
     else:
         class_name, extra = TINY_CONFIGS[family]
-        values = extra if family.startswith("falcon") else {**_COMMON, **extra}
+        values = extra if family.startswith(("falcon", "gpt_bigcode")) else {**_COMMON, **extra}
     config = getattr(transformers, class_name)(**{**values, **overrides})
     torch.manual_seed(seed)
     auto = transformers.AutoModelForCausalLM
     model: Any = auto.from_config(config, attn_implementation="eager")  # type: ignore[no-untyped-call]
     # transformers zeroes biases: make them matter
-    if family in ("qwen2", "starcoder2", "falcon", "falcon_new", "gpt_neox", "opt"):
+    layer_norms = ("starcoder2", "falcon", "falcon_new", "gpt_bigcode", "gpt_bigcode_mha")
+    if family in ("qwen2", "gpt_neox", "opt", *layer_norms):
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.endswith("bias"):
                     param.normal_(0.0, 0.05)
                 # LayerNorm weights (the only other vectors there) start at 1
-                elif family in ("starcoder2", "falcon", "falcon_new") and param.dim() == 1:
+                elif family in layer_norms and param.dim() == 1:
                     param.normal_(1.0, 0.1)
     if family == "qwen3":  # q/k norm weights start at 1: make them matter
         with torch.no_grad():

@@ -14,6 +14,9 @@ family's ``checkpoint_tensors`` then reads them as it reads safetensors:
 - ``phi3``: ``attn_qkv`` and ``ffn_up`` are the checkpoint's fused ``qkv_proj`` and
   ``gate_up_proj``; LongRoPE's factors are tensors (``rope_factors_long``/``_short``).
 - ``starcoder2``: ``ffn_up``/``ffn_down`` are ``c_fc``/``c_proj``; norms carry biases.
+- ``starcoder`` (GPT-BigCode, served as ``gpt_bigcode``): ``attn_qkv`` is the checkpoint's
+  fused ``c_attn``, ``position_embd`` its learned positions ``wpe``; llama.cpp converts
+  multi-query checkpoints only.
 - ``qwen2``: Llama's names with q/k/v biases, nothing permuted; ``qwen3`` adds the per-head
   ``attn_q_norm``/``attn_k_norm``.
 
@@ -60,6 +63,7 @@ _TOP_TENSORS = {
     "token_embd": "model.embed_tokens",
     "output_norm": "model.norm",
     "output": "lm_head",
+    "position_embd": "model.wpe",  # GPT-BigCode's learned positions
 }
 _LAYER_TENSORS = {
     "attn_norm": "input_layernorm",
@@ -82,8 +86,10 @@ _ARCH_LAYER_TENSORS = {
     "llama": {"ffn_gate_inp": "block_sparse_moe.gate"},  # Mixtral's router
     "phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
     "qwen3": {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
+    "starcoder": {"attn_qkv": "attn.c_attn", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
     "starcoder2": {"ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
 }
+_MODEL_TYPES = {"starcoder": "gpt_bigcode"}  # llama.cpp's architecture -> HF model_type
 _EXPERT_TENSORS = {"ffn_gate_exps": "w1", "ffn_down_exps": "w2", "ffn_up_exps": "w3"}
 _GEMMA_27B_LAYERS = 46  # llama.cpp's LLM_TYPE_27B, the one Gemma 2 scaled by hidden / heads
 
@@ -118,7 +124,7 @@ def gguf_config(reader: GGUFReader) -> dict[str, Any]:
     """A HF-style config dict from the GGUF metadata (what transformers' GGUF loader reads)."""
     arch = str(_field(reader, "general.architecture"))
     name = str(_field(reader, "general.name") or "").lower()
-    raw: dict[str, Any] = {"model_type": arch, "gguf_architecture": arch}
+    raw: dict[str, Any] = {"model_type": _MODEL_TYPES.get(arch, arch), "gguf_architecture": arch}
     for key, hf_key in _CONFIG_KEYS.items():
         value = _field(reader, f"{arch}.{key}")
         if value is not None:

@@ -41,7 +41,7 @@ from tgi_hpu_kernels.models.llama import (
 from tgi_hpu_kernels.models.starcoder2 import STARCODER2_LAYOUT
 from tgi_hpu_kernels.parallel.sharding import TensorParallelLayout
 
-__all__ = ["FalconDecoderLayer", "FalconForCausalLM", "FalconModel"]
+__all__ = ["FalconDecoderLayer", "FalconForCausalLM", "FalconModel", "split_fused_qkv"]
 
 # checkpoint name part -> ours (the fused query_key_value is split, not renamed)
 _RENAMES = (
@@ -185,28 +185,48 @@ class FalconForCausalLM(LlamaForCausalLM):
                 checkpoint's), or one whose rows are not the config's.
         """
         config = cls.parse_config(raw)
-        groups, head_dim = config.num_key_value_heads, config.head_dim
-        per_group = config.num_attention_heads // groups + 2  # queries, key, value
-        for checkpoint_name, tensor in weights:
-            name = checkpoint_name
-            for old, new in _RENAMES:
-                name = name.replace(old, new)
-            if _FUSED not in name:
-                yield name, tensor
-                continue
-            if not name.endswith((".weight", ".bias")):
-                raise ValueError(f"Falcon: fused tensor {name!r} is not supported")
-            if tensor.shape[0] != groups * per_group * head_dim:
-                raise ValueError(
-                    f"checkpoint tensor {name!r} has {tensor.shape[0]} rows, "
-                    f"expected {groups * per_group * head_dim}"
-                )
-            grouped = tensor.reshape(groups, per_group, head_dim, *tensor.shape[1:])
-            parts = {
-                "q_proj": grouped[:, :-2],
-                "k_proj": grouped[:, -2],
-                "v_proj": grouped[:, -1],
-            }
-            for part, rows in parts.items():
-                flat = rows.reshape(-1, *tensor.shape[1:]).contiguous()
-                yield name.replace(_FUSED, f".self_attn.{part}."), flat
+        yield from split_fused_qkv(weights, config, renames=_RENAMES, fused=_FUSED, family="Falcon")
+
+
+def split_fused_qkv(
+    weights: Iterable[tuple[str, Tensor]],
+    config: ModelConfig,
+    *,
+    renames: Iterable[tuple[str, str]],
+    fused: str,
+    family: str,
+) -> Iterator[tuple[str, Tensor]]:
+    """Renames checkpoint tensors (``renames``: name part -> ours) and splits each weight or
+    bias named ``fused``, laid out as ``num_key_value_heads`` groups of (the group's query
+    heads, its key head, its value head), into Llama's q/k/v projections (Falcon and
+    GPT-BigCode both fuse q/k/v this way).
+
+    Raises:
+        ValueError: a fused tensor other than a weight or bias (a pre-quantized
+            checkpoint's), or one whose rows are not the config's.
+    """
+    groups, head_dim = config.num_key_value_heads, config.head_dim
+    per_group = config.num_attention_heads // groups + 2  # queries, key, value
+    for checkpoint_name, tensor in weights:
+        name = checkpoint_name
+        for old, new in renames:
+            name = name.replace(old, new)
+        if fused not in name:
+            yield name, tensor
+            continue
+        if not name.endswith((".weight", ".bias")):
+            raise ValueError(f"{family}: fused tensor {name!r} is not supported")
+        if tensor.shape[0] != groups * per_group * head_dim:
+            raise ValueError(
+                f"checkpoint tensor {name!r} has {tensor.shape[0]} rows, "
+                f"expected {groups * per_group * head_dim}"
+            )
+        grouped = tensor.reshape(groups, per_group, head_dim, *tensor.shape[1:])
+        parts = {
+            "q_proj": grouped[:, :-2],
+            "k_proj": grouped[:, -2],
+            "v_proj": grouped[:, -1],
+        }
+        for part, rows in parts.items():
+            flat = rows.reshape(-1, *tensor.shape[1:]).contiguous()
+            yield name.replace(fused, f".self_attn.{part}."), flat

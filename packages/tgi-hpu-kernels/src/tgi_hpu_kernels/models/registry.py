@@ -19,6 +19,7 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "resolve_model_clas
 _MODELS: dict[str, tuple[str, str]] = {
     "falcon": ("falcon", "FalconForCausalLM"),
     "gemma": ("gemma", "GemmaForCausalLM"),
+    "gpt_bigcode": ("gpt_bigcode", "GPTBigCodeForCausalLM"),
     "gemma2": ("gemma2", "Gemma2ForCausalLM"),
     "llama": ("llama", "LlamaForCausalLM"),
     "mistral": ("mistral", "MistralForCausalLM"),
@@ -32,6 +33,7 @@ _ARCHITECTURES: dict[str, str] = {
     "FalconForCausalLM": "falcon",
     "Gemma2ForCausalLM": "gemma2",
     "GemmaForCausalLM": "gemma",
+    "GPTBigCodeForCausalLM": "gpt_bigcode",
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "MixtralForCausalLM": "mixtral",
