@@ -39,3 +39,33 @@ def test_contract_fails_when_core_imports_torch(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "tgi_core and tgi_scheduler import no torch" in result.stdout
     assert "BROKEN" in result.stdout
+
+
+def test_contract_fails_when_the_server_imports_a_vlm_family(tmp_path: Path) -> None:
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "packages", copy / "packages", ignore=shutil.ignore_patterns("tests"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    offender = copy / "packages/tgi-server/src/tgi_server/asgi.py"
+    offender.write_text("import tgi_vlm.llava_next.prompt  # noqa\n" + offender.read_text())
+    result = _lint_imports(copy)
+    assert result.returncode != 0
+    assert "Only tgi_vlm reaches a VLM family" in result.stdout
+    assert "BROKEN" in result.stdout
+
+
+def test_no_vlm_family_is_named_outside_tgi_vlm() -> None:
+    """The kernels and the server take a family's parts from tgi_vlm.registry, by data."""
+    from tgi_vlm.registry import FAMILIES
+
+    vlm_src = ROOT / "packages/tgi-vlm/src/tgi_vlm"
+    needles = {"llava"} | {p.parent.name for p in vlm_src.glob("*/family.py")}
+    needles |= {f.model_type for f in FAMILIES.values()} | {f.name for f in FAMILIES.values()}
+    offenders = [
+        f"{path.relative_to(ROOT)}: {needle}"
+        for path in sorted((ROOT / "packages").glob("*/src/**/*.py"))
+        if not path.is_relative_to(vlm_src)
+        for needle in sorted(needles)
+        if needle.lower() in path.read_text().lower()
+    ]
+    assert needles > {"llava"}  # the families were found: the scan looks for them
+    assert offenders == []

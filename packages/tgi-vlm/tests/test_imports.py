@@ -1,5 +1,5 @@
-"""The front end imports ``tgi_vlm`` and ``tgi_vlm.llava_next`` for validation and token
-accounting: neither may import torch; the torch parts load on first use."""
+"""The front end imports ``tgi_vlm``, ``tgi_vlm.llava_next`` and ``tgi_vlm.registry`` for
+validation and token accounting: none may import torch; the torch parts load on first use."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 _CHECK = """
 import sys
-import tgi_vlm, tgi_vlm.llava_next
+import tgi_vlm, tgi_vlm.llava_next, tgi_vlm.registry
 from tgi_vlm.llava_next import LlavaNextConfig, num_image_tokens, tokenizer_query
 assert "torch" not in sys.modules, "torch was imported"
 tgi_vlm.llava_next.preprocess  # a lazy attribute: imports the torch part

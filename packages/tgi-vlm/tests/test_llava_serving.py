@@ -19,8 +19,10 @@ from tgi_hpu_kernels import TorchModelRunner
 from tgi_hpu_kernels.device.cpu import CpuDevice
 from tgi_scheduler import Engine
 from tgi_vlm.llava_next import LlavaNextConfig, num_image_tokens
-from tgi_vlm.llava_next.embedder import LlavaNextEmbedder, prompt_embedder_for
+from tgi_vlm.llava_next.embedder import LlavaNextEmbedder
+from tgi_vlm.llava_next.family import LLAVA_NEXT
 from tgi_vlm.llava_next.patches import patches_input
+from tgi_vlm.registry import runner_parts_for
 
 from .conftest import TINY_IMAGE_TOKEN_ID, TINY_PROCESSOR, random_image
 
@@ -46,10 +48,16 @@ def runner(llava_folder: Path) -> TorchModelRunner:
         max_total_tokens=512,
         base_image_tokens=256,
     )
-    embedder = prompt_embedder_for(settings)
-    assert isinstance(embedder, LlavaNextEmbedder)
+    parts = runner_parts_for(settings)
+    assert parts is not None
+    assert isinstance(parts.prompt_embedder, LlavaNextEmbedder)
+    assert parts.nested_model == LLAVA_NEXT.nested_model
     return TorchModelRunner(
-        settings, device=CpuDevice(), num_kv_blocks=256, prompt_embedder=embedder
+        settings,
+        device=CpuDevice(),
+        num_kv_blocks=256,
+        prompt_embedder=parts.prompt_embedder,
+        nested_model=parts.nested_model,
     )
 
 
@@ -150,14 +158,14 @@ def test_max_input_tokens_below_base_image_tokens_is_refused(llava_folder: Path)
         model_id=str(llava_folder), dtype="float32", max_input_tokens=400, base_image_tokens=401
     )
     with pytest.raises(ValueError, match=r"`max_input_tokens`\(400\) must be >= BASE_IMAGE_TOKENS"):
-        prompt_embedder_for(settings)
+        runner_parts_for(settings)
 
 
 def test_text_checkpoint_has_no_embedder(tmp_path: Path) -> None:
     from tgi_hpu_kernels.testing import save_tiny_checkpoint
 
     save_tiny_checkpoint(tmp_path, "llama")
-    assert prompt_embedder_for(RunnerSettings(model_id=str(tmp_path))) is None
+    assert runner_parts_for(RunnerSettings(model_id=str(tmp_path))) is None
 
 
 def test_transformers_4_52_key_layout_serves_the_same_tokens(
@@ -186,11 +194,14 @@ def test_transformers_4_52_key_layout_serves_the_same_tokens(
         model_id=str(tmp_path), dtype="float32", device="cpu", block_size=BLOCK_SIZE,
         max_input_tokens=400, max_total_tokens=512, base_image_tokens=256,
     )  # fmt: skip
+    parts = runner_parts_for(settings)
+    assert parts is not None
     runner = TorchModelRunner(
         settings,
         device=CpuDevice(),
         num_kv_blocks=256,
-        prompt_embedder=prompt_embedder_for(settings),
+        prompt_embedder=parts.prompt_embedder,
+        nested_model=parts.nested_model,
     )
     image, image_input = encoded(40, 24, 1)
     prompt_ids, expected = hf_tokens(
@@ -245,4 +256,4 @@ def test_recompute_after_preemption_uses_the_images_again(
 def test_sharded_llava_is_refused(llava_folder: Path) -> None:
     settings = RunnerSettings(model_id=str(llava_folder), num_shard=2, base_image_tokens=64)
     with pytest.raises(ValueError, match="one shard only"):
-        prompt_embedder_for(settings)
+        runner_parts_for(settings)

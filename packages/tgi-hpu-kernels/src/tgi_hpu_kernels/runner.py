@@ -47,6 +47,7 @@ from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
 from tgi_hpu_kernels.models.transformers_fallback import TransformersCausalLM
 from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
+from tgi_hpu_kernels.nested_model import NestedTextModel
 from tgi_hpu_kernels.parallel import start_tensor_parallel
 from tgi_hpu_kernels.profiling import StepProfiler
 from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
@@ -103,6 +104,8 @@ class TorchModelRunner:
             generation_config's); a grammar allows all of them where its text is complete.
         prompt_embedder: writes image features over placeholder rows on prefills that carry
             images (``tgi_vlm``); without it images are refused.
+        nested_model: where the text model sits in a multimodal checkpoint (``tgi_vlm``'s
+            registry gives each family's); the runner serves that text model.
 
     The KV pool is allocated here, so ``num_kv_blocks`` is known right after construction.
     """
@@ -116,6 +119,7 @@ class TorchModelRunner:
         token_bytes: Mapping[int, bytes] | None = None,
         eos_token_ids: Sequence[int] = (),
         prompt_embedder: PromptEmbedder | None = None,
+        nested_model: NestedTextModel | None = None,
     ) -> None:
         self._prompt_embedder = prompt_embedder
         self._device = device or select_device(settings.device, settings)
@@ -140,6 +144,7 @@ class TorchModelRunner:
             device=self._device.torch_device,
             group=group,
             gguf_quantized=self._device.serves_gguf_quantized(torch_dtype(settings.dtype)),
+            nested_model=nested_model,
         )
         self._model = loaded.model
         self._config = c = loaded.config

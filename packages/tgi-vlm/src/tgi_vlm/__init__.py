@@ -2,8 +2,9 @@
 
 ``split_inputs`` turns a prompt into text and image chunks as TGI's router does (images
 fetched and checked within ``ImageLimits``, ``ImageInputError`` with TGI's messages
-otherwise); the model-specific parts live in subpackages (``tgi_vlm.llava_next``). Nothing
-imported here needs torch.
+otherwise); the model-specific parts live in subpackages (``tgi_vlm.llava_next``), each
+described by a ``VlmFamily`` that ``tgi_vlm.registry`` lists by ``model_type`` (what the
+server asks). Nothing imported here needs torch.
 """
 
 from tgi_vlm.__about__ import __version__

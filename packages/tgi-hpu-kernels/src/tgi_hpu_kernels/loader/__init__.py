@@ -4,7 +4,8 @@
 once on the target device in the target dtype (bfloat16 by default, as on Gaudi; float32
 for exact comparisons), so weights are never held twice. An architecture with no native
 family here is loaded by transformers and served through our paged attention
-(``models/transformers_fallback.py``).
+(``models/transformers_fallback.py``). A multimodal checkpoint's text model is served when
+the caller says where it sits (``nested_model``: a ``NestedTextModel``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import torch
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.layers.rotary import RopeConfig, RotaryEmbedding
 from tgi_hpu_kernels.loader.gguf_weights import gguf_config, iter_gguf_tensors, open_gguf
-from tgi_hpu_kernels.loader.multimodal import language_model_config, language_model_weights
 from tgi_hpu_kernels.loader.prequantized import (
     checkpoint_quantization,
     prequantized_plan,
@@ -48,6 +48,7 @@ from tgi_hpu_kernels.models.transformers_fallback import (
     load_transformers_model,
 )
 from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
+from tgi_hpu_kernels.nested_model import NestedTextModel
 from tgi_hpu_kernels.parallel.sharding import add_row_parallel_reduce, shard_config, shard_weights
 
 if TYPE_CHECKING:
@@ -89,10 +90,11 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ValueError(f"dtype {name!r} is not supported; use one of {sorted(_DTYPES)}") from None
 
 
-def _raw_config(source: ModelSource) -> dict[str, Any]:
+def _raw_config(source: ModelSource, nested_model: NestedTextModel | None = None) -> dict[str, Any]:
     if source.kind == "gguf":
         return gguf_config(open_gguf(source.path))
-    return language_model_config(read_hf_config(source.path))  # a VLM's text model
+    raw = read_hf_config(source.path)
+    return raw if nested_model is None else nested_model.config(raw)
 
 
 def _rope_override(config: ModelConfig, settings: RunnerSettings) -> ModelConfig:
@@ -167,6 +169,7 @@ def load_model(
     device: torch.device,
     group: TensorParallelGroup | None = None,
     gguf_quantized: bool = True,
+    nested_model: NestedTextModel | None = None,
 ) -> LoadedModel:
     """Builds and fills the model ``settings.model_id`` names.
 
@@ -180,6 +183,7 @@ def load_model(
         group: this rank's tensor-parallel group: the model is built with its share of the
             heads and MLP (``LoadedModel.config`` is that share) and loads its weight slices.
         gguf_quantized: serve a quantized GGUF's layers quantized (else dequantized).
+        nested_model: the checkpoint is multimodal: serve the text model it describes.
 
     Raises:
         ModelLoadError: the checkpoint cannot be found or read.
@@ -188,7 +192,7 @@ def load_model(
     """
     dtype = torch_dtype(settings.dtype)
     source = resolve_source(settings)
-    raw = _raw_config(source)
+    raw = _raw_config(source, nested_model)
     cls = _native_class(raw, source, settings)
     if cls is None:
         served = load_transformers_model(
@@ -238,7 +242,9 @@ def load_model(
     if reader is not None:
         weights = iter_gguf_tensors(reader, raw)  # HF names and values, as a safetensors file
     else:
-        weights = language_model_weights(full_config, iter_safetensors(source.path))
+        weights = iter_safetensors(source.path)
+        if nested_model is not None:
+            weights = nested_model.weights(weights)
     weights = cls.checkpoint_tensors(weights, raw)
     if group is not None:
         weights = shard_weights(

@@ -123,23 +123,24 @@ def build_engine(
     if runner is None:
         from tgi_hpu_kernels import TorchModelRunner
         from tgi_hpu_kernels.device import resolve_dtype, select_device
-        from tgi_vlm.llava_next.embedder import prompt_embedder_for
+        from tgi_vlm.registry import runner_parts_for
 
         runner_settings = settings.runner(rank=0)
         device = select_device(runner_settings.device, runner_settings)
         # the device picks an unset dtype (float32 on a CPU without bf16), the images' too
         runner_settings = resolve_dtype(runner_settings, device)
-        prompt_embedder = prompt_embedder_for(runner_settings)  # LLaVA-NeXT's images
+        vlm = runner_parts_for(runner_settings)  # a VLM's text model and image embedder
         torch_runner = TorchModelRunner(
             runner_settings,
             device=device,
             token_bytes=None if settings.disable_grammar_support else _token_bytes(tokenizer),
             eos_token_ids=tokenizer.eos_token_ids,
-            prompt_embedder=prompt_embedder,
+            prompt_embedder=None if vlm is None else vlm.prompt_embedder,
+            nested_model=None if vlm is None else vlm.nested_model,
         )
         if torch_runner.speculate != scheduler_settings.speculate:  # a Medusa model's heads
             scheduler_settings = replace(scheduler_settings, speculate=torch_runner.speculate)
-        if prompt_embedder is not None:  # TGI-Gaudi warms a VLM's prefills from here up
+        if vlm is not None:  # TGI-Gaudi warms a VLM's prefills from here up
             scheduler_settings = replace(
                 scheduler_settings, min_prefill_len=settings.base_image_tokens
             )

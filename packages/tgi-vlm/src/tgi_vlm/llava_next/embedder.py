@@ -4,14 +4,12 @@
 prefill item with images it turns their patches into pixel values (the front end decoded,
 checked and cut the images: nothing is decoded here), runs the vision side once for the
 item, and writes the features over the item's ``<image>`` rows of this step (rows already in
-the prefix cache are skipped: their KV exists). ``prompt_embedder_for`` builds it for a
-runner's settings when the checkpoint is a ``llava_next`` folder, and returns None otherwise.
-The language model itself is the runner's (``tgi_hpu_kernels.loader.multimodal``).
+the prefix cache are skipped: their KV exists). ``tgi_vlm.registry`` builds it for a
+``llava_next`` checkpoint (``llava_next/family.py``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,14 +17,12 @@ import torch
 from torch import Tensor
 
 from tgi_core.contract import ImageInput, PrefillItem
-from tgi_core.settings.slices import RunnerSettings
-from tgi_hpu_kernels.loader import resolve_source, torch_dtype
 from tgi_vlm.llava_next.config import ImageProcessorConfig, LlavaNextConfig
 from tgi_vlm.llava_next.processing import processed_image
 from tgi_vlm.llava_next.vision import LlavaNextVision
 from tgi_vlm.llava_next.weights import load_llava_next_vision
 
-__all__ = ["LlavaNextEmbedder", "prompt_embedder_for"]
+__all__ = ["LlavaNextEmbedder"]
 
 
 class LlavaNextEmbedder:
@@ -79,36 +75,3 @@ class LlavaNextEmbedder:
         new = positions >= item.num_cached_tokens  # cached rows have their KV already
         rows = positions[new] - item.num_cached_tokens + offset
         inputs_embeds[rows.to(inputs_embeds.device)] = features[new.to(features.device)]
-
-
-def prompt_embedder_for(settings: RunnerSettings) -> LlavaNextEmbedder | None:
-    """The embedder of ``settings.model_id`` when it is a LLaVA-NeXT checkpoint, else None.
-
-    Raises:
-        ValueError: ``num_shard`` > 1 (not supported yet), or ``max_input_tokens`` below
-            ``BASE_IMAGE_TOKENS``, TGI-Gaudi's smallest VLM prefill length (its warmup cannot
-            run then either).
-    """
-    source = resolve_source(settings)
-    if source.kind != "safetensors" or not is_llava_next(source.path):
-        return None
-    if settings.num_shard > 1:
-        # the shard processes build their runners without an embedder
-        raise ValueError("LLaVA-NeXT is served on one shard only (num_shard=1) for now")
-    if settings.max_input_tokens < settings.base_image_tokens:
-        msg = (
-            f"`max_input_tokens`({settings.max_input_tokens}) must be >= BASE_IMAGE_TOKENS"
-            f"({settings.base_image_tokens}) for a vision-language model: an image takes "
-            "thousands of prompt tokens; raise --max-input-tokens or lower BASE_IMAGE_TOKENS"
-        )
-        raise ValueError(msg)
-    return LlavaNextEmbedder.from_folder(source.path, dtype=torch_dtype(settings.dtype))
-
-
-def is_llava_next(folder: Path) -> bool:
-    """Whether ``folder/config.json`` names a ``llava_next`` model."""
-    try:
-        raw = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(raw, dict) and raw.get("model_type") == "llava_next"

@@ -6,12 +6,11 @@ within ``ImageLimits``, TGI's messages on a bad image), tokenizes ``tokenizer_qu
 image as its ``<image>`` placeholders, so ``max_input_tokens`` counts image features, as TGI's
 router does) and hands each image to the engine as the raw patches the vision tower takes
 (``patches_input``), cut here in the HTTP worker so that the engine decodes nothing.
-``prompt_encoder_for`` builds it for a local ``llava_next`` folder.
+``tgi_vlm.registry`` builds it for a local ``llava_next`` folder (``llava_next/family.py``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from tgi_vlm.llava_next.config import ImageProcessorConfig, LlavaNextConfig
 from tgi_vlm.llava_next.patches import patches_input
 from tgi_vlm.llava_next.tokens import IMAGE_TOKEN, num_image_tokens, tokenizer_query
 
-__all__ = ["LlavaNextPromptEncoder", "prompt_encoder_for"]
+__all__ = ["LlavaNextPromptEncoder"]
 
 
 class LlavaNextPromptEncoder:
@@ -43,6 +42,15 @@ class LlavaNextPromptEncoder:
         self._config = config
         self._processor = processor
         self._limits = limits
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, tokenizer: TextEncoder, limits: ImageLimits = DEFAULT_IMAGE_LIMITS
+    ) -> LlavaNextPromptEncoder:
+        """The encoder of a local LLaVA-NeXT folder (``config.json``,
+        ``preprocessor_config.json``)."""
+        config = LlavaNextConfig.from_folder(folder)
+        return cls(tokenizer, config, ImageProcessorConfig.from_folder(folder), limits)
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> Sequence[int]:
         return self.encode_with_images(text, add_special_tokens=add_special_tokens)[0]
@@ -72,18 +80,3 @@ class LlavaNextPromptEncoder:
                     "give images as ![](url) only"
                 )
         return ids, images
-
-
-def prompt_encoder_for(
-    model_id: str, tokenizer: TextEncoder, limits: ImageLimits = DEFAULT_IMAGE_LIMITS
-) -> LlavaNextPromptEncoder | None:
-    """The encoder for ``model_id`` when it is a local LLaVA-NeXT folder, else None."""
-    folder = Path(model_id)
-    try:
-        raw = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(raw, dict) or raw.get("model_type") != "llava_next":
-        return None
-    processor = ImageProcessorConfig.from_folder(folder)
-    return LlavaNextPromptEncoder(tokenizer, LlavaNextConfig.from_dict(raw), processor, limits)
