@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from tgi_core.contract import (
     DecodeShape,
@@ -35,17 +35,13 @@ from tgi_core.contract import (
     WarmupReport,
 )
 from tgi_core.settings.slices import RunnerSettings
-from tgi_hpu_kernels.attention import AttentionMetadata
 from tgi_hpu_kernels.device import Device, resolve_dtype, select_device
-from tgi_hpu_kernels.device.base import EagerStepRunner
-from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.loader import load_model, torch_dtype
 from tgi_hpu_kernels.lora import load_lora_adapters
 from tgi_hpu_kernels.medusa import MedusaHeads, with_drafts, with_medusa
 from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
-from tgi_hpu_kernels.models.transformers_fallback import TransformersCausalLM
 from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
 from tgi_hpu_kernels.nested_model import NestedTextModel
 from tgi_hpu_kernels.parallel import start_tensor_parallel
@@ -53,6 +49,7 @@ from tgi_hpu_kernels.profiling import StepProfiler
 from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
 from tgi_hpu_kernels.quantization import check_quantize, fp8_at_load
 from tgi_hpu_kernels.sequence_sampling import SequenceSampling
+from tgi_hpu_kernels.served_model import describe_implementation, step_runner_for
 from tgi_hpu_kernels.speculative import choose_verified, verify_items, verify_shape
 from tgi_hpu_kernels.step_inputs import KVLayout, StepInputs, build_decode, build_prefill
 from tgi_hpu_kernels.warmup import DummySize, dummy_plan, dummy_sizes, run_warmup, shapes_to_warm
@@ -64,27 +61,6 @@ logger = logging.getLogger(__name__)
 
 def _is_speculative(plan: StepPlan) -> bool:
     return any(item.draft for item in plan.decode)
-
-
-class _StepModule(nn.Module):
-    """The graph-capturable part of a step: tokens in, final hidden states out."""
-
-    def __init__(
-        self, model: LlamaForCausalLM | TransformersCausalLM | RecomputingCausalLM, kv: KVCache
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.kv = kv
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        positions: Tensor,
-        attn: AttentionMetadata,
-        inputs_embeds: Tensor | None = None,
-    ) -> Tensor:
-        hidden: Tensor = self.model(input_ids, positions, attn, self.kv, inputs_embeds)
-        return hidden
 
 
 class TorchModelRunner:
@@ -192,12 +168,7 @@ class TorchModelRunner:
             c.window,
             paged=paged,
         )
-        step_module = _StepModule(self._model, self._kv)
-        # a recomputed model's shapes are its sequences' lengths: no graph fits them
-        recomputed = isinstance(self._model, RecomputingCausalLM)
-        self._step = (
-            EagerStepRunner(step_module) if recomputed else self._device.step_runner(step_module)
-        )
+        self._step = step_runner_for(self._device, self._model, self._kv)
         self._profiler = StepProfiler(
             settings.profile, rank=settings.rank, activities=self._device.profiler_activities()
         )
@@ -353,12 +324,7 @@ class TorchModelRunner:
     @property
     def implementation(self) -> str:
         """Which code computes the model: a native family or transformers' (the fallback)."""
-        if isinstance(self._model, TransformersCausalLM):
-            return f"transformers {type(self._model.hf_model).__name__} (fallback)"
-        if isinstance(self._model, RecomputingCausalLM):
-            name = type(self._model.hf_model).__name__
-            return f"transformers {name} (fallback, recomputed every step)"
-        return f"native {type(self._model).__name__}"
+        return describe_implementation(self._model)
 
     @property
     def vocab_size(self) -> int:
