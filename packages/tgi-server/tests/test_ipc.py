@@ -21,7 +21,7 @@ from tgi_core.contract import (
     TopToken,
     WarmupReport,
 )
-from tgi_scheduler import SchedulerStats
+from tgi_core.engine_stats import SchedulerStats
 from tgi_server.ipc import (
     Abort,
     EngineInfo,

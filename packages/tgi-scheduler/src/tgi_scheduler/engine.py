@@ -49,12 +49,13 @@ from tgi_core.contract import (
     WarmupProgress,
     WarmupReport,
 )
+from tgi_core.engine_stats import SchedulerStats
 from tgi_core.settings.slices import SchedulerSettings
 from tgi_scheduler.block_allocator import BlockAllocator
 from tgi_scheduler.buckets import all_shapes
 from tgi_scheduler.limits import check_limits
 from tgi_scheduler.scheduler import Scheduler, StopCheckerFactory
-from tgi_scheduler.stats import Method, SchedulerStats, StepTimer
+from tgi_scheduler.stats import Method, StepTimer
 
 __all__ = ["IDLE_WAIT_S", "Engine"]
 

@@ -45,6 +45,7 @@ from tgi_core.contract import (
     StopChecker,
     TokenEvent,
 )
+from tgi_core.engine_stats import SchedulerStats
 from tgi_core.settings.slices import SchedulerSettings
 from tgi_scheduler.block_allocator import BlockAllocator
 from tgi_scheduler.buckets import BucketTables
@@ -55,7 +56,7 @@ from tgi_scheduler.preparing import Preparing
 from tgi_scheduler.queue import make_queue
 from tgi_scheduler.sequence import FINISH_REASONS, Sequence, SequenceStatus
 from tgi_scheduler.speculation import MAX_VERIFY_ROWS, NgramDrafter
-from tgi_scheduler.stats import SchedulerStats, StepCounters, snapshot
+from tgi_scheduler.stats import StepCounters, snapshot
 
 __all__ = ["Scheduler"]
 

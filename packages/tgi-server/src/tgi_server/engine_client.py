@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import NamedTuple, Protocol, TypeVar
 
 from tgi_core.contract import FailureKind, GenerationRequest, RequestEvent, RequestFailed
-from tgi_server.engine.inprocess import InProcessEngine
 from tgi_server.ipc.connection import DealerConnection
 from tgi_server.ipc.heartbeat import HeartbeatReader, heartbeat_path
 from tgi_server.ipc.messages import (
@@ -58,6 +57,7 @@ __all__ = [
     "EngineClient",
     "EngineGoneError",
     "InProcessEngineClient",
+    "InProcessEngineLike",
     "ZmqEngineClient",
 ]
 
@@ -72,6 +72,18 @@ HEALTH_TIMEOUT_S = 0.5
 # keeps ids unique across workers, and stays below the engine's probe ids (2**62).
 _COUNTER_BITS = 32
 _COUNTER_MASK = (1 << _COUNTER_BITS) - 1
+
+
+class _EngineInbox(Protocol):
+    def put(self, worker: InProcessEngineClient, message: WorkerMessage) -> None: ...
+
+
+class InProcessEngineLike(Protocol):
+    """The part of ``tgi_server.engine.InProcessEngine`` its client posts to; named here so
+    that this module, which every HTTP worker imports, never imports the engine side."""
+
+    @property
+    def transport(self) -> _EngineInbox: ...
 
 
 class EngineGoneError(RuntimeError):
@@ -344,7 +356,7 @@ class InProcessEngineClient(_ClientBase):
 
     _tags = itertools.count(1)
 
-    def __init__(self, engine: InProcessEngine, *, reply_timeout_s: float = 30.0) -> None:
+    def __init__(self, engine: InProcessEngineLike, *, reply_timeout_s: float = 30.0) -> None:
         super().__init__(reply_timeout_s)
         self._engine = engine
         self._tag_value = next(InProcessEngineClient._tags)

@@ -39,7 +39,7 @@ from tgi_core.contract import (
     RequestFailed,
     TokenEvent,
 )
-from tgi_scheduler.stats import SchedulerStats
+from tgi_core.engine_stats import SchedulerStats
 from tgi_server.ipc.messages import (
     Abort,
     EngineInfo,
