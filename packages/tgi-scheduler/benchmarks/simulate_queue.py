@@ -78,7 +78,8 @@ def simulate(arrivals: list[Arrival], policy: QueuePolicy) -> Outcome:
         now = runner.clock()
         for event in events:
             if isinstance(event, RequestFailed):
-                raise RuntimeError(f"request {event.request_id} failed: {event.message}")
+                failure = f"{event.kind.value}: {event.detail}"
+                raise RuntimeError(f"request {event.request_id} failed ({failure})")
             first_token.setdefault(event.request_id, now)
             if event.finish_reason is not None:
                 done[event.request_id] = now

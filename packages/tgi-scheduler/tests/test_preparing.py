@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tgi_core.contract import (
+    FailureKind,
     FinishReason,
     GenerationRequest,
     RequestEvent,
@@ -15,7 +16,6 @@ from tgi_core.contract import (
     TokenEvent,
 )
 from tgi_scheduler import Engine
-from tgi_scheduler.engine import GENERATION_ERROR_PREFIX, OVERLOADED_MESSAGE
 from tgi_scheduler.testing import FakeRunner, run_until_idle
 
 MakeEngine = Callable[..., tuple[Engine, FakeRunner]]
@@ -66,7 +66,7 @@ def test_a_waiting_request_holds_a_concurrency_slot_until_it_is_aborted(
     engine.add_request(req(3))  # 1 waits, 2 runs: full
     events = engine.step()
     assert [(e.request_id, type(e)) for e in events] == [(3, RequestFailed), (2, TokenEvent)]
-    assert isinstance(events[0], RequestFailed) and events[0].message == OVERLOADED_MESSAGE
+    assert events[0] == RequestFailed(3, FailureKind.OVERLOADED)
     while engine.stats().batch_size:
         assert all(e.request_id == 2 for e in engine.step())
     assert engine.has_unfinished() and engine.stats().queue_size == 1
@@ -92,9 +92,8 @@ def test_a_failed_preparation_fails_that_request_alone(make_engine: MakeEngine) 
     events = run_until_idle(engine)
     for request_id in (2, 3):
         [failure] = events[request_id]
-        assert isinstance(failure, RequestFailed) and failure.error_type == "generation"
-        expected = f"scripted preparation failure of sequence {request_id}"
-        assert failure.message == GENERATION_ERROR_PREFIX + expected
+        detail = f"scripted preparation failure of sequence {request_id}"
+        assert failure == RequestFailed(request_id, FailureKind.GENERATION, detail)
     assert tokens(events[1]) == list(range(105, 111))
     assert tokens(events[4]) == list(range(405, 411))
     assert all(x.seq_id not in (2, 3) for p in runner.plans for x in p.prefill)

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tgi_core.contract import (
+    FailureKind,
     GenerationRequest,
     PrefillShape,
     RequestEvent,
@@ -219,7 +220,7 @@ class Harness:
             finals = [e for e in events if isinstance(e, RequestFailed) or e.finish_reason]
             assert len(finals) == 1 and finals[0] is events[-1]
             if isinstance(events[-1], RequestFailed):
-                assert events[-1].error_type == "overloaded" and len(events) == 1
+                assert events[-1].kind == FailureKind.OVERLOADED and len(events) == 1
                 continue
             self.check_tokens(request, events)
         stats = self.engine.stats()

@@ -10,6 +10,7 @@ import pytest
 
 from tgi_core.contract import (
     DecodeShape,
+    FailureKind,
     FinishReason,
     GenerationRequest,
     ImageInput,
@@ -160,7 +161,7 @@ def test_overloaded_requests_are_refused_at_once(make_engine: MakeEngine) -> Non
     engine.abort(3)  # a refused request the client gave up on: no event at all
     events = engine.step()
     failed = [e for e in events if isinstance(e, RequestFailed)]
-    assert failed == [RequestFailed(2, "Model is overloaded", "overloaded")]
+    assert failed == [RequestFailed(2, FailureKind.OVERLOADED)]
     assert engine.stats().num_requests_refused == 2
     assert set(run_until_idle(engine)) == {0, 1}
 
@@ -294,8 +295,8 @@ def test_a_failed_prefill_fails_only_its_requests(make_engine: MakeEngine) -> No
     events = engine.step() + engine.step()
     engine.add_request(req(2, 5, max_new_tokens=6, first=200))
     failed = engine.step()
-    message = "Request failed during generation: Server error: scripted failure at step 3"
-    assert failed == [RequestFailed(2, message, "generation")]
+    detail = "scripted failure at step 3"  # the runner's exception, no HTTP wording
+    assert failed == [RequestFailed(2, FailureKind.GENERATION, detail)]
     rest = run_until_idle(engine)
     assert 2 not in rest and len(tokens(events + rest[1])) == 6
     stats = engine.stats()
@@ -322,8 +323,8 @@ def test_a_sequence_the_runner_fails_alone_fails_only_its_request(
     for request_id, first in ((1, 100), (2, 200), (3, 300)):
         engine.add_request(req(request_id, 5, max_new_tokens=6, first=first))
     events = run_until_idle(engine)
-    message = "Request failed during generation: Server error: scripted failure of sequence 2"
-    assert events[2][-1] == RequestFailed(2, message, "generation")
+    detail = "scripted failure of sequence 2"  # the runner's error, no HTTP wording
+    assert events[2][-1] == RequestFailed(2, FailureKind.GENERATION, detail)
     assert len(tokens(events[2])) == fail_at - 1
     for other in (1, 3):  # the neighbours finish untouched and never see its error
         assert len(tokens(events[other])) == 6

@@ -5,16 +5,16 @@ from __future__ import annotations
 import msgspec
 
 from tgi_core.contract import GenerationRequest, TokenEvent
-from tgi_core.settings.slices import SchedulerSettings
-from tgi_scheduler import BlockAllocator, Engine, Scheduler
-from tgi_scheduler.stats import (
-    BATCH_SIZE_BUCKETS,
+from tgi_core.engine_stats import (
     DURATION_BUCKETS,
     HistogramSnapshot,
     MethodStats,
     SchedulerStats,
     StepStats,
 )
+from tgi_core.settings.slices import SchedulerSettings
+from tgi_scheduler import BlockAllocator, Engine, Scheduler
+from tgi_scheduler.stats import BATCH_SIZE_BUCKETS
 from tgi_scheduler.testing import FakeRunner, run_until_idle
 
 SETTINGS = SchedulerSettings(max_input_tokens=32, max_total_tokens=64, block_size=4)

@@ -22,6 +22,7 @@ import pytest
 import zmq
 
 from tgi_core.contract import (
+    FailureKind,
     FinishReason,
     GenerationRequest,
     RequestEvent,
@@ -325,7 +326,7 @@ def test_sigterm_drains_then_the_engine_exits(engine_process: EngineProcess) -> 
             await asyncio.sleep(0.05)
             late = request(client, 5)
             assert await collect(client.generate(late)) == [
-                RequestFailed(late.request_id, "Model is overloaded", "overloaded")
+                RequestFailed(late.request_id, FailureKind.OVERLOADED)
             ]
             assert not await client.health()  # draining
             for req, first, stream in zip(reqs, firsts, streams, strict=True):
@@ -351,10 +352,7 @@ def test_streams_fail_when_the_engine_process_dies(engine_process: EngineProcess
             for req, stream in zip(reqs, streams, strict=True):
                 events = [event async for event in stream]
                 assert events[-1] == RequestFailed(
-                    req.request_id,
-                    "Request failed during generation: Server error: "
-                    "the engine process disconnected",
-                    "generation",
+                    req.request_id, FailureKind.GENERATION, "the engine process disconnected"
                 )
                 assert len(events) < 150
         finally:

@@ -22,6 +22,7 @@ import pytest
 import zmq
 
 from tgi_core.contract import (
+    FailureKind,
     GenerationRequest,
     RequestEvent,
     RequestFailed,
@@ -44,9 +45,7 @@ from tgi_server.ipc import (
     socket_path,
 )
 
-GONE = RequestFailed(
-    0, "Request failed during generation: Server error: the engine process disconnected"
-)
+GONE = RequestFailed(0, FailureKind.GENERATION, "the engine process disconnected")
 SETTINGS = SchedulerSettings(
     max_batch_size=8,
     max_batch_prefill_tokens=1024,
@@ -141,10 +140,10 @@ def test_after_the_engine_dies_every_request_fails_at_once(engine_process: Engin
             os.kill(engine_process.process.pid, signal.SIGKILL)
             for stream in streams:
                 events = await asyncio.wait_for(collect(stream), 5)
-                assert events[-1].message == GONE.message  # type: ignore[union-attr]
+                assert events[-1] == RequestFailed(events[-1].request_id, GONE.kind, GONE.detail)
             late = request(client)
             failed = await asyncio.wait_for(collect(client.generate(late)), 1)
-            assert failed == [RequestFailed(late.request_id, GONE.message)]
+            assert failed == [RequestFailed(late.request_id, GONE.kind, GONE.detail)]
             healthy, seconds = await timed_health(client)
             assert not healthy and seconds < 0.1  # known, not asked
             with pytest.raises(EngineGoneError):

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import pytest
 
 from tgi_core.contract import (
+    FailureKind,
     FinishReason,
     GenerationRequest,
     RequestEvent,
@@ -43,7 +44,6 @@ SETTINGS = SchedulerSettings(
     block_size=16,
     queue_policy="fifo",
 )
-GENERATION_ERROR = "Request failed during generation: Server error: "
 
 
 class ScriptedRunner(FakeRunner):
@@ -271,7 +271,7 @@ def test_overloaded_requests_fail_with_tgi_message() -> None:
     refused = [events for events in results if isinstance(events[-1], RequestFailed)]
     assert len(refused) == 2
     for events in refused:
-        assert events == [RequestFailed(events[0].request_id, "Model is overloaded", "overloaded")]
+        assert events == [RequestFailed(events[0].request_id, FailureKind.OVERLOADED)]
     assert sum(len(events) == 5 for events in results) == 4
 
 
@@ -289,11 +289,11 @@ def test_runner_failure_fails_requests_marks_unhealthy_and_loop_goes_on() -> Non
             token_ids = [event.token_id for event in tokens]  # type: ignore[union-attr]
             assert token_ids == [req.prompt_ids[-1] + i for i in (1, 2, 3)]
             assert isinstance(failure, RequestFailed)
-            failures.add((failure.error_type, failure.message))
+            failures.add((failure.kind, failure.detail))
         # The decode of all eight failed at once, with TGI's 424 message.
-        [(error_type, message)] = failures
-        assert error_type == "generation"
-        assert message.startswith(GENERATION_ERROR + "scripted failure at step ")
+        [(kind, detail)] = failures
+        assert kind == FailureKind.GENERATION
+        assert detail.startswith("scripted failure at step ")
         status = await client.stats()
         assert not status.healthy
         assert_idle(status)
@@ -328,7 +328,7 @@ def test_a_step_that_raises_fails_everything_in_flight() -> None:
         for events in await asyncio.gather(*tasks):
             assert len(events) == 4  # three tokens (the paused step ends), then the failure
             assert events[-1] == RequestFailed(
-                events[-1].request_id, GENERATION_ERROR + "scheduler bug", "generation"
+                events[-1].request_id, FailureKind.GENERATION, "scheduler bug"
             )
         status = await client.stats()
         assert not status.healthy and status.num_step_failures == 1
@@ -356,9 +356,7 @@ def test_stop_drains_requests_in_flight_and_refuses_new_ones() -> None:
         late_events = asyncio.create_task(collect(client.generate(late)))
         await asyncio.sleep(0.01)
         runner.resume.set()
-        assert await late_events == [
-            RequestFailed(late.request_id, "Model is overloaded", "overloaded")
-        ]
+        assert await late_events == [RequestFailed(late.request_id, FailureKind.OVERLOADED)]
         for req, events in zip(reqs, await asyncio.gather(*tasks), strict=True):
             assert_completed(events, req)
 
@@ -384,8 +382,8 @@ def test_a_drain_that_times_out_fails_what_is_left() -> None:
         assert len(events) == 4  # three tokens (the paused step ends), then the failure
         assert events[-1] == RequestFailed(
             req.request_id,
-            GENERATION_ERROR + "the engine shut down before the request finished",
-            "generation",
+            FailureKind.GENERATION,
+            "the engine shut down before the request finished",
         )
 
     asyncio.run(scenario())
@@ -431,9 +429,8 @@ def test_a_request_the_engine_rejects_fails_alone() -> None:
         [failure] = await collect(client.generate(too_long))
         assert failure == RequestFailed(
             too_long.request_id,
-            GENERATION_ERROR + f"request {too_long.request_id} has 40 prompt tokens; "
-            "1..32 are allowed",
-            "generation",
+            FailureKind.GENERATION,
+            f"request {too_long.request_id} has 40 prompt tokens; 1..32 are allowed",
         )
         req = request(client, 5)
         assert_completed(await collect(client.generate(req)), req)

@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from tgi_core.contract import (
+    FailureKind,
     FinishReason,
     GenerationRequest,
     RequestFailed,
@@ -20,7 +21,7 @@ from tgi_core.contract import (
     TopToken,
     WarmupReport,
 )
-from tgi_scheduler import SchedulerStats
+from tgi_core.engine_stats import SchedulerStats
 from tgi_server.ipc import (
     Abort,
     EngineInfo,
@@ -82,7 +83,7 @@ def test_engine_messages_round_trip() -> None:
         (
             TokenEvent(1, 42, -0.5, top_tokens=(TopToken(42, -0.5), TopToken(7, -1.5))),
             TokenEvent(2, 9, -0.1, finish_reason=FinishReason.EOS_TOKEN, queue_seconds=0.01),
-            RequestFailed(3, "Model is overloaded", "overloaded"),
+            RequestFailed(3, FailureKind.OVERLOADED),
         )
     )
     counters = {name: 0 for name in SchedulerStats.__struct_fields__ if name != "steps"}
@@ -110,7 +111,7 @@ def test_a_worker_message_is_not_an_engine_message() -> None:
 def test_final_events() -> None:
     assert not is_final_event(TokenEvent(1, 5, 0.0))
     assert is_final_event(TokenEvent(1, 5, 0.0, finish_reason=FinishReason.LENGTH))
-    assert is_final_event(RequestFailed(1, "Request failed during generation: boom"))
+    assert is_final_event(RequestFailed(1, FailureKind.GENERATION, "boom"))
 
 
 def test_socket_dir_is_private_and_paths_are_checked(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
@@ -32,6 +32,7 @@ __all__ = [
     "PREPARING",
     "DecodeItem",
     "DecodeShape",
+    "FailureKind",
     "FinishReason",
     "GenerationRequest",
     "ImageInput",
@@ -203,7 +204,8 @@ class SequenceOutput(msgspec.Struct, frozen=True, gc=False):
 
     ``error`` is set when this sequence, and only it, could not go on (its grammar broke,
     its sampling state was refused): the other fields mean nothing, the scheduler fails
-    that request alone with this text (TGI's 424) and the rest of the batch carries on.
+    that request alone (``FailureKind.GENERATION``, this text its detail) and the rest of
+    the batch carries on.
     A failure of the whole step is an exception of ``ModelRunner.execute`` instead.
     """
 
@@ -267,7 +269,8 @@ class ModelRunner(Protocol):
 
 class Preparation(msgspec.Struct, frozen=True, gc=False):
     """A runner's answer to ``RequestPreparer.prepare``: ``ready``, still under way (not
-    ready, no error), or failed (``error``: why; that request alone fails, TGI's 424)."""
+    ready, no error), or failed (``error``: why; that request alone fails, its kind
+    ``FailureKind.GENERATION``)."""
 
     ready: bool
     error: str | None = None
@@ -348,17 +351,27 @@ class TokenEvent(msgspec.Struct, frozen=True, gc=False, tag="token"):
     prompt_logprobs: tuple[float | None, ...] | None = None
 
 
+class FailureKind(str, enum.Enum):
+    """Why the engine ended a request without its final token: a fact, not a text.
+
+    The server alone words each kind as TGI does (status, ``error_type``, message).
+    """
+
+    OVERLOADED = "overloaded"  # refused: max_concurrent_requests in flight, or draining
+    GENERATION = "generation"  # the runner or the engine failed it while it was in flight
+
+
 class RequestFailed(msgspec.Struct, frozen=True, gc=False, tag="failed"):
     """The engine refused or could not finish a request.
 
-    ``error_type`` is TGI's: ``overloaded`` (429, refused at admission because
-    max_concurrent_requests are in flight; ``message`` is "Model is overloaded") or
-    ``generation`` (424, the step failed).
+    ``kind`` says which (``FailureKind``); ``detail`` is what went wrong, in the engine's
+    own words (a runner's exception text, ``the engine shut down ...``), empty when the
+    kind says it all.
     """
 
     request_id: int
-    message: str
-    error_type: Literal["generation", "overloaded"] = "generation"
+    kind: FailureKind
+    detail: str = ""
 
 
 RequestEvent: TypeAlias = TokenEvent | RequestFailed

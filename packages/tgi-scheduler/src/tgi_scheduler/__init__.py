@@ -5,13 +5,13 @@ lists every shape a plan can have (what warmup compiles); ``tgi_scheduler.testin
 is a deterministic runner for tests and simulations.
 """
 
+from tgi_core.engine_stats import SchedulerStats
 from tgi_scheduler.__about__ import __version__
 from tgi_scheduler.block_allocator import BlockAllocator, NoFreeBlocksError
 from tgi_scheduler.buckets import all_shapes
 from tgi_scheduler.engine import Engine
 from tgi_scheduler.scheduler import Scheduler, StopCheckerFactory
 from tgi_scheduler.sequence import Sequence, SequenceStatus
-from tgi_scheduler.stats import SchedulerStats
 
 __all__ = [
     "BlockAllocator",

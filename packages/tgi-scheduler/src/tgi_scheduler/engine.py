@@ -6,9 +6,10 @@
     output = runner.execute(plan)
     events = scheduler.update(plan, output)
 
-plus the refusals of requests that found ``max_concurrent_requests`` in flight (TGI's 429,
-reported among the next step's events) and the failure of a plan the runner could not run
-(TGI's 424 for that plan's requests; the others carry on). A failure the runner reports
+plus the refusals of requests that found ``max_concurrent_requests`` in flight
+(``FailureKind.OVERLOADED``, reported among the next step's events) and the failure of a
+plan the runner could not run (``FailureKind.GENERATION`` for that plan's requests, the
+exception's text their detail; the others carry on). A failure the runner reports
 for one sequence (``SequenceOutput.error``) fails that request only. The engine is single-threaded:
 call ``add_request``, ``abort`` and ``step`` from one thread (the server's engine loop).
 
@@ -37,6 +38,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from tgi_core.contract import (
+    FailureKind,
     GenerationRequest,
     ModelRunner,
     RequestEvent,
@@ -47,18 +49,18 @@ from tgi_core.contract import (
     WarmupProgress,
     WarmupReport,
 )
+from tgi_core.engine_stats import SchedulerStats
 from tgi_core.settings.slices import SchedulerSettings
 from tgi_scheduler.block_allocator import BlockAllocator
 from tgi_scheduler.buckets import all_shapes
 from tgi_scheduler.limits import check_limits
-from tgi_scheduler.scheduler import GENERATION_ERROR_PREFIX, Scheduler, StopCheckerFactory
-from tgi_scheduler.stats import Method, SchedulerStats, StepTimer
+from tgi_scheduler.scheduler import Scheduler, StopCheckerFactory
+from tgi_scheduler.stats import Method, StepTimer
 
-__all__ = ["GENERATION_ERROR_PREFIX", "IDLE_WAIT_S", "OVERLOADED_MESSAGE", "Engine"]
+__all__ = ["IDLE_WAIT_S", "Engine"]
 
 logger = logging.getLogger(__name__)
 
-OVERLOADED_MESSAGE = "Model is overloaded"
 IDLE_WAIT_S = 0.02
 """The longest an idle step waits for a preparation (bounds how late a new message is read)."""
 
@@ -114,7 +116,7 @@ class Engine:
     def add_request(self, request: GenerationRequest) -> None:
         """Queue a request; a refusal comes back as ``RequestFailed(overloaded)`` next step."""
         if not self._scheduler.add_request(request):
-            refusal = RequestFailed(request.request_id, OVERLOADED_MESSAGE, "overloaded")
+            refusal = RequestFailed(request.request_id, FailureKind.OVERLOADED)
             self._refusals.append(refusal)
 
     def abort(self, request_id: int) -> None:
@@ -151,8 +153,7 @@ class Engine:
             self._scheduler.counters.num_failed_steps += 1
             if method is not None:
                 self._timer.failed(method)
-            message = GENERATION_ERROR_PREFIX + (str(exc) or type(exc).__name__)
-            events.extend(self._scheduler.fail(plan, message))
+            events.extend(self._scheduler.fail(plan, str(exc) or type(exc).__name__))
             return events
         executed = time.perf_counter()
         step_events = self._scheduler.update(plan, output)

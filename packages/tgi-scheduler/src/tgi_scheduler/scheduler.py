@@ -33,6 +33,7 @@ from collections.abc import Sequence as SequenceOf
 
 from tgi_core.contract import (
     DecodeItem,
+    FailureKind,
     GenerationRequest,
     PrefillItem,
     RequestEvent,
@@ -44,6 +45,7 @@ from tgi_core.contract import (
     StopChecker,
     TokenEvent,
 )
+from tgi_core.engine_stats import SchedulerStats
 from tgi_core.settings.slices import SchedulerSettings
 from tgi_scheduler.block_allocator import BlockAllocator
 from tgi_scheduler.buckets import BucketTables
@@ -54,15 +56,14 @@ from tgi_scheduler.preparing import Preparing
 from tgi_scheduler.queue import make_queue
 from tgi_scheduler.sequence import FINISH_REASONS, Sequence, SequenceStatus
 from tgi_scheduler.speculation import MAX_VERIFY_ROWS, NgramDrafter
-from tgi_scheduler.stats import SchedulerStats, StepCounters, snapshot
+from tgi_scheduler.stats import StepCounters, snapshot
 
-__all__ = ["GENERATION_ERROR_PREFIX", "Scheduler"]
-
-GENERATION_ERROR_PREFIX = "Request failed during generation: Server error: "
+__all__ = ["Scheduler"]
 
 StopCheckerFactory = Callable[[GenerationRequest], StopChecker | None]
 
 _RUNNING = SequenceStatus.RUNNING
+_GENERATION = FailureKind.GENERATION
 
 
 class Scheduler:
@@ -197,12 +198,12 @@ class Scheduler:
 
     def poll_preparing(self) -> list[RequestEvent]:
         """Queue the requests whose preparation is done; fail those whose preparation failed
-        (TGI's 424, that request alone)."""
+        (that request alone)."""
         events: list[RequestEvent] = []
         for seq, error in self._preparing.poll(self._queue):
             del self._sequences[seq.seq_id]
             seq.status = SequenceStatus.FINISHED_FAILED
-            events.append(RequestFailed(seq.seq_id, GENERATION_ERROR_PREFIX + error))
+            events.append(RequestFailed(seq.seq_id, _GENERATION, error))
         return events
 
     def schedule(self) -> StepPlan | None:
@@ -365,7 +366,7 @@ class Scheduler:
                 continue
             if out.error is not None:
                 self._retire(seq, SequenceStatus.FINISHED_FAILED)
-                events.append(RequestFailed(seq.seq_id, GENERATION_ERROR_PREFIX + out.error))
+                events.append(RequestFailed(seq.seq_id, _GENERATION, out.error))
                 continue
             choices = [(out.token_id, out.logprob, out.top_tokens)]
             choices += [(c.token_id, c.logprob, c.top_tokens) for c in out.extra]
@@ -423,15 +424,16 @@ class Scheduler:
         seq.status = status
         self._released.append(seq.seq_id)
 
-    def fail(self, plan: StepPlan, message: str) -> list[RequestEvent]:
-        """The runner could not execute ``plan``: fail its sequences (TGI's 424), free them."""
+    def fail(self, plan: StepPlan, detail: str) -> list[RequestEvent]:
+        """The runner could not execute ``plan`` (``detail``: why): fail its sequences, free
+        them."""
         events: list[RequestEvent] = []
         items: list[PrefillItem | DecodeItem] = [*plan.prefill, *plan.decode]
         for item in items:
             seq = self._running.get(item.seq_id)
             if seq is not None:
                 self._retire(seq, SequenceStatus.FINISHED_FAILED)
-                events.append(RequestFailed(seq.seq_id, message, "generation"))
+                events.append(RequestFailed(seq.seq_id, _GENERATION, detail))
         return events
 
     # --- reporting ----------------------------------------------------------------------

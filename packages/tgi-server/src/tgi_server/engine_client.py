@@ -8,8 +8,8 @@ are unique across workers, and both abort a request at once when its consumer st
 (client disconnected, task cancelled, ``aclose``), so the engine frees its KV blocks.
 
 A dead engine is known at once: the ZeroMQ client watches its socket's disconnect, then
-ends every stream in flight and answers every later request with TGI's generation error
-(``Request failed during generation: Server error: the engine process disconnected``, a 424)
+ends every stream in flight and answers every later request with a ``GENERATION`` failure
+(detail ``the engine process disconnected``; TGI's 424 once the HTTP layer words it)
 without waiting. ``health`` answers within ``HEALTH_TIMEOUT_S``: False when the engine is
 gone or hung past its step deadline (its heartbeat, ``tgi_server.ipc.heartbeat``); when it
 is only busy in a long step, the last answer it gave, as TGI answers from its last known
@@ -30,9 +30,7 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import NamedTuple, Protocol, TypeVar
 
-from tgi_core.contract import GenerationRequest, RequestEvent, RequestFailed
-from tgi_scheduler.engine import GENERATION_ERROR_PREFIX
-from tgi_server.engine.inprocess import InProcessEngine
+from tgi_core.contract import FailureKind, GenerationRequest, RequestEvent, RequestFailed
 from tgi_server.ipc.connection import DealerConnection
 from tgi_server.ipc.heartbeat import HeartbeatReader, heartbeat_path
 from tgi_server.ipc.messages import (
@@ -59,6 +57,7 @@ __all__ = [
     "EngineClient",
     "EngineGoneError",
     "InProcessEngineClient",
+    "InProcessEngineLike",
     "ZmqEngineClient",
 ]
 
@@ -73,6 +72,18 @@ HEALTH_TIMEOUT_S = 0.5
 # keeps ids unique across workers, and stays below the engine's probe ids (2**62).
 _COUNTER_BITS = 32
 _COUNTER_MASK = (1 << _COUNTER_BITS) - 1
+
+
+class _EngineInbox(Protocol):
+    def put(self, worker: InProcessEngineClient, message: WorkerMessage) -> None: ...
+
+
+class InProcessEngineLike(Protocol):
+    """The part of ``tgi_server.engine.InProcessEngine`` its client posts to; named here so
+    that this module, which every HTTP worker imports, never imports the engine side."""
+
+    @property
+    def transport(self) -> _EngineInbox: ...
 
 
 class EngineGoneError(RuntimeError):
@@ -155,7 +166,7 @@ class _ClientBase(abc.ABC):
         if request_id in self._streams:
             raise ValueError(f"request id {request_id} is already streaming")
         if self._gone is not None:
-            yield RequestFailed(request_id, self._gone)
+            yield RequestFailed(request_id, FailureKind.GENERATION, self._gone)
             return
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
@@ -233,15 +244,16 @@ class _ClientBase(abc.ABC):
             if stream is not None:  # else the consumer stopped and aborted it
                 stream.queue.put_nowait(event)
 
-    def _engine_gone(self, message: str) -> None:
+    def _engine_gone(self, detail: str) -> None:
         """The engine is gone: end every stream and wait, and refuse what comes later."""
         if self._gone is None:
             logger.error("the engine is gone; failing %d request(s)", len(self._streams))
-        self._gone = message
-        self._put_events([RequestFailed(request_id, message) for request_id in self._streams])
+        self._gone = detail
+        kind = FailureKind.GENERATION
+        self._put_events([RequestFailed(request_id, kind, detail) for request_id in self._streams])
         for pending in self._pending.values():
             if not pending.future.done():
-                pending.future.set_exception(EngineGoneError(message))
+                pending.future.set_exception(EngineGoneError(detail))
 
 
 class ZmqEngineClient(_ClientBase):
@@ -249,7 +261,7 @@ class ZmqEngineClient(_ClientBase):
 
     It connects lazily, from the event loop it is first used in (Gunicorn forks workers
     after the app is built), and reconnects if used from another loop or after a fork.
-    If the engine goes away, the streams in flight end with ``RequestFailed(generation)``,
+    If the engine goes away, the streams in flight end with ``RequestFailed(GENERATION)``,
     and so does every later request, at once.
 
     Args:
@@ -306,7 +318,7 @@ class ZmqEngineClient(_ClientBase):
         )
 
     def _disconnected(self) -> None:
-        self._engine_gone(GENERATION_ERROR_PREFIX + ENGINE_GONE_DETAIL)
+        self._engine_gone(ENGINE_GONE_DETAIL)
 
     def _forget(self) -> None:
         if self._connection is not None:
@@ -344,7 +356,7 @@ class InProcessEngineClient(_ClientBase):
 
     _tags = itertools.count(1)
 
-    def __init__(self, engine: InProcessEngine, *, reply_timeout_s: float = 30.0) -> None:
+    def __init__(self, engine: InProcessEngineLike, *, reply_timeout_s: float = 30.0) -> None:
         super().__init__(reply_timeout_s)
         self._engine = engine
         self._tag_value = next(InProcessEngineClient._tags)

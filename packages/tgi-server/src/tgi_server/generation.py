@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
 from tgi_core.api import PrefillToken, Token
-from tgi_core.contract import FinishReason, RequestFailed, TokenEvent
+from tgi_core.contract import FailureKind, FinishReason, RequestFailed, TokenEvent
 from tgi_core.errors import GenerationError, IncompleteGenerationError, OverloadedError, TGIError
 from tgi_core.settings.slices import ValidationLimits
 from tgi_core.tokenization import IncrementalDetokenizer, TokenizerLike
@@ -346,9 +346,11 @@ class Pipeline:
 
 
 def _engine_error(event: RequestFailed) -> TGIError:
-    if event.error_type == "overloaded":
+    """TGI's words for an engine failure: its kind picks the error, its detail is the
+    shard's ``Server error: ...``."""
+    if event.kind == FailureKind.OVERLOADED:
         return OverloadedError()
-    return GenerationError(event.message.removeprefix(GenerationError.prefix))
+    return GenerationError(f"Server error: {event.detail}")
 
 
 async def run_all(awaitables: Iterable[Awaitable[T]]) -> list[T]:

@@ -57,8 +57,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from tgi_core.contract import WarmupReport
+from tgi_core.engine_stats import DURATION_BUCKETS, HistogramSnapshot, StepStats
 from tgi_core.settings.slices import ValidationLimits
-from tgi_scheduler.stats import DURATION_BUCKETS, HistogramSnapshot, StepStats
 from tgi_server.ipc.messages import EngineStatus
 
 __all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "ServerMetrics", "engine_families", "linear_buckets"]

@@ -37,12 +37,12 @@ import falcon.asgi
 import falcon.testing
 
 from tgi_core.contract import ModelRunner, StepOutput, StepPlan
+from tgi_core.engine_stats import SchedulerStats
 from tgi_core.settings.resolve import EMBEDDED_MODEL_FILE
 from tgi_core.settings.slices import SchedulerSettings, ServerSettings, ValidationLimits
 from tgi_core.testing import smollm2_gguf, smollm2_tokenizer
 from tgi_core.tokenization import Tokenizer, TokenizerLike
 from tgi_scheduler import Engine
-from tgi_scheduler.stats import SchedulerStats
 from tgi_scheduler.testing import FakeRunner
 from tgi_server.app import ModelInfo, create_app
 from tgi_server.engine import InProcessEngine, describe_engine

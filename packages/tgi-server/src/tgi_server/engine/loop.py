@@ -5,7 +5,7 @@ applies submits and aborts, runs one ``engine.step()`` and routes the step's eve
 worker gets ONE ``StepEvents`` per step.
 
 Failures follow TGI: when the runner raises, the engine fails that plan's requests with
-``RequestFailed(error_type="generation")`` and the loop marks the engine unhealthy; if
+``RequestFailed(FailureKind.GENERATION)`` and the loop marks the engine unhealthy; if
 ``engine.step()`` itself raises, the engine's state is unknown, so every request in flight
 fails. Either way the loop keeps serving. While unhealthy, a health ping runs a one-token
 liveness request through the engine (TGI's router does the same); any successful
@@ -30,11 +30,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from tgi_core.contract import GenerationRequest, RequestEvent, RequestFailed, TokenEvent
-from tgi_scheduler.engine import GENERATION_ERROR_PREFIX, OVERLOADED_MESSAGE
-from tgi_scheduler.stats import SchedulerStats
+from tgi_core.contract import (
+    FailureKind,
+    GenerationRequest,
+    RequestEvent,
+    RequestFailed,
+    TokenEvent,
+)
+from tgi_core.engine_stats import SchedulerStats
 from tgi_server.ipc.messages import (
     Abort,
     EngineInfo,
@@ -65,6 +70,7 @@ SHUTDOWN_DETAIL = "the engine shut down before the request finished"
 PROBE_REQUEST_ID_BASE = 1 << 62
 _PROBE_TOKEN_ID = 0
 _WORKER_CHECK_S = 1.0
+_GENERATION = FailureKind.GENERATION
 
 
 class EngineLike(Protocol):
@@ -167,7 +173,7 @@ class EngineLoop:
             if self._step_due or self._engine.has_unfinished():
                 self._step()
             self._check_workers()
-        self._fail_in_flight(GENERATION_ERROR_PREFIX + SHUTDOWN_DETAIL)
+        self._fail_in_flight(SHUTDOWN_DETAIL)
         logger.info("engine loop stopped after %d step(s)", self._num_steps)
 
     def status(self) -> EngineStatus:
@@ -197,19 +203,17 @@ class EngineLoop:
     def _submit(self, worker: Hashable, request: GenerationRequest) -> None:
         request_id = request.request_id
         if self._stop.is_set():
-            self._send(worker, StepEvents((_failed(request_id, OVERLOADED_MESSAGE, "overloaded"),)))
+            self._refuse(worker, RequestFailed(request_id, FailureKind.OVERLOADED))
             return
         if request_id in self._routes or request_id >= PROBE_REQUEST_ID_BASE:
             detail = f"request id {request_id} is already in use"
-            self._send(worker, StepEvents((_failed(request_id, GENERATION_ERROR_PREFIX + detail),)))
+            self._refuse(worker, RequestFailed(request_id, _GENERATION, detail))
             return
         try:
             self._engine.add_request(request)
         except Exception as exc:  # validation is the HTTP layer's job: a bug, not a crash
             logger.exception("the engine refused request %d", request_id)
-            self._send(
-                worker, StepEvents((_failed(request_id, GENERATION_ERROR_PREFIX + str(exc)),))
-            )
+            self._refuse(worker, RequestFailed(request_id, _GENERATION, str(exc)))
             return
         self._routes[request_id] = worker
         self._step_due = True
@@ -276,7 +280,7 @@ class EngineLoop:
             self._num_step_failures += 1
             self._healthy = False
             logger.exception("engine step failed; failing %d request(s)", len(self._routes))
-            self._fail_in_flight(GENERATION_ERROR_PREFIX + (str(exc) or type(exc).__name__))
+            self._fail_in_flight(str(exc) or type(exc).__name__)
             return
         self._num_steps += 1
         self._route(events)
@@ -303,7 +307,7 @@ class EngineLoop:
         """TGI: a failed generation makes the engine unhealthy, a successful one healthy."""
         if isinstance(event, TokenEvent):
             self._healthy = True
-        elif event.error_type == "generation":
+        elif event.kind == _GENERATION:
             self._healthy = False
 
     def _probe_event(self, event: RequestEvent) -> None:
@@ -317,13 +321,14 @@ class EngineLoop:
         for worker, nonce in waiters:
             self._send(worker, HealthReply(nonce, self._healthy))
 
-    def _fail_in_flight(self, message: str) -> None:
-        """Abort every request in flight and tell each worker, one message per worker."""
+    def _fail_in_flight(self, detail: str) -> None:
+        """Abort every request in flight and tell each worker why (``detail``), one message
+        per worker."""
         routes, self._routes = self._routes, {}
         by_worker: dict[Hashable, list[RequestEvent]] = {}
         for request_id, worker in routes.items():
             self._abort_quietly(request_id)
-            by_worker.setdefault(worker, []).append(_failed(request_id, message))
+            by_worker.setdefault(worker, []).append(RequestFailed(request_id, _GENERATION, detail))
         if self._probe_id is not None:
             self._abort_quietly(self._probe_id)
             self._probe_id = None
@@ -336,11 +341,3 @@ class EngineLoop:
             self._engine.abort(request_id)
         except Exception:
             logger.exception("aborting request %d after a failed step raised", request_id)
-
-
-def _failed(
-    request_id: int,
-    message: str,
-    error_type: Literal["generation", "overloaded"] = "generation",
-) -> RequestFailed:
-    return RequestFailed(request_id, message, error_type)

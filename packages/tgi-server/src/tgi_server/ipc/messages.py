@@ -18,7 +18,7 @@ from typing import TypeAlias
 import msgspec
 
 from tgi_core.contract import GenerationRequest, RequestEvent, RequestFailed, WarmupReport
-from tgi_scheduler.stats import SchedulerStats
+from tgi_core.engine_stats import SchedulerStats
 
 __all__ = [
     "Abort",
