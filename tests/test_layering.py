@@ -54,7 +54,7 @@ def test_contract_fails_when_the_server_imports_a_vlm_family(tmp_path: Path) -> 
 
 
 def test_no_vlm_family_is_named_outside_tgi_vlm() -> None:
-    """The kernels and the server take a family's parts from tgi_vlm.registry, by data."""
+    """The kernels and the server take a family's parts through tgi_vlm's registry, by data."""
     from tgi_vlm.registry import FAMILIES
 
     vlm_src = ROOT / "packages/tgi-vlm/src/tgi_vlm"

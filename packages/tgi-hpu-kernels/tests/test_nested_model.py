@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tgi_core.nested_model import NestedTextModel
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device.cpu import CpuDevice
 from tgi_hpu_kernels.loader import load_model, read_model_config
 from tgi_hpu_kernels.models import UnsupportedModelError
-from tgi_hpu_kernels.nested_model import NestedTextModel
 
 # a made-up family: the kernels must serve any caller's layout, naming none themselves
 NESTED = NestedTextModel(

@@ -1,4 +1,5 @@
-"""The front end imports ``tgi_vlm``, ``tgi_vlm.llava_next`` and ``tgi_vlm.registry`` for
+"""The front end imports ``tgi_vlm``, ``tgi_vlm.llava_next``, ``tgi_vlm.registry`` and
+``tgi_vlm.prompt_encoding`` for
 validation and token accounting: none may import torch; the torch parts load on first use."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pytest
 
 _CHECK = """
 import sys
-import tgi_vlm, tgi_vlm.llava_next, tgi_vlm.registry
+import tgi_vlm, tgi_vlm.llava_next, tgi_vlm.registry, tgi_vlm.prompt_encoding
 from tgi_vlm.llava_next import LlavaNextConfig, num_image_tokens, tokenizer_query
 assert "torch" not in sys.modules, "torch was imported"
 tgi_vlm.llava_next.preprocess  # a lazy attribute: imports the torch part

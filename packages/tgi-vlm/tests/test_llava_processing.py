@@ -17,7 +17,7 @@ from tgi_vlm import ImageInputError
 from tgi_vlm.llava_next import ImageProcessorConfig, preprocess
 from tgi_vlm.llava_next.patches import PATCHES_MIMETYPE, to_rgb
 from tgi_vlm.llava_next.processing import processed_image
-from tgi_vlm.registry import prompt_encoder_for
+from tgi_vlm.prompt_encoding import prompt_encoder_for
 
 from .conftest import encode_image, tiny_tokenizer
 

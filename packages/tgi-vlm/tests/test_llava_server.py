@@ -24,7 +24,7 @@ from tgi_server.engine import InProcessEngine, build_engine
 from tgi_server.engine_client import InProcessEngineClient
 from tgi_vlm.llava_next import LlavaNextConfig, num_image_tokens
 from tgi_vlm.llava_next.prompt import LlavaNextPromptEncoder
-from tgi_vlm.registry import prompt_encoder_for
+from tgi_vlm.prompt_encoding import prompt_encoder_for
 
 from .conftest import encode_image, random_image
 from .test_llava_serving import hf_tokens

@@ -22,7 +22,7 @@ from tgi_vlm.llava_next import LlavaNextConfig, num_image_tokens
 from tgi_vlm.llava_next.embedder import LlavaNextEmbedder
 from tgi_vlm.llava_next.family import LLAVA_NEXT
 from tgi_vlm.llava_next.patches import patches_input
-from tgi_vlm.registry import runner_parts_for
+from tgi_vlm.runner_parts import runner_parts_for
 
 from .conftest import TINY_IMAGE_TOKEN_ID, TINY_PROCESSOR, random_image
 

@@ -15,13 +15,9 @@ from tgi_hpu_kernels.loader import read_model_config
 from tgi_hpu_kernels.models import UnsupportedModelError
 from tgi_vlm.llava_next.family import LLAVA_NEXT
 from tgi_vlm.llava_next.prompt import LlavaNextPromptEncoder
-from tgi_vlm.registry import (
-    FAMILIES,
-    family_of,
-    prompt_encoder_for,
-    read_family,
-    runner_parts_for,
-)
+from tgi_vlm.prompt_encoding import prompt_encoder_for
+from tgi_vlm.registry import FAMILIES, family_of, read_family
+from tgi_vlm.runner_parts import runner_parts_for
 
 from .conftest import tiny_tokenizer
 

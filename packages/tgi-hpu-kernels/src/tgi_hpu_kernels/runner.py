@@ -34,6 +34,7 @@ from tgi_core.contract import (
     WarmupProgress,
     WarmupReport,
 )
+from tgi_core.nested_model import NestedTextModel
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device import Device, resolve_dtype, select_device
 from tgi_hpu_kernels.loader import load_model, torch_dtype
@@ -43,7 +44,6 @@ from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
 from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
-from tgi_hpu_kernels.nested_model import NestedTextModel
 from tgi_hpu_kernels.parallel import start_tensor_parallel
 from tgi_hpu_kernels.profiling import StepProfiler
 from tgi_hpu_kernels.prompt_embedding import PromptEmbedder

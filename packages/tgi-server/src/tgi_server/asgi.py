@@ -34,7 +34,7 @@ from tgi_core.tokenization import load_tokenizer
 from tgi_server.app import ModelInfo, create_app
 from tgi_server.engine_client import ZmqEngineClient
 from tgi_server.tracing import TracerCloser, start_tracing
-from tgi_vlm.registry import prompt_encoder_for
+from tgi_vlm.prompt_encoding import prompt_encoder_for
 
 __all__ = ["build_app", "set_worker_index"]
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tgi_core.nested_model import NestedTextModel
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.layers.rotary import RopeConfig, RotaryEmbedding
 from tgi_hpu_kernels.loader.gguf_weights import gguf_config, iter_gguf_tensors, open_gguf
@@ -48,7 +49,6 @@ from tgi_hpu_kernels.models.transformers_fallback import (
     load_transformers_model,
 )
 from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
-from tgi_hpu_kernels.nested_model import NestedTextModel
 from tgi_hpu_kernels.parallel.sharding import add_row_parallel_reduce, shard_config, shard_weights
 
 if TYPE_CHECKING:

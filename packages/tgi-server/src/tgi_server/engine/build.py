@@ -123,7 +123,7 @@ def build_engine(
     if runner is None:
         from tgi_hpu_kernels import TorchModelRunner
         from tgi_hpu_kernels.device import resolve_dtype, select_device
-        from tgi_vlm.registry import runner_parts_for
+        from tgi_vlm.runner_parts import runner_parts_for
 
         runner_settings = settings.runner(rank=0)
         device = select_device(runner_settings.device, runner_settings)

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 from tgi_core.contract import ImageInput, PrefillItem
+from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.loader import torch_dtype
 from tgi_vlm.llava_next.config import ImageProcessorConfig, LlavaNextConfig
 from tgi_vlm.llava_next.processing import processed_image
 from tgi_vlm.llava_next.vision import LlavaNextVision
@@ -44,6 +46,11 @@ class LlavaNextEmbedder:
         config = LlavaNextConfig.from_folder(folder)
         vision = load_llava_next_vision(folder, dtype=dtype, config=config)
         return cls(vision, config, ImageProcessorConfig.from_folder(folder))
+
+    @classmethod
+    def for_runner(cls, folder: Path, settings: RunnerSettings) -> LlavaNextEmbedder:
+        """The embedder of ``folder`` in the runner's dtype (the family's runner hook)."""
+        return cls.from_folder(folder, dtype=torch_dtype(settings.dtype))
 
     def image_features(self, images: Sequence[ImageInput]) -> Tensor:
         """``[num_image_tokens of all images, text hidden]``: the features, in prompt order."""

@@ -4,19 +4,19 @@ A multimodal checkpoint holds a text model next to other parts (a vision tower, 
 projector). The runner serves the text model alone; ``NestedTextModel`` says where it sits:
 the config key of its config and a weight-name prefix map onto a plain causal LM's names.
 The caller supplies it (``tgi_vlm``'s registry knows each family's); the kernels name no
-family. Torch-free at import: the front end's registry builds these.
+family. It lives in ``tgi_core`` because both sides read it: the front end's registry
+holds these, the kernels' loader follows them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from torch import Tensor
+from typing import Any, TypeVar
 
 __all__ = ["NestedTextModel"]
+
+T = TypeVar("T")  # a weight tensor (this package imports no torch)
 
 # top-level keys a text config falls back to (transformers keeps them on the outer config)
 _INHERITED_KEYS = ("tie_word_embeddings", "eos_token_id", "bos_token_id")
@@ -46,7 +46,7 @@ class NestedTextModel:
                 text[key] = raw[key]
         return text
 
-    def weights(self, weights: Iterable[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
+    def weights(self, weights: Iterable[tuple[str, T]]) -> Iterator[tuple[str, T]]:
         """The text model's tensors of ``weights`` under causal LM names (the rest dropped)."""
         for name, tensor in weights:
             for prefix, target in self.weight_prefixes:

@@ -1,0 +1,52 @@
+"""The engine's side of a VLM family: what the runner takes to serve it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tgi_core.nested_model import NestedTextModel
+from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.loader import resolve_source
+from tgi_vlm.family import resolve_hook
+from tgi_vlm.registry import read_family
+
+if TYPE_CHECKING:
+    from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
+
+__all__ = ["VlmRunnerParts", "runner_parts_for"]
+
+
+@dataclass(frozen=True)
+class VlmRunnerParts:
+    """What ``TorchModelRunner`` takes to serve a VLM (its ``nested_model`` and
+    ``prompt_embedder`` arguments)."""
+
+    nested_model: NestedTextModel
+    prompt_embedder: PromptEmbedder
+
+
+def runner_parts_for(settings: RunnerSettings) -> VlmRunnerParts | None:
+    """The runner's parts when ``settings.model_id`` is a VLM checkpoint, else None.
+
+    Raises:
+        ValueError: ``num_shard`` > 1 (not supported yet), or
+            ``max_input_tokens`` below ``BASE_IMAGE_TOKENS``, TGI-Gaudi's smallest VLM
+            prefill length (its warmup cannot run then either).
+    """
+    source = resolve_source(settings)
+    family = read_family(source.path) if source.kind == "safetensors" else None
+    if family is None:
+        return None
+    if settings.num_shard > 1:
+        # the shard processes build their runners without an embedder
+        raise ValueError(f"{family.name} is served on one shard only (num_shard=1) for now")
+    if settings.max_input_tokens < settings.base_image_tokens:
+        msg = (
+            f"`max_input_tokens`({settings.max_input_tokens}) must be >= BASE_IMAGE_TOKENS"
+            f"({settings.base_image_tokens}) for a vision-language model: an image takes "
+            "thousands of prompt tokens; raise --max-input-tokens or lower BASE_IMAGE_TOKENS"
+        )
+        raise ValueError(msg)
+    embedder: PromptEmbedder = resolve_hook(family.prompt_embedder)(source.path, settings)
+    return VlmRunnerParts(family.nested_model, embedder)
