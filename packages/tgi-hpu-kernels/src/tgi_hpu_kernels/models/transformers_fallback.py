@@ -33,7 +33,7 @@ from tgi_hpu_kernels.attention import AttentionBackend, AttentionMetadata, Paged
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.layers.rotary import RopeConfig
 from tgi_hpu_kernels.models.config import ModelConfig
-from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
+from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM, TransformersModel
 
 __all__ = [
     "TransformersCausalLM",
@@ -177,14 +177,12 @@ def load_transformers_model(
     return RecomputingCausalLM(hf_model, config)
 
 
-class TransformersCausalLM(nn.Module):
+class TransformersCausalLM(TransformersModel):
     """A transformers causal LM behind the interface the runner calls on native families:
     ``forward`` -> final hidden states, ``compute_logits`` -> float32 logits."""
 
     def __init__(self, hf_model: Any, config: ModelConfig, backend: AttentionBackend) -> None:
-        super().__init__()
-        self.hf_model = hf_model
-        self.config = config
+        super().__init__(hf_model, config)
         self.attention = nn.ModuleList(
             PagedAttention(
                 layer_idx=i,
@@ -204,9 +202,6 @@ class TransformersCausalLM(nn.Module):
             raise ValueError(f"{type(module).__name__} has no layer_idx: cannot page its KV")
         layer: PagedAttention = self.attention[index]
         return layer
-
-    def ensure_positions(self, length: int) -> None:
-        """Nothing to extend: transformers computes its positional encoding every step."""
 
     def forward(
         self,
@@ -228,8 +223,3 @@ class TransformersCausalLM(nn.Module):
             _STEP.reset(token)
         hidden: Tensor = out.last_hidden_state[0]
         return hidden
-
-    def compute_logits(self, hidden: Tensor) -> Tensor:
-        """``[n, hidden]`` -> float32 ``[n, vocab]`` through the output embedding."""
-        logits: Tensor = self.hf_model.get_output_embeddings()(hidden)
-        return logits.float()

@@ -28,17 +28,32 @@ from tgi_hpu_kernels.attention import AttentionMetadata
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.models.config import ModelConfig
 
-__all__ = ["RecomputingCausalLM"]
+__all__ = ["RecomputingCausalLM", "TransformersModel"]
 
 
-class RecomputingCausalLM(nn.Module):
-    """A transformers causal LM behind the runner's model interface, without a KV cache:
-    ``begin_step`` -> ``forward`` (hidden states of the step's rows) -> ``compute_logits``."""
+class TransformersModel(nn.Module):
+    """What both transformers fallbacks share: transformers' model and its logits."""
 
     def __init__(self, hf_model: Any, config: ModelConfig) -> None:
         super().__init__()
         self.hf_model = hf_model
         self.config = config
+
+    def ensure_positions(self, length: int) -> None:
+        """Nothing to extend: transformers computes its positional encoding every step."""
+
+    def compute_logits(self, hidden: Tensor) -> Tensor:
+        """``[n, hidden]`` -> float32 ``[n, vocab]`` through the output embedding."""
+        logits: Tensor = self.hf_model.get_output_embeddings()(hidden)
+        return logits.float()
+
+
+class RecomputingCausalLM(TransformersModel):
+    """A transformers causal LM behind the runner's model interface, without a KV cache:
+    ``begin_step`` -> ``forward`` (hidden states of the step's rows) -> ``compute_logits``."""
+
+    def __init__(self, hf_model: Any, config: ModelConfig) -> None:
+        super().__init__(hf_model, config)
         self._histories: dict[int, list[int]] = {}
         # this step's sequences: (first token row, whole history, rows the step computes)
         self._step: list[tuple[int, list[int], int]] = []
@@ -74,9 +89,6 @@ class RecomputingCausalLM(nn.Module):
         for seq_id in seq_ids:
             self._histories.pop(seq_id, None)
 
-    def ensure_positions(self, length: int) -> None:
-        """Nothing to extend: transformers computes its positional encoding every step."""
-
     def forward(
         self,
         input_ids: Tensor,
@@ -101,8 +113,3 @@ class RecomputingCausalLM(nn.Module):
             out = self.hf_model.base_model(input_ids=ids, use_cache=False)
             hidden[offset : offset + rows] = out.last_hidden_state[0, -rows:]
         return hidden
-
-    def compute_logits(self, hidden: Tensor) -> Tensor:
-        """``[n, hidden]`` -> float32 ``[n, vocab]`` through the output embedding."""
-        logits: Tensor = self.hf_model.get_output_embeddings()(hidden)
-        return logits.float()
