@@ -43,7 +43,7 @@ from tgi_hpu_kernels.medusa import MedusaHeads, with_drafts, with_medusa
 from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
-from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
+from tgi_hpu_kernels.models.transformers_recompute import HistoryInputs, RecomputingCausalLM
 from tgi_hpu_kernels.parallel import start_tensor_parallel
 from tgi_hpu_kernels.profiling import StepProfiler
 from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
@@ -82,6 +82,8 @@ class TorchModelRunner:
             images (``tgi_vlm``); without it images are refused.
         nested_model: where the text model sits in a multimodal checkpoint (``tgi_vlm``'s
             registry gives each family's); the runner serves that text model.
+        history_inputs: a multimodal checkpoint transformers serves whole (``tgi_vlm``'s
+            family for it): the images' inputs of each recomputed step.
 
     The KV pool is allocated here, so ``num_kv_blocks`` is known right after construction.
     """
@@ -96,6 +98,7 @@ class TorchModelRunner:
         eos_token_ids: Sequence[int] = (),
         prompt_embedder: PromptEmbedder | None = None,
         nested_model: NestedTextModel | None = None,
+        history_inputs: HistoryInputs | None = None,
     ) -> None:
         self._prompt_embedder = prompt_embedder
         self._device = device or select_device(settings.device, settings)
@@ -121,6 +124,7 @@ class TorchModelRunner:
             group=group,
             gguf_quantized=self._device.serves_gguf_quantized(torch_dtype(settings.dtype)),
             nested_model=nested_model,
+            history_inputs=history_inputs,
         )
         self._model = loaded.model
         self._config = c = loaded.config
@@ -397,7 +401,9 @@ class TorchModelRunner:
             self._lora.begin_step(plan, inputs.token_offsets, num_rows, self._device.torch_device)
         self._model.ensure_positions(inputs.max_seq_len)
         args: tuple[Any, ...] = (inputs.input_ids, inputs.positions, inputs.attn)
-        if any(item.images for item in plan.prefill):
+        # a recomputed model takes its images itself (begin_step)
+        recomputed = isinstance(self._model, RecomputingCausalLM)
+        if not recomputed and any(item.images for item in plan.prefill):
             args += (self._prompt_embeds(plan.prefill, inputs),)
         with self._device.matmul_context(inputs.input_ids.shape[0]):
             hidden = self._step(args, is_prefill=plan.is_prefill)

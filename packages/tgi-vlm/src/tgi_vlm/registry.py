@@ -2,7 +2,7 @@
 
 A checkpoint whose ``model_type`` names no family here is served as a text model: one the
 runner has no text model for either (a VLM of another family) is refused there in one line.
-(A VLM whose text half transformers serves as a causal LM, Gemma 3 or Mllama, is served
+(A VLM whose text half transformers serves as a causal LM, Gemma 3 for one, is served
 text-only through the fallback; images are refused.) Its two sides build a family's hooks:
 ``prompt_encoding.py`` the front end's, ``runner_parts.py`` the runner's. Imports nothing
 but the families' descriptions.
@@ -17,10 +17,11 @@ from typing import Any
 
 from tgi_vlm.family import VlmFamily
 from tgi_vlm.llava_next.family import LLAVA_NEXT
+from tgi_vlm.mllama.family import MLLAMA
 
 __all__ = ["FAMILIES", "family_of", "read_family"]
 
-FAMILIES: Mapping[str, VlmFamily] = {family.model_type: family for family in (LLAVA_NEXT,)}
+FAMILIES: Mapping[str, VlmFamily] = {f.model_type: f for f in (LLAVA_NEXT, MLLAMA)}
 
 
 def family_of(config: Mapping[str, Any]) -> VlmFamily | None:

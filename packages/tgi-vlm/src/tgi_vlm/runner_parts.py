@@ -12,6 +12,7 @@ from tgi_vlm.family import resolve_hook
 from tgi_vlm.registry import read_family
 
 if TYPE_CHECKING:
+    from tgi_hpu_kernels.models.transformers_recompute import HistoryInputs
     from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
 
 __all__ = ["VlmRunnerParts", "runner_parts_for"]
@@ -19,20 +20,27 @@ __all__ = ["VlmRunnerParts", "runner_parts_for"]
 
 @dataclass(frozen=True)
 class VlmRunnerParts:
-    """What ``TorchModelRunner`` takes to serve a VLM (its ``nested_model`` and
-    ``prompt_embedder`` arguments)."""
+    """What ``TorchModelRunner`` takes to serve a VLM (its ``nested_model``,
+    ``prompt_embedder`` and ``history_inputs`` arguments: the first two, or the last)."""
 
-    nested_model: NestedTextModel
-    prompt_embedder: PromptEmbedder
+    nested_model: NestedTextModel | None
+    prompt_embedder: PromptEmbedder | None
+    history_inputs: HistoryInputs | None
+
+    @property
+    def expands_images(self) -> bool:
+        """Whether an image costs its features' count of prompt tokens (TGI-Gaudi's
+        ``BASE_IMAGE_TOKENS`` applies), rather than one token."""
+        return self.prompt_embedder is not None
 
 
 def runner_parts_for(settings: RunnerSettings) -> VlmRunnerParts | None:
     """The runner's parts when ``settings.model_id`` is a VLM checkpoint, else None.
 
     Raises:
-        ValueError: ``num_shard`` > 1 (not supported yet), or
-            ``max_input_tokens`` below ``BASE_IMAGE_TOKENS``, TGI-Gaudi's smallest VLM
-            prefill length (its warmup cannot run then either).
+        ValueError: ``num_shard`` > 1 (not supported yet), or, for a family whose images
+            expand into feature tokens, ``max_input_tokens`` below ``BASE_IMAGE_TOKENS``,
+            TGI-Gaudi's smallest VLM prefill length (its warmup cannot run then either).
     """
     source = resolve_source(settings)
     family = read_family(source.path) if source.kind == "safetensors" else None
@@ -41,12 +49,18 @@ def runner_parts_for(settings: RunnerSettings) -> VlmRunnerParts | None:
     if settings.num_shard > 1:
         # the shard processes build their runners without an embedder
         raise ValueError(f"{family.name} is served on one shard only (num_shard=1) for now")
-    if settings.max_input_tokens < settings.base_image_tokens:
+    expands = family.prompt_embedder is not None
+    if expands and settings.max_input_tokens < settings.base_image_tokens:
         msg = (
             f"`max_input_tokens`({settings.max_input_tokens}) must be >= BASE_IMAGE_TOKENS"
             f"({settings.base_image_tokens}) for a vision-language model: an image takes "
             "thousands of prompt tokens; raise --max-input-tokens or lower BASE_IMAGE_TOKENS"
         )
         raise ValueError(msg)
-    embedder: PromptEmbedder = resolve_hook(family.prompt_embedder)(source.path, settings)
-    return VlmRunnerParts(family.nested_model, embedder)
+    embedder: PromptEmbedder | None = None
+    if family.prompt_embedder is not None:
+        embedder = resolve_hook(family.prompt_embedder)(source.path, settings)
+    history: HistoryInputs | None = None
+    if family.history_inputs is not None:
+        history = resolve_hook(family.history_inputs)(source.path, settings)
+    return VlmRunnerParts(family.nested_model, embedder, history)

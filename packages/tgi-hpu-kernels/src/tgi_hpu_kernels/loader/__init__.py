@@ -48,7 +48,7 @@ from tgi_hpu_kernels.models.transformers_fallback import (
     is_served_by_transformers,
     load_transformers_model,
 )
-from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM
+from tgi_hpu_kernels.models.transformers_recompute import HistoryInputs, RecomputingCausalLM
 from tgi_hpu_kernels.parallel.sharding import add_row_parallel_reduce, shard_config, shard_weights
 
 if TYPE_CHECKING:
@@ -170,6 +170,7 @@ def load_model(
     group: TensorParallelGroup | None = None,
     gguf_quantized: bool = True,
     nested_model: NestedTextModel | None = None,
+    history_inputs: HistoryInputs | None = None,
 ) -> LoadedModel:
     """Builds and fills the model ``settings.model_id`` names.
 
@@ -184,6 +185,8 @@ def load_model(
             heads and MLP (``LoadedModel.config`` is that share) and loads its weight slices.
         gguf_quantized: serve a quantized GGUF's layers quantized (else dequantized).
         nested_model: the checkpoint is multimodal: serve the text model it describes.
+        history_inputs: the checkpoint is multimodal and transformers serves it whole, with
+            its images (``models/transformers_recompute.py``).
 
     Raises:
         ModelLoadError: the checkpoint cannot be found or read.
@@ -201,6 +204,7 @@ def load_model(
             device=device,
             backend=backend,
             trust_remote_code=settings.trust_remote_code,
+            history_inputs=history_inputs,
         )
         return LoadedModel(
             model=served, config=served.config, source=source, dtype=dtype, raw_config=raw

@@ -33,7 +33,11 @@ from tgi_hpu_kernels.attention import AttentionBackend, AttentionMetadata, Paged
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.layers.rotary import RopeConfig
 from tgi_hpu_kernels.models.config import ModelConfig
-from tgi_hpu_kernels.models.transformers_recompute import RecomputingCausalLM, TransformersModel
+from tgi_hpu_kernels.models.transformers_recompute import (
+    HistoryInputs,
+    RecomputingCausalLM,
+    TransformersModel,
+)
 
 __all__ = [
     "TransformersCausalLM",
@@ -102,7 +106,10 @@ def is_served_by_transformers(raw: Mapping[str, Any], *, trust_remote_code: bool
 
 def fallback_config(hf_config: Any) -> ModelConfig:
     """The shape numbers the runner needs (KV cache, buckets, sampling) from a transformers
-    config; transformers' ``attribute_map`` gives every family the standard names."""
+    config; transformers' ``attribute_map`` gives every family the standard names (a VLM's
+    are its text model's)."""
+    model_type = str(hf_config.model_type)
+    hf_config = hf_config.get_text_config()
     heads = int(hf_config.num_attention_heads)
     hidden = int(hf_config.hidden_size)
     layer_types = getattr(hf_config, "layer_types", None)
@@ -114,7 +121,7 @@ def fallback_config(hf_config: Any) -> ModelConfig:
         windows = (int(window),) * int(hf_config.num_hidden_layers)
     eos = getattr(hf_config, "eos_token_id", None)
     return ModelConfig(
-        model_type=str(hf_config.model_type),
+        model_type=model_type,
         vocab_size=int(hf_config.vocab_size),
         hidden_size=hidden,
         intermediate_size=int(getattr(hf_config, "intermediate_size", None) or 4 * hidden),
@@ -138,16 +145,19 @@ def load_transformers_model(
     device: torch.device,
     backend: AttentionBackend,
     trust_remote_code: bool,
+    history_inputs: HistoryInputs | None = None,
 ) -> TransformersCausalLM | RecomputingCausalLM:
     """Loads ``folder`` with transformers: through the paged cache where its attention goes
     through transformers' attention interface, else recomputed every step
     (``transformers_recompute.py``); on Gaudi always recomputed, with optimum-habana's
     Gaudi model classes (TGI-Gaudi's way: ``adapt_transformers_to_gaudi`` before loading).
+    With ``history_inputs`` (a VLM family's) the image-text model loads, recomputed with its
+    images.
 
     Raises:
         ValueError: a model whose logits are transformed after the output embedding.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     on_gaudi = device.type == "hpu"
     if on_gaudi:
@@ -156,12 +166,14 @@ def load_transformers_model(
         adapt_transformers_to_gaudi()
     else:
         _register_attention()
-    hf_model: Any = AutoModelForCausalLM.from_pretrained(
+    auto = AutoModelForCausalLM if history_inputs is None else AutoModelForImageTextToText
+    hf_model: Any = auto.from_pretrained(
         folder,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
     )
-    transforms = [k for k in _LOGIT_TRANSFORMS if getattr(hf_model.config, k, None)]
+    text_config = hf_model.config.get_text_config()
+    transforms = [k for k in _LOGIT_TRANSFORMS if getattr(text_config, k, None)]
     if transforms:
         raise ValueError(
             f"{type(hf_model).__name__} transforms its logits after the output embedding "
@@ -169,8 +181,8 @@ def load_transformers_model(
         )
     config = fallback_config(hf_model.config)
     hf_model = hf_model.to(device).eval()
-    if on_gaudi:
-        return RecomputingCausalLM(hf_model, config)
+    if on_gaudi or history_inputs is not None:
+        return RecomputingCausalLM(hf_model, config, history_inputs)
     if getattr(hf_model, "_supports_attention_backend", False):
         hf_model.set_attn_implementation(_ATTENTION)
         return TransformersCausalLM(hf_model, config, backend)

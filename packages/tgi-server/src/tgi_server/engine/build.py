@@ -137,10 +137,11 @@ def build_engine(
             eos_token_ids=tokenizer.eos_token_ids,
             prompt_embedder=None if vlm is None else vlm.prompt_embedder,
             nested_model=None if vlm is None else vlm.nested_model,
+            history_inputs=None if vlm is None else vlm.history_inputs,
         )
         if torch_runner.speculate != scheduler_settings.speculate:  # a Medusa model's heads
             scheduler_settings = replace(scheduler_settings, speculate=torch_runner.speculate)
-        if vlm is not None:  # TGI-Gaudi warms a VLM's prefills from here up
+        if vlm is not None and vlm.expands_images:  # TGI-Gaudi warms VLM prefills from here up
             scheduler_settings = replace(
                 scheduler_settings, min_prefill_len=settings.base_image_tokens
             )
