@@ -70,7 +70,6 @@ def test_config_fields_are_read():
     [
         ({"alibi": True}, r"^Falcon with alibi=True is not supported: ALiBi is not implemented$"),
         ({"activation": "relu"}, r"hidden_act 'relu' is not supported \(only 'gelu'"),
-        ({"gguf_architecture": "falcon"}, r"^Falcon GGUF files are not supported"),
     ],
 )
 def test_refusals(fields, message):

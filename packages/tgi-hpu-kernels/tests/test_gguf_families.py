@@ -3,10 +3,11 @@
 Each tiny random checkpoint is written as llama.cpp's ``convert_hf_to_gguf.py`` writes one:
 its metadata keys, gguf-py's own HF -> GGUF tensor names (``TensorNameMap``), and its value
 changes (Q/K rows permuted for ``llama`` files, Gemma norms as ``1 + w``, Mixtral's experts
-stacked into 3-D ``ffn_*_exps``, Phi-3's LongRoPE factors as tensors). Where llama.cpp writes
-no metadata for a setting (Qwen2's, StarCoder2's and Mixtral's sliding windows; Gemma 2's
-``query_pre_attn_scalar``; GPT-BigCode's MLP width, always 4x hidden), the reference model
-takes what a GGUF then means.
+stacked into 3-D ``ffn_*_exps``, Phi-3's LongRoPE factors as tensors, Falcon's fused q/k/v
+rows regrouped). Where llama.cpp writes no metadata for a setting (Qwen2's, StarCoder2's and
+Mixtral's sliding windows; Gemma 2's ``query_pre_attn_scalar``; GPT-BigCode's and Falcon's MLP
+width, always 4x hidden; Falcon's rope, always the default; Falcon's biases, which the
+converter cannot reorder), the reference model takes what a GGUF then means.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ from tgi_hpu_kernels.testing import Family, save_tiny_checkpoint, teacher_forced
 
 MakeRunner = Callable[..., TorchModelRunner]
 
+_FALCON_GGUF: dict[str, Any] = {
+    "bias": False,
+    "ffn_hidden_size": None,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+}
 # family -> (GGUF architecture, config overrides for what a GGUF of it can say)
 _FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen2": ("qwen2", {"use_sliding_window": False}),
@@ -41,7 +47,11 @@ _FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "starcoder2": ("starcoder2", {"sliding_window": None}),
     "mixtral": ("llama", {"sliding_window": None}),
     "gpt_bigcode": ("starcoder", {"n_inner": None}),
+    "falcon": ("falcon", _FALCON_GGUF),  # 7B: multi-query, one LayerNorm
+    "falcon_new": ("falcon", _FALCON_GGUF),  # 40B: 2 KV groups, ln_attn and ln_mlp
+    "falcon2": ("falcon", {**_FALCON_GGUF, "num_ln_in_parallel_attn": 1}),  # 11B: 2 groups, 1 norm
 }
+_BASE_FAMILIES = {"falcon2": "falcon_new"}  # test case -> the tiny family it starts from
 _EXPERTS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 _BLOCK_SIZE = 4
 
@@ -53,6 +63,17 @@ def _llama_cpp_permute(weights: np.ndarray, num_heads: int) -> np.ndarray:
     return grouped.swapaxes(1, 2).reshape(shape)
 
 
+def _llama_cpp_falcon_qkv(weights: np.ndarray, num_heads: int, num_kv_heads: int) -> np.ndarray:
+    """llama.cpp convert_hf_to_gguf.py's ``FalconModel`` q/k/v transform: rows per KV group
+    (its queries, its key, its value) -> all queries, all keys, all values."""
+    head_dim = weights.shape[1] // num_heads
+    grouped = weights.reshape(num_kv_heads, num_heads // num_kv_heads + 2, head_dim, -1)
+    q = grouped[:, :-2].reshape(num_heads * head_dim, -1)
+    k = grouped[:, -2].reshape(num_kv_heads * head_dim, -1)
+    v = grouped[:, -1].reshape(num_kv_heads * head_dim, -1)
+    return np.concatenate((q, k, v))
+
+
 def _add_metadata(writer: GGUFWriter, family: str, config: Any) -> None:
     writer.add_name(f"tiny-{family}")
     writer.add_context_length(config.max_position_embeddings)
@@ -62,7 +83,9 @@ def _add_metadata(writer: GGUFWriter, family: str, config: Any) -> None:
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_vocab_size(config.vocab_size)
     writer.add_eos_token_id(2)
-    if family == "gpt_bigcode":  # llama.cpp's StarCoderModel: no rope, a 4x MLP
+    if family.startswith(("gpt_bigcode", "falcon")):  # StarCoderModel, FalconModel: a 4x MLP
+        if family.startswith("falcon"):
+            writer.add_tensor_data_layout("jploski")  # the q/k/v reorder
         writer.add_feed_forward_length(4 * config.hidden_size)
         writer.add_layer_norm_eps(config.layer_norm_epsilon)
         return
@@ -120,6 +143,9 @@ def _gguf_tensors(family: str, model: torch.nn.Module) -> list[tuple[str, np.nda
             data = _llama_cpp_permute(data, config.num_key_value_heads)
         elif family.startswith("gemma") and name.endswith("norm.weight"):
             data = data + 1.0
+        elif family.startswith("falcon") and ".query_key_value." in name:
+            heads = config.num_attention_heads
+            data = _llama_cpp_falcon_qkv(data, heads, config.num_key_value_heads)
         tensors.append((gguf_name, np.ascontiguousarray(data)))
     return tensors
 
@@ -142,7 +168,8 @@ def _write_gguf(
 
 
 def _reference(tmp_path: Path, family: str) -> torch.nn.Module:
-    return save_tiny_checkpoint(tmp_path / "hf", _family(family), **_FAMILIES[family][1])
+    base = _family(_BASE_FAMILIES.get(family, family))
+    return save_tiny_checkpoint(tmp_path / "hf", base, **_FAMILIES[family][1])
 
 
 def _family(name: str) -> Family:
@@ -168,17 +195,18 @@ def test_f32_gguf_matches_transformers(
     path = tmp_path / f"tiny-{family}.gguf"
     _write_gguf(path, family, model, None)
     _, config = read_model_config(RunnerSettings(model_id=str(path)))
-    assert config.model_type == family
+    assert config.model_type == model.config.model_type
     _assert_same_logits(make_runner(path), model, atol=1e-4)
 
 
 @pytest.mark.skipif(find_compiler() is None, reason="the CPU serves GGUF codes natively only")
-@pytest.mark.parametrize("family", ["phi3", "mixtral"])
+@pytest.mark.parametrize("family", ["phi3", "mixtral", "falcon_new"])
 def test_q8_0_gguf_matches_transformers_on_its_weights(
     family: str, make_runner: MakeRunner, tmp_path: Path
 ) -> None:
-    """Fused (Phi-3) and 3-D expert (Mixtral) matrices in Q8_0, compared with transformers
-    on the same Q8_0-rounded weights; the layers keep the file's int8 codes."""
+    """Fused (Phi-3; Falcon's, rows regrouped) and 3-D expert (Mixtral) matrices in Q8_0,
+    compared with transformers on the same Q8_0-rounded weights; the layers keep the file's
+    int8 codes."""
     model = _reference(tmp_path, family)
     path = tmp_path / f"tiny-{family}-q8_0.gguf"
     q8 = GGMLQuantizationType.Q8_0
@@ -191,6 +219,23 @@ def test_q8_0_gguf_matches_transformers_on_its_weights(
     runner = make_runner(path)  # float32 on this CPU: served quantized
     assert runner.weights.endswith("(GGUF Q8_0 projections, Q8_0 head)")
     _assert_same_logits(runner, model, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("family", "new", "norms", "kv_heads"),
+    [("falcon", False, 1, 1), ("falcon_new", True, 2, 2), ("falcon2", True, 1, 2)],
+)
+def test_falcon_architecture_is_read_from_its_tensors(
+    family: str, new: bool, norms: int, kv_heads: int, tmp_path: Path
+) -> None:
+    """A Falcon GGUF names no architecture: a second LayerNorm (attn_norm_2) or more than
+    one KV head make it the new one, always parallel, as llama.cpp's graph reads it."""
+    path = tmp_path / f"tiny-{family}.gguf"
+    _write_gguf(path, family, _reference(tmp_path, family), None)
+    raw = gguf_config(open_gguf(path))
+    assert raw["new_decoder_architecture"] is new
+    assert (raw["num_ln_in_parallel_attn"], raw["num_kv_heads"]) == (norms, kv_heads)
+    assert raw["parallel_attn"] and not raw["bias"]
 
 
 def test_gemma2_query_scale_follows_llama_cpp(tmp_path: Path) -> None:

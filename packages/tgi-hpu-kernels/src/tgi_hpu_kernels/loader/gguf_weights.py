@@ -17,11 +17,17 @@ family's ``checkpoint_tensors`` then reads them as it reads safetensors:
 - ``starcoder`` (GPT-BigCode, served as ``gpt_bigcode``): ``attn_qkv`` is the checkpoint's
   fused ``c_attn``, ``position_embd`` its learned positions ``wpe``; llama.cpp converts
   multi-query checkpoints only.
+- ``falcon``: ``attn_qkv`` is the checkpoint's fused ``query_key_value`` with its rows
+  reordered from (per KV group: its queries, its key, its value) to all queries, all keys, all
+  values (the converter's "jploski" layout, which llama.cpp's graph reads as q/k/v views);
+  they are put back in groups. With ``attn_norm_2`` (``ln_attn``, the new architecture's
+  attention norm), ``attn_norm`` is ``ln_mlp``: llama.cpp feeds it to the MLP only.
 - ``qwen2``: Llama's names with q/k/v biases, nothing permuted; ``qwen3`` adds the per-head
   ``attn_q_norm``/``attn_k_norm``.
 
 Metadata llama.cpp does not write takes llama.cpp's own choice: Gemma 2's query scale is
-``head_dim`` except for the 27B (46 layers: ``hidden / heads``), as in llama-model.cpp.
+``head_dim`` except for the 27B (46 layers: ``hidden / heads``), as in llama-model.cpp;
+Falcon's architecture is read from its tensors and KV heads as llama.cpp's graph reads it.
 """
 
 from __future__ import annotations
@@ -76,6 +82,11 @@ _LAYER_TENSORS = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+_FALCON_TENSORS = {
+    "attn_qkv": "self_attention.query_key_value",
+    "ffn_up": "mlp.c_fc",
+    "ffn_down": "mlp.c_proj",
+}
 # Where an architecture's layer tensors name other HF modules than Llama's.
 _ARCH_LAYER_TENSORS = {
     "gemma2": {
@@ -87,6 +98,13 @@ _ARCH_LAYER_TENSORS = {
     "phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
     "qwen3": {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
     "starcoder": {"attn_qkv": "attn.c_attn", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
+    "falcon": _FALCON_TENSORS,
+    # with attn_norm_2 (ln_attn), llama.cpp feeds attn_norm to the MLP only: it is ln_mlp
+    "falcon_two_norms": {
+        **_FALCON_TENSORS,
+        "attn_norm": "ln_mlp",
+        "attn_norm_2": "input_layernorm",
+    },
     "starcoder2": {"ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
 }
 _MODEL_TYPES = {"starcoder": "gpt_bigcode"}  # llama.cpp's architecture -> HF model_type
@@ -169,7 +187,29 @@ def _arch_fields(
         return {"query_pre_attn_scalar": per_head if big else _head_dim(raw)}
     if arch == "phi3":
         return _phi3_rope(reader, arch, raw, names)
+    if arch == "falcon":
+        return _falcon_fields(raw, names)
     return {}
+
+
+def _falcon_fields(raw: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """FalconConfig's fields. A GGUF names no architecture: llama.cpp's Falcon graph always
+    sums attention and MLP (parallel), through a second LayerNorm where ``attn_norm_2`` is
+    present (the new architecture's two norms), with any number of KV heads. So the file is
+    a new-architecture Falcon unless it has one norm and one KV head (7B's multi-query).
+    The converter fails on a fused q/k/v bias, so a Falcon GGUF has no biases."""
+    kv_heads = int(raw.get("num_key_value_heads") or 1)
+    two_norms = "blk.0.attn_norm_2.weight" in names
+    return {
+        "new_decoder_architecture": two_norms or kv_heads > 1,
+        "num_ln_in_parallel_attn": 2 if two_norms else 1,
+        "num_kv_heads": kv_heads,
+        "multi_query": kv_heads == 1,
+        "parallel_attn": True,
+        "bias": False,
+        "layer_norm_epsilon": raw.get("norm_epsilon"),
+        "ffn_hidden_size": raw.get("intermediate_size"),
+    }
 
 
 def _phi3_rope(
@@ -214,6 +254,20 @@ def _hf_name(gguf_name: str, arch: str) -> str | None:
     return None
 
 
+def _group_qkv(weights: np.ndarray, heads: int, kv_heads: int) -> np.ndarray:
+    """Undoes llama.cpp's Falcon q/k/v reorder: rows (all queries, all keys, all values) back
+    to the checkpoint's (per KV group: its queries, its key, its value)."""
+    head_dim = weights.shape[0] // (heads + 2 * kv_heads)
+    rest = weights.shape[1:]
+    q, k, v = np.split(weights, [heads * head_dim, (heads + kv_heads) * head_dim])
+    groups = [
+        q.reshape(kv_heads, heads // kv_heads, head_dim, *rest),
+        k.reshape(kv_heads, 1, head_dim, *rest),
+        v.reshape(kv_heads, 1, head_dim, *rest),
+    ]
+    return np.concatenate(groups, axis=1).reshape(weights.shape)
+
+
 def _unpermute_rows(weights: np.ndarray, num_heads: int) -> np.ndarray:
     """Undoes llama.cpp's ``permute`` of Q/K rows (transformers' ``_reverse_permute_weights``)."""
     half = weights.shape[0] // num_heads // 2
@@ -224,6 +278,8 @@ def _unpermute_rows(weights: np.ndarray, num_heads: int) -> np.ndarray:
 def iter_gguf_tensors(reader: GGUFReader, raw: dict[str, Any]) -> Iterator[tuple[str, Tensor]]:
     """Every weight as (HF name, float32 tensor) with the values the HF checkpoint holds."""
     arch = str(raw.get("gguf_architecture"))
+    two_norms = arch == "falcon" and raw.get("num_ln_in_parallel_attn") == 2
+    table = "falcon_two_norms" if two_norms else arch
     heads = {
         ".q_proj.": int(raw["num_attention_heads"]),
         ".k_proj.": int(raw.get("num_key_value_heads") or raw["num_attention_heads"]),
@@ -236,7 +292,7 @@ def iter_gguf_tensors(reader: GGUFReader, raw: dict[str, Any]) -> Iterator[tuple
             for expert, rows in enumerate(weights):
                 yield f"{prefix}.{expert}.{_EXPERT_TENSORS[parts[2]]}.{parts[3]}", _torch(rows)
             continue
-        name = _hf_name(tensor.name, arch)
+        name = _hf_name(tensor.name, table)
         if name is None:
             continue  # rope_freqs and other non-parameters are read through the config
         if arch == "llama":
@@ -245,6 +301,8 @@ def iter_gguf_tensors(reader: GGUFReader, raw: dict[str, Any]) -> Iterator[tuple
                     weights = _unpermute_rows(weights, num_heads)
         elif arch in ("gemma", "gemma2") and name.endswith("norm.weight"):
             weights = weights - 1.0  # stored as 1 + w; the family adds the 1 back
+        elif arch == "falcon" and ".query_key_value." in name:
+            weights = _group_qkv(weights, heads[".q_proj."], heads[".k_proj."])
         yield name, _torch(weights)
 
 

@@ -132,12 +132,10 @@ class FalconForCausalLM(LlamaForCausalLM):
         LayerNorms' ``layer_norm_epsilon``), with FalconConfig's defaults.
 
         Raises:
-            ValueError: ALiBi, a GGUF file, a non-GELU activation or a missing field.
+            ValueError: ALiBi, a non-GELU activation or a missing field.
         """
         if raw.get("alibi"):
             raise ValueError("Falcon with alibi=True is not supported: ALiBi is not implemented")
-        if "gguf_architecture" in raw:
-            raise ValueError("Falcon GGUF files are not supported: use the safetensors checkpoint")
         new = bool(raw.get("new_decoder_architecture", False))
         heads = raw.get("num_attention_heads", 71)
         hidden = raw.get("hidden_size", raw.get("n_embed", 4544))
