@@ -110,9 +110,7 @@ class TorchModelRunner:
         if (warning := self._device.dtype_warning(settings.dtype)) is not None:
             logger.warning(warning)
         # num_shard > 1: rank 0 starts the other shards here (see parallel/)
-        self._parallel = start_tensor_parallel(
-            settings, backend=self._device.collective_backend, device=self._device.torch_device
-        )
+        self._parallel = start_tensor_parallel(settings, device=self._device)
         group = self._parallel.group if self._parallel else None
         loaded = load_model(
             settings,

@@ -2,14 +2,14 @@
 
 ``TensorParallelGroup.join`` initialises the default process group over TCP at
 ``master_addr:master_port`` with the device's collective backend (gloo on the CPU, nccl on
-CUDA, hccl on Gaudi). Rank 0 sends each ``StepPlan`` as msgpack bytes (its length, then a
-uint8 tensor); a length of 0 tells the other ranks to stop. Starting and stopping the shard
-processes is ``shards.py``'s work.
+CUDA, hccl on Gaudi: ``Device.prepare_collectives()`` names it, and registers hccl). Rank 0
+sends each ``StepPlan`` as msgpack bytes (its length, then a uint8 tensor); a length of 0
+tells the other ranks to stop. Starting and stopping the shard processes is ``shards.py``'s
+work.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from datetime import timedelta
 
@@ -43,9 +43,9 @@ class TensorParallelGroup:
     def join(
         cls, settings: RunnerSettings, backend: str, device: torch.device
     ) -> TensorParallelGroup:
-        """Joins (rank 0: creates) the group; blocks until every rank has joined."""
-        if backend == "hccl":  # registers the hccl backend with torch.distributed
-            importlib.import_module("habana_frameworks.torch.distributed.hccl")
+        """Joins (rank 0: creates) the group; blocks until every rank has joined.
+
+        ``backend`` is ``Device.prepare_collectives()``'s (which registers it with torch)."""
         dist.init_process_group(
             backend,
             init_method=f"tcp://{settings.master_addr}:{settings.master_port}",

@@ -24,6 +24,7 @@ import msgspec
 import torch
 
 from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.device.base import Device
 from tgi_hpu_kernels.parallel.group import TensorParallelGroup
 from tgi_hpu_kernels.parallel.sharding import check_shardable
 
@@ -154,9 +155,7 @@ class TensorParallel:
         self.group.leave()
 
 
-def start_tensor_parallel(
-    settings: RunnerSettings, *, backend: str, device: torch.device
-) -> TensorParallel | None:
+def start_tensor_parallel(settings: RunnerSettings, *, device: Device) -> TensorParallel | None:
     """None for one shard; else checks the model splits ``num_shard`` ways (before any
     process starts: a bad count fails with one line) and starts or joins the group."""
     if settings.num_shard == 1:
@@ -164,4 +163,6 @@ def start_tensor_parallel(
     from tgi_hpu_kernels.loader import read_model_config  # the loader imports this package
 
     check_shardable(read_model_config(settings)[1], settings.num_shard)
-    return TensorParallel.start(settings, backend=backend, device=device)
+    return TensorParallel.start(
+        settings, backend=device.prepare_collectives(), device=device.torch_device
+    )
