@@ -84,3 +84,17 @@ def test_no_vlm_family_is_named_outside_tgi_vlm() -> None:
     ]
     assert needles > {"llava"}  # the families were found: the scan looks for them
     assert offenders == []
+
+
+def test_only_the_server_ends_its_processes() -> None:
+    """Libraries report a failure and leave the process alone: ``os._exit`` (a dead shard
+    ending the engine, an orphaned shard leaving) is the server's process policy."""
+    server_src = ROOT / "packages/tgi-server/src"
+    sources = sorted((ROOT / "packages").glob("*/src/**/*.py"))
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in sources
+        if not path.is_relative_to(server_src) and "os._exit(" in path.read_text()
+    ]
+    assert any("os._exit(" in p.read_text() for p in sources if p.is_relative_to(server_src))
+    assert offenders == []

@@ -4,8 +4,8 @@
 ``master_addr:master_port`` with the device's collective backend (gloo on the CPU, nccl on
 CUDA, hccl on Gaudi: ``Device.prepare_collectives()`` names it, and registers hccl). Rank 0
 sends each ``StepPlan`` as msgpack bytes (its length, then a uint8 tensor); a length of 0
-tells the other ranks to stop. Starting and stopping the shard processes is ``shards.py``'s
-work.
+tells the other ranks to stop. Whoever starts the shard processes joins the group and hands
+it to the runner (``shards.py`` has the mechanics; the server's engine, the supervision).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import Tensor
 from tgi_core.contract import StepPlan
 from tgi_core.settings.slices import RunnerSettings
 
-__all__ = ["TensorParallelGroup"]
+__all__ = ["TensorParallelGroup", "check_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +95,15 @@ class TensorParallelGroup:
         if data:
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self._device)
             dist.broadcast(payload, src=0)
+
+
+def check_group(settings: RunnerSettings, group: TensorParallelGroup | None) -> None:
+    """Raises ValueError (one line) unless ``group`` is the place ``settings`` give this rank
+    (None for one shard)."""
+    place = (group.rank, group.num_shard) if group is not None else (0, 1)
+    if place != (settings.rank, settings.num_shard):
+        raise ValueError(
+            f"rank {settings.rank} of --num-shard {settings.num_shard} needs its "
+            f"TensorParallelGroup (group=), joined by whoever starts the other ranks; "
+            f"got rank {place[0]} of {place[1]}"
+        )
