@@ -55,7 +55,7 @@ def _is_shard(pid: int) -> bool:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"tgi_hpu_kernels.parallel.worker" in command
+    return b"tgi_server.engine.shard" in command
 
 
 def test_three_shards_answer_as_one(launch: Any, service: LaunchedService) -> None:

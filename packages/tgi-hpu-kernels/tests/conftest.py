@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,11 +13,14 @@ import torch
 
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device.cpu import CpuDevice
+from tgi_hpu_kernels.parallel import ShardProcesses, TensorParallelGroup, stop_shards
 from tgi_hpu_kernels.runner import TorchModelRunner
 from tgi_hpu_kernels.testing import Family, save_tiny_checkpoint
 
 TinyCheckpoint = Callable[[Family], tuple[Path, torch.nn.Module]]
 MakeRunner = Callable[..., TorchModelRunner]
+ShardedRunner = Callable[..., AbstractContextManager[tuple[TorchModelRunner, list[int]]]]
+SHARD_COMMAND = (sys.executable, "-m", "tgi_hpu_kernels.parallel.worker")
 
 
 @pytest.fixture(scope="session")
@@ -31,11 +37,25 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
     return make
 
 
+def runner_settings(folder: Path, **settings: object) -> RunnerSettings:
+    """The settings ``make_runner`` builds: float32 on the CPU unless ``settings`` say else."""
+    values: dict[str, object] = {
+        "model_id": str(folder),
+        "dtype": "float32",
+        "device": "cpu",
+        "block_size": 4,
+        "max_total_tokens": 128,
+        **settings,
+    }
+    return RunnerSettings(**values)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def make_runner() -> MakeRunner:
     """``make_runner(folder, static=False, native=True, fused=True, num_kv_blocks=64,
-    **settings)`` on the CPU, float32 unless ``dtype`` says otherwise; ``native=False`` runs
-    torch ops only, ``fused=False`` the native kernels one op at a time."""
+    group=None, **settings)`` on the CPU, float32 unless ``dtype`` says otherwise;
+    ``native=False`` runs torch ops only, ``fused=False`` the native kernels one op at a time;
+    ``group``: rank 0's tensor-parallel group (``sharded_runner`` starts the other ranks)."""
 
     def make(
         folder: Path,
@@ -44,20 +64,55 @@ def make_runner() -> MakeRunner:
         native: bool = True,
         fused: bool = True,
         num_kv_blocks: int | None = 64,
+        group: TensorParallelGroup | None = None,
         **settings: object,
     ) -> TorchModelRunner:
-        values: dict[str, object] = {
-            "model_id": str(folder),
-            "dtype": "float32",
-            "device": "cpu",
-            "block_size": 4,
-            "max_total_tokens": 128,
-            **settings,
-        }
         return TorchModelRunner(
-            RunnerSettings(**values),  # type: ignore[arg-type]
+            runner_settings(folder, **settings),
             device=CpuDevice(static_shapes=static, use_native=native, use_fused=fused),
             num_kv_blocks=num_kv_blocks,
+            group=group,
         )
 
     return make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def sharded_runner(make_runner: MakeRunner) -> ShardedRunner:
+    """``with sharded_runner(folder, num_shard=2, **settings) as (runner, shard_pids)``:
+    rank 0's runner here (``make_runner``'s), ranks 1..num_shard-1 as bare ``python -m
+    tgi_hpu_kernels.parallel.worker`` children on 127.0.0.1 (the server's engine runs its
+    own, supervised). On the way out the runner closes and the shards stop, by PID."""
+
+    @contextmanager
+    def run(
+        folder: Path, *, num_shard: int = 2, **settings: object
+    ) -> Iterator[tuple[TorchModelRunner, list[int]]]:
+        values = {"num_shard": num_shard, "master_addr": "127.0.0.1", **settings}
+        values["master_port"] = free_port()
+        rank0 = runner_settings(folder, **values)
+        processes = ShardProcesses.start(rank0, SHARD_COMMAND)
+        try:
+            group = TensorParallelGroup.join(rank0, "gloo", torch.device("cpu"))
+        except BaseException:
+            processes.kill()
+            raise
+        try:
+            runner = make_runner(folder, group=group, **values)
+        except BaseException:
+            processes.kill()
+            group.leave()
+            raise
+        try:
+            yield runner, processes.pids
+        finally:
+            runner.close()
+            stop_shards(group, processes)
+
+    return run

@@ -31,7 +31,7 @@ from tgi_hpu_kernels.runner import TorchModelRunner
 def test_cpu_backend_is_chosen_here():
     device = select_device("auto") if not torch.cuda.is_available() else select_device("cpu")
     assert isinstance(device, CpuDevice)
-    assert (device.collective_backend, device.needs_static_shapes) == ("gloo", False)
+    assert (device.prepare_collectives(), device.needs_static_shapes) == ("gloo", False)
     info = device.memory_info()
     assert 0 < info.free_bytes <= info.total_bytes
 

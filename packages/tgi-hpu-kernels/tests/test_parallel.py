@@ -1,9 +1,10 @@
 """Tensor parallelism on the CPU (gloo): 2 shards give the single-rank runner's logits and
 greedy tokens on tiny random Llama, Qwen2 and StarCoder2 models, in float32; bad shard counts
-fail early.
+fail early; the shard processes are handles the caller supervises.
 
-The sharded runner is the real thing: rank 0 in this process, rank 1 a child process that
-``TorchModelRunner`` starts, plans broadcast every step.
+The sharded runner is the real thing: rank 0 in this process, handed its group, rank 1 a
+child process (``sharded_runner`` in conftest.py starts it), plans broadcast every step. The
+engine's supervision of its shards (a dead one ends it) is tgi_server's, tested there.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -27,31 +27,14 @@ from tgi_core.contract import (
     SamplingParams,
     StepPlan,
 )
-from tgi_core.settings.slices import ProfileSettings
+from tgi_core.settings.slices import ProfileSettings, RunnerSettings
+from tgi_hpu_kernels.parallel import ShardProcesses
 from tgi_hpu_kernels.testing import save_tiny_lora_adapter, teacher_forced_logits
 
 BLOCK_SIZE = 4
 PROMPTS = ([3, 17, 29, 41, 5], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17])
 NUM_DECODE = 4
 ATOL = 1e-4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _two_shards(make_runner, folder, **settings):
-    """A runner over 2 ranks on 127.0.0.1 (rank 1 in a process it starts)."""
-    return make_runner(
-        folder,
-        block_size=BLOCK_SIZE,
-        num_shard=2,
-        master_addr="127.0.0.1",
-        master_port=_free_port(),
-        **settings,
-    )
 
 
 def _tables(base: int) -> list[tuple[int, ...]]:
@@ -116,13 +99,11 @@ def _greedy_tokens(runner) -> list[list[int]]:
         "starcoder2",
     ],
 )
-def test_two_shards_match_one(tiny_checkpoint, make_runner, family):
+def test_two_shards_match_one(tiny_checkpoint, make_runner, sharded_runner, family):
     folder, _ = tiny_checkpoint(family)
     single = make_runner(folder, block_size=BLOCK_SIZE)
     expected_logits, expected_tokens = _teacher_forced_logits(single), _greedy_tokens(single)
-    sharded = _two_shards(make_runner, folder)
-    try:
-        shard_pids = sharded._parallel.processes.pids
+    with sharded_runner(folder, block_size=BLOCK_SIZE) as (sharded, shard_pids):
         assert len(shard_pids) == 1 and psutil.pid_exists(shard_pids[0])
         assert sharded.config.num_attention_heads == single.config.num_attention_heads // 2
         assert sharded.num_kv_blocks == single.num_kv_blocks
@@ -130,15 +111,15 @@ def test_two_shards_match_one(tiny_checkpoint, make_runner, family):
             _teacher_forced_logits(sharded), expected_logits, atol=ATOL, rtol=0
         )
         assert _greedy_tokens(sharded) == expected_tokens
-    finally:
-        sharded.close()
     assert not psutil.pid_exists(shard_pids[0]) or psutil.Process(shard_pids[0]).status() == (
         psutil.STATUS_ZOMBIE
     )
 
 
 @pytest.mark.slow
-def test_two_shards_with_lora_adapters_match_one(tiny_checkpoint, make_runner, tmp_path):
+def test_two_shards_with_lora_adapters_match_one(
+    tiny_checkpoint, make_runner, sharded_runner, tmp_path
+):
     pytest.importorskip("peft")
     folder, _ = tiny_checkpoint("llama")
     projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -149,35 +130,31 @@ def test_two_shards_with_lora_adapters_match_one(tiny_checkpoint, make_runner, t
     adapter_ids = [None, "a", "b"]
     single = make_runner(folder, block_size=BLOCK_SIZE, lora_adapters=entries)
     expected = teacher_forced_logits(single, sequences, 5, BLOCK_SIZE, adapter_ids)
-    sharded = _two_shards(make_runner, folder, lora_adapters=entries)
-    try:
+    with sharded_runner(folder, block_size=BLOCK_SIZE, lora_adapters=entries) as (sharded, _):
         ours = teacher_forced_logits(sharded, sequences, 5, BLOCK_SIZE, adapter_ids)
-        torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
-    finally:
-        sharded.close()
+    torch.testing.assert_close(ours, expected, atol=ATOL, rtol=0)
 
 
 @pytest.mark.slow
-def test_shard_ranks_write_their_own_profiles(tiny_checkpoint, make_runner, tmp_path):
+def test_shard_ranks_write_their_own_profiles(tiny_checkpoint, sharded_runner, tmp_path):
     profile = ProfileSettings(
         wait_steps=0, warmup_steps=1, active_steps=2, path=str(tmp_path), ranks=(0, 1)
     )
-    sharded = _two_shards(make_runner, tiny_checkpoint("llama")[0], profile=profile)
-    try:
+    folder = tiny_checkpoint("llama")[0]
+    with sharded_runner(folder, block_size=BLOCK_SIZE, profile=profile) as (sharded, _):
         _greedy_tokens(sharded)  # several steps on both ranks
-    finally:
-        sharded.close()  # rank 1 leaves its loop, its trace already written
+    # on the way out rank 1 left its loop, its trace already written
     for rank in (0, 1):
         [trace] = tmp_path.glob(f"rank{rank}_step*.pt.trace.json")
         events = json.loads(trace.read_text())["traceEvents"]
         assert any(e.get("name") == "tgi_runner_step" for e in events)
 
 
-def test_head_counts_not_divisible_fail_before_any_shard_starts(tiny_checkpoint, make_runner):
+def test_head_counts_not_divisible_fail_before_any_shard_starts(tiny_checkpoint, sharded_runner):
     folder, _ = tiny_checkpoint("llama")  # 4 heads, 2 KV heads
     children = set(psutil.Process().children())
-    with pytest.raises(ValueError) as raised:
-        make_runner(folder, num_shard=3, master_addr="127.0.0.1", master_port=_free_port())
+    with pytest.raises(ValueError) as raised, sharded_runner(folder, num_shard=3):
+        pass
     assert str(raised.value) == (
         "--num-shard 3 must divide the model's attention heads (4) and KV heads (2): "
         "pick a num_shard that divides both"
@@ -185,35 +162,34 @@ def test_head_counts_not_divisible_fail_before_any_shard_starts(tiny_checkpoint,
     assert set(psutil.Process().children()) == children
 
 
-_RANK0_SCRIPT = """
-import sys, time
-from tgi_core.settings.slices import RunnerSettings
-from tgi_hpu_kernels.runner import TorchModelRunner
-runner = TorchModelRunner(RunnerSettings(
-    model_id=sys.argv[1], dtype="float32", device="cpu", block_size=4, max_total_tokens=64,
-    num_kv_blocks=16, num_shard=2, master_addr="127.0.0.1", master_port=int(sys.argv[2]),
-))
-print(runner._parallel.processes.pids[0], flush=True)
-time.sleep(120)
-"""
-
-
-@pytest.mark.slow
-def test_a_dead_shard_takes_rank_0_down_with_exit_code_1(tiny_checkpoint):
+def test_a_sharded_runner_is_handed_its_group(tiny_checkpoint, make_runner):
     folder, _ = tiny_checkpoint("llama")
-    with subprocess.Popen(
-        [sys.executable, "-c", _RANK0_SCRIPT, str(folder), str(_free_port())],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as rank0:
-        try:
-            assert rank0.stdout is not None
-            shard_pid = int(rank0.stdout.readline())
-            os.kill(shard_pid, signal.SIGKILL)
-            _, stderr = rank0.communicate(timeout=30)
-        finally:
-            if rank0.poll() is None:
-                rank0.kill()
-    assert rank0.returncode == 1
-    assert "shard 1 exited with code -9: stopping the engine" in stderr
+    with pytest.raises(ValueError) as raised:
+        make_runner(folder, num_shard=2)
+    assert str(raised.value) == (
+        "rank 0 of --num-shard 2 needs its TensorParallelGroup (group=), joined by whoever "
+        "starts the other ranks; got rank 0 of 1"
+    )
+
+
+def test_a_dead_shard_is_reported_not_acted_on(tiny_checkpoint):
+    """The library's shard processes are handles: a killed shard shows in ``exited()``,
+    this process goes on (the server's engine decides that a dead shard ends it)."""
+    settings = RunnerSettings(model_id=str(tiny_checkpoint("llama")[0]), num_shard=2)
+    reads_its_settings = [
+        sys.executable,
+        "-c",
+        "import sys, time; sys.stdin.read(); time.sleep(60)",
+    ]
+    shards = ShardProcesses.start(settings, reads_its_settings)
+    try:
+        [pid] = shards.pids
+        assert shards.exited() is None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while shards.exited() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert shards.exited() == (1, -signal.SIGKILL)
+    finally:
+        shards.kill()
+    assert not psutil.pid_exists(pid)

@@ -7,8 +7,8 @@ the activations' dtype, bf16 included, as the models pass them.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ REL = 1e-3
 PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 LinearFn = Callable[[Tensor, QuantizedWeight, Tensor | None], Tensor]
 MakeRunner = Callable[..., TorchModelRunner]
+ShardedRunner = Callable[..., AbstractContextManager[tuple[TorchModelRunner, list[int]]]]
 TinyCheckpoint = Callable[[str], tuple[Path, torch.nn.Module]]
 
 needs_compiler = pytest.mark.skipif(find_compiler() is None, reason="no C compiler")
@@ -292,33 +293,18 @@ def test_bfloat16_biases_give_the_torch_op_logits(
     assert _cosine(_logits(native), _logits(torch_ops)) > 0.999
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow  # a second process, as in test_parallel.py (about 10 s)
 def test_two_quantized_shards_pick_the_unsharded_tokens(
-    tiny_llama: Path, make_runner: MakeRunner
+    tiny_llama: Path, make_runner: MakeRunner, sharded_runner: ShardedRunner
 ) -> None:
     single = make_runner(tiny_llama, quantize="bitsandbytes")
     expected_logits, expected_tokens = _logits(single), _greedy(single)
-    sharded = make_runner(
-        tiny_llama,
-        quantize="bitsandbytes",
-        num_shard=2,
-        master_addr="127.0.0.1",
-        master_port=_free_port(),
-    )
-    try:
+    with sharded_runner(tiny_llama, quantize="bitsandbytes") as (sharded, _):
         down = _modules(sharded)["model.layers.0.mlp.down_proj"]
         assert type(down) is QuantizedLinear and down.in_features == 64  # half of 128
         # Not bit for bit: each rank's o_proj/down_proj rows get their own per-channel scale.
         assert _cosine(_logits(sharded), expected_logits) > 0.999
         assert _greedy(sharded) == expected_tokens
-    finally:
-        sharded.close()
 
 
 _GGUF_NAMES = {

@@ -44,7 +44,7 @@ from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
 from tgi_hpu_kernels.models.llama import LlamaForCausalLM
 from tgi_hpu_kernels.models.transformers_recompute import HistoryInputs, RecomputingCausalLM
-from tgi_hpu_kernels.parallel import start_tensor_parallel
+from tgi_hpu_kernels.parallel.group import TensorParallelGroup, check_group
 from tgi_hpu_kernels.profiling import StepProfiler
 from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
 from tgi_hpu_kernels.quantization import check_quantize, fp8_at_load
@@ -84,6 +84,9 @@ class TorchModelRunner:
             registry gives each family's); the runner serves that text model.
         history_inputs: a multimodal checkpoint transformers serves whole (``tgi_vlm``'s
             family for it): the images' inputs of each recomputed step.
+        group: this rank's tensor-parallel group when ``num_shard > 1``, joined by whoever
+            started the other ranks (the server's engine; ``parallel/`` has the mechanics).
+            The runner starts, watches and stops no process.
 
     The KV pool is allocated here, so ``num_kv_blocks`` is known right after construction.
     """
@@ -99,6 +102,7 @@ class TorchModelRunner:
         prompt_embedder: PromptEmbedder | None = None,
         nested_model: NestedTextModel | None = None,
         history_inputs: HistoryInputs | None = None,
+        group: TensorParallelGroup | None = None,
     ) -> None:
         self._prompt_embedder = prompt_embedder
         self._device = device or select_device(settings.device, settings)
@@ -112,11 +116,8 @@ class TorchModelRunner:
             )
         if (warning := self._device.dtype_warning(settings.dtype)) is not None:
             logger.warning(warning)
-        # num_shard > 1: rank 0 starts the other shards here (see parallel/)
-        self._parallel = start_tensor_parallel(
-            settings, backend=self._device.collective_backend, device=self._device.torch_device
-        )
-        group = self._parallel.group if self._parallel else None
+        check_group(settings, group)
+        self._group = group
         loaded = load_model(
             settings,
             backend=self._device,
@@ -264,26 +265,23 @@ class TorchModelRunner:
     # -- the rest of the public surface -----------------------------------------------
 
     def close(self) -> None:
-        """Rank 0 of several shards: stops the other shards (by PID, after a stop message).
-        Under a MEASURE ``QUANT_CONFIG`` it first writes INC's FP8 statistics. It stops the
-        grammar compile thread. Call it once, when no step runs any more."""
+        """Under a MEASURE ``QUANT_CONFIG``, writes INC's FP8 statistics; stops the grammar
+        compile thread. Call it once, when no step runs any more (the group, and the other
+        shards, are their starter's to stop: ``parallel.stop_shards``)."""
         self._sequences.close()
         if self._quantization is not None:
             self._quantization.finalize()
-        if self._parallel is not None:
-            self._parallel.close()
 
     @torch.inference_mode()
     def serve_shard(self) -> None:
         """Ranks > 0: runs each plan rank 0 sends (the forward pass only: rank 0 samples)
         until rank 0 says stop."""
-        if self._parallel is None or self._parallel.rank == 0:
+        if self._group is None or self._group.rank == 0:
             raise ValueError("serve_shard is for ranks > 0 of a tensor-parallel runner")
-        while (plan := self._parallel.group.receive_plan()) is not None:
+        while (plan := self._group.receive_plan()) is not None:
             if plan.num_sequences:
                 with self._profiler.step():  # PROF_RANKS names shard ranks too
                     self._forward(plan)
-        self._parallel.group.leave()
 
     @property
     def config(self) -> ModelConfig:
@@ -391,8 +389,8 @@ class TorchModelRunner:
     def _forward(self, plan: StepPlan) -> tuple[Tensor, Tensor, StepInputs]:
         if plan.prefill and plan.decode:
             raise ValueError("a plan holds prefills or decodes, never both")
-        if self._parallel is not None and self._parallel.rank == 0:
-            self._parallel.group.send_plan(plan)  # every shard runs the same forward pass
+        if self._group is not None and self._group.rank == 0:
+            self._group.send_plan(plan)  # every shard runs the same forward pass
         inputs = self._build(plan)
         if isinstance(self._model, RecomputingCausalLM):
             self._model.begin_step(plan, inputs.token_offsets)

@@ -24,8 +24,9 @@ environment with ``-e/--env``, then ``Launcher(settings).run()``:
    whatever is still alive at the deadline is killed. Exit 0.
 
 The socket and metrics folders are per-run temporary folders, removed on the way out.
-Tensor-parallel shards (``--num-shard`` > 1) are the engine's children: it starts ranks
-1..N-1, stops them on the way out, and exits 1 when one dies (so supervision stops the rest).
+Tensor-parallel shards (``--num-shard`` > 1) are the engine's children
+(``tgi_server.engine.shard_supervision``): it starts ranks 1..N-1, stops them on the way out,
+and exits 1 when one dies (so supervision stops the rest).
 The HTTP app itself is ``tgi_server.asgi``; the engine process, ``tgi_server.engine``.
 """
 

@@ -321,6 +321,13 @@ class Device(TorchLayerKernels, ABC):
     def profiler_activities(self) -> list[torch.profiler.ProfilerActivity]:
         return [torch.profiler.ProfilerActivity.CPU]
 
+    def prepare_collectives(self) -> str:
+        """The torch.distributed backend of this device's process group, registered with
+        torch where it needs registering (hccl); what ``TensorParallelGroup.join`` takes."""
+        if not self.collective_backend:
+            raise ValueError(f"{self.name} has no collective backend: it cannot be sharded")
+        return self.collective_backend
+
     def default_dtype(self) -> DType:
         """The compute dtype when ``--dtype`` is unset (TGI-Gaudi: "all models run with
         BF16"); a device whose hardware lacks bf16 picks another."""

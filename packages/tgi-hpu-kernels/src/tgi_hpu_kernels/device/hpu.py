@@ -179,6 +179,11 @@ class HpuDevice(Device):
         wrapped = wrap_in_hpu_graph(module, disable_tensor_cache=True)
         return HpuGraphStepRunner(wrapped, wrapped=True, bypass_prefill=self._limit_graphs)
 
+    def prepare_collectives(self) -> str:
+        import habana_frameworks.torch.distributed.hccl  # noqa: F401 (registers "hccl")
+
+        return super().prepare_collectives()
+
     def profiler_activities(self) -> list[torch.profiler.ProfilerActivity]:
         activities = [torch.profiler.ProfilerActivity.CPU]
         hpu_activity = getattr(torch.profiler.ProfilerActivity, "HPU", None)

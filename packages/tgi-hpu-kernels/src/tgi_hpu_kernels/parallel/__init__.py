@@ -2,35 +2,34 @@
 
 - ``sharding.py``: what each rank holds (heads, MLP columns, weight slices, all-reduces).
 - ``group.py``: the torch.distributed group and the step plans rank 0 sends through it.
-- ``shards.py``: rank 0 starting, watching and stopping ranks 1..N-1 (``worker.py``).
+- ``shards.py``: ranks 1..N-1 as child processes, started and stopped by PID (no watcher:
+  what a dead shard means is the caller's policy; the server's engine supervises its own).
+- ``worker.py``: one rank > 0 serving rank 0's plans (``serve_rank``).
 
-``TorchModelRunner`` uses these when ``RunnerSettings.num_shard > 1``.
+``TorchModelRunner(settings, group=...)`` is handed its group when ``num_shard > 1``; it
+starts, watches and stops no process.
 """
 
 from __future__ import annotations
 
-from tgi_hpu_kernels.parallel.group import TensorParallelGroup
+from tgi_hpu_kernels.parallel.group import TensorParallelGroup, check_group
 from tgi_hpu_kernels.parallel.sharding import (
     add_row_parallel_reduce,
     check_shardable,
     shard_config,
     shard_weights,
 )
-from tgi_hpu_kernels.parallel.shards import (
-    ShardProcesses,
-    TensorParallel,
-    exit_on_shard_death,
-    start_tensor_parallel,
-)
+from tgi_hpu_kernels.parallel.shards import ShardProcesses, stop_shards
+from tgi_hpu_kernels.parallel.worker import serve_rank
 
 __all__ = [
     "ShardProcesses",
-    "TensorParallel",
     "TensorParallelGroup",
     "add_row_parallel_reduce",
+    "check_group",
     "check_shardable",
-    "exit_on_shard_death",
+    "serve_rank",
     "shard_config",
     "shard_weights",
-    "start_tensor_parallel",
+    "stop_shards",
 ]

@@ -2,14 +2,14 @@
 
 ``TensorParallelGroup.join`` initialises the default process group over TCP at
 ``master_addr:master_port`` with the device's collective backend (gloo on the CPU, nccl on
-CUDA, hccl on Gaudi). Rank 0 sends each ``StepPlan`` as msgpack bytes (its length, then a
-uint8 tensor); a length of 0 tells the other ranks to stop. Starting and stopping the shard
-processes is ``shards.py``'s work.
+CUDA, hccl on Gaudi: ``Device.prepare_collectives()`` names it, and registers hccl). Rank 0
+sends each ``StepPlan`` as msgpack bytes (its length, then a uint8 tensor); a length of 0
+tells the other ranks to stop. Whoever starts the shard processes joins the group and hands
+it to the runner (``shards.py`` has the mechanics; the server's engine, the supervision).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from datetime import timedelta
 
@@ -21,7 +21,7 @@ from torch import Tensor
 from tgi_core.contract import StepPlan
 from tgi_core.settings.slices import RunnerSettings
 
-__all__ = ["TensorParallelGroup"]
+__all__ = ["TensorParallelGroup", "check_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ class TensorParallelGroup:
     def join(
         cls, settings: RunnerSettings, backend: str, device: torch.device
     ) -> TensorParallelGroup:
-        """Joins (rank 0: creates) the group; blocks until every rank has joined."""
-        if backend == "hccl":  # registers the hccl backend with torch.distributed
-            importlib.import_module("habana_frameworks.torch.distributed.hccl")
+        """Joins (rank 0: creates) the group; blocks until every rank has joined.
+
+        ``backend`` is ``Device.prepare_collectives()``'s (which registers it with torch)."""
         dist.init_process_group(
             backend,
             init_method=f"tcp://{settings.master_addr}:{settings.master_port}",
@@ -95,3 +95,15 @@ class TensorParallelGroup:
         if data:
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self._device)
             dist.broadcast(payload, src=0)
+
+
+def check_group(settings: RunnerSettings, group: TensorParallelGroup | None) -> None:
+    """Raises ValueError (one line) unless ``group`` is the place ``settings`` give this rank
+    (None for one shard)."""
+    place = (group.rank, group.num_shard) if group is not None else (0, 1)
+    if place != (settings.rank, settings.num_shard):
+        raise ValueError(
+            f"rank {settings.rank} of --num-shard {settings.num_shard} needs its "
+            f"TensorParallelGroup (group=), joined by whoever starts the other ranks; "
+            f"got rank {place[0]} of {place[1]}"
+        )

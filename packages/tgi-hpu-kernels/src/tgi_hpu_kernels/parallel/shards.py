@@ -1,73 +1,73 @@
-"""The shard processes of a tensor-parallel runner, and joining their group.
+"""Ranks 1..N-1 as child processes: started, polled and stopped by PID, nothing more.
 
-Rank 0 (the engine process) starts ranks 1..N-1 as ``python -m tgi_hpu_kernels.parallel.worker``
-children, each in its own session (a terminal's Ctrl-C reaches only the engine, which stops
-them), with their ``RunnerSettings`` as JSON on stdin. A watcher thread takes the whole
-process down with exit code 1 when a shard dies while the engine runs, as TGI's launcher
-does when a shard fails; ``close`` stops them all by PID. What each rank holds is
-``sharding.py``'s business, the collectives ``group.py``'s.
+``ShardProcesses.start(settings, command)`` first checks the model splits ``num_shard`` ways
+(a bad count fails with one line, before any process starts), then runs ``command`` once per
+rank 1..N-1, each in its own session (a terminal's Ctrl-C reaches only rank 0, which stops
+them), with that rank's ``RunnerSettings`` as JSON on stdin. ``python -m
+tgi_hpu_kernels.parallel.worker`` is such a command (a bare rank); the server's engine runs its
+own, and supervises the processes: what a dead shard means is the caller's policy, so nothing
+here watches them or ends the process. ``stop_shards`` is the orderly end: the stop message
+through the group, a bounded wait, a kill by PID for any left, leaving the group.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import replace
 
 import msgspec
-import torch
 
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.parallel.group import TensorParallelGroup
 from tgi_hpu_kernels.parallel.sharding import check_shardable
 
-__all__ = ["ShardProcesses", "TensorParallel", "exit_on_shard_death", "start_tensor_parallel"]
+__all__ = ["ShardProcesses", "stop_shards"]
 
 logger = logging.getLogger(__name__)
 
-_POLL_S = 0.5
-_STOP_TIMEOUT_S = 10.0
-
-ShardExit = Callable[[int, int], None]
-
-
-def exit_on_shard_death(rank: int, returncode: int) -> None:
-    """The default reaction to a dead shard: the engine exits with code 1 (no half service)."""
-    logger.error("shard %d exited with code %d: stopping the engine", rank, returncode)
-    logging.shutdown()
-    os._exit(1)
+STOP_TIMEOUT_S = 10.0
 
 
 class ShardProcesses:
-    """Ranks 1..N-1 as child processes of rank 0, watched and stopped by PID."""
+    """Ranks 1..N-1 as children of this process (rank 0), by PID."""
 
-    def __init__(self, settings: RunnerSettings, *, on_exit: ShardExit = exit_on_shard_death):
-        self._closing = threading.Event()
-        self._on_exit = on_exit
-        self._processes: dict[int, subprocess.Popen[bytes]] = {}
+    def __init__(self, processes: dict[int, subprocess.Popen[bytes]]) -> None:
+        self._processes = processes
+
+    @classmethod
+    def start(cls, settings: RunnerSettings, command: Sequence[str]) -> ShardProcesses:
+        """Checks the model splits ``settings.num_shard`` ways, then starts ``command`` for
+        each rank > 0 (its settings on stdin). On any failure those started are killed."""
+        from tgi_hpu_kernels.loader import read_model_config  # the loader imports this package
+        from tgi_hpu_kernels.medusa import with_medusa
+
+        base, _ = with_medusa(settings)  # a Medusa model splits as its base model does
+        check_shardable(read_model_config(base)[1], settings.num_shard)
+        shards = cls({})
         try:
             for rank in range(1, settings.num_shard):
-                self._processes[rank] = _start_shard(replace(settings, rank=rank))
+                shards._processes[rank] = _start(replace(settings, rank=rank), command)
         except BaseException:
-            self.stop()
+            shards.kill()
             raise
-        atexit.register(self.stop)
-        self._watcher = threading.Thread(target=self._watch, name="shard-watcher", daemon=True)
-        self._watcher.start()
+        return shards
 
     @property
     def pids(self) -> list[int]:
         return [process.pid for process in self._processes.values()]
 
-    def stop(self, timeout_s: float = _STOP_TIMEOUT_S) -> None:
+    def exited(self) -> tuple[int, int] | None:
+        """The first shard found exited: ``(rank, returncode)``; None while all run."""
+        for rank, process in self._processes.items():
+            if (code := process.poll()) is not None:
+                return rank, code
+        return None
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Waits up to ``timeout_s`` for the shards to leave (after a stop), then kills them."""
-        self._closing.set()
         deadline = time.monotonic() + timeout_s
         for rank, process in self._processes.items():
             try:
@@ -79,28 +79,14 @@ class ShardProcesses:
 
     def kill(self) -> None:
         """Stops every shard at once (rank 0 cannot tell them to stop)."""
-        self._closing.set()
         for process in self._processes.values():
             if process.poll() is None:
                 process.kill()
         self.stop()
 
-    def _watch(self) -> None:
-        while not self._closing.wait(_POLL_S):
-            for rank, process in self._processes.items():
-                code = process.poll()
-                if code is not None and not self._closing.is_set():
-                    self._closing.set()
-                    for other in self._processes.values():
-                        if other.poll() is None:
-                            other.kill()
-                    self._on_exit(rank, code)
-                    return
 
-
-def _start_shard(settings: RunnerSettings) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "tgi_hpu_kernels.parallel.worker", str(os.getpid())]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
+def _start(settings: RunnerSettings, command: Sequence[str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(list(command), stdin=subprocess.PIPE, start_new_session=True)
     assert process.stdin is not None
     process.stdin.write(msgspec.json.encode(settings))
     process.stdin.close()
@@ -108,60 +94,14 @@ def _start_shard(settings: RunnerSettings) -> subprocess.Popen[bytes]:
     return process
 
 
-class TensorParallel:
-    """A runner's view of tensor parallelism: its group, and on rank 0 the shard processes."""
-
-    def __init__(self, group: TensorParallelGroup, processes: ShardProcesses | None) -> None:
-        self.group = group
-        self.processes = processes
-
-    @property
-    def rank(self) -> int:
-        return self.group.rank
-
-    @property
-    def num_shard(self) -> int:
-        return self.group.num_shard
-
-    @classmethod
-    def start(
-        cls,
-        settings: RunnerSettings,
-        *,
-        backend: str,
-        device: torch.device,
-        on_exit: ShardExit = exit_on_shard_death,
-    ) -> TensorParallel:
-        """Rank 0: starts the shards, then joins the group; ranks > 0: join it."""
-        processes = ShardProcesses(settings, on_exit=on_exit) if settings.rank == 0 else None
-        try:
-            group = TensorParallelGroup.join(settings, backend, device)
-        except BaseException:
-            if processes is not None:
-                processes.kill()
-            raise
-        return cls(group, processes)
-
-    def close(self) -> None:
-        """Rank 0: tells the shards to stop, waits for them (kills them after a timeout)."""
-        if self.processes is None:
-            return
-        try:
-            self.group.send_stop()
-        except RuntimeError as error:  # a shard already gone: they are killed below
-            logger.warning("could not tell the shards to stop: %s", error)
-        self.processes.stop()
-        self.group.leave()
-
-
-def start_tensor_parallel(
-    settings: RunnerSettings, *, backend: str, device: torch.device
-) -> TensorParallel | None:
-    """None for one shard; else checks the model splits ``num_shard`` ways (before any
-    process starts: a bad count fails with one line) and starts or joins the group."""
-    if settings.num_shard == 1:
-        return None
-    from tgi_hpu_kernels.loader import read_model_config  # the loader imports this package
-
-    check_shardable(read_model_config(settings)[1], settings.num_shard)
-    return TensorParallel.start(settings, backend=backend, device=device)
+def stop_shards(
+    group: TensorParallelGroup, processes: ShardProcesses, timeout_s: float = STOP_TIMEOUT_S
+) -> None:
+    """Rank 0, after its last step: tells the shards to stop, waits for them (kills them after
+    ``timeout_s``), then leaves the group."""
+    try:
+        group.send_stop()
+    except RuntimeError as error:  # a shard already gone: they are killed below
+        logger.warning("could not tell the shards to stop: %s", error)
+    processes.stop(timeout_s)
+    group.leave()

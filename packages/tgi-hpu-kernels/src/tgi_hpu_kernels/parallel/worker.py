@@ -1,50 +1,44 @@
-"""``python -m tgi_hpu_kernels.parallel.worker PARENT_PID``: one shard (rank > 0).
+"""One rank > 0: ``serve_rank(settings)``, and ``python -m tgi_hpu_kernels.parallel.worker``.
 
-Reads its ``RunnerSettings`` as JSON from stdin, builds its ``TorchModelRunner`` (joining
-the group, loading its slice of the weights, agreeing on the KV block count), then runs
-each plan rank 0 sends until rank 0 says stop. It exits by itself when its parent dies.
-Rank 0 starts these processes (``shards.py``); nothing else does.
+``serve_rank`` joins the group, builds its ``TorchModelRunner`` (loading its slice of the
+weights, agreeing on the KV block count), runs each plan rank 0 sends until rank 0 says
+stop, then closes the runner and leaves the group. The module's ``main`` is a bare rank
+process (its ``RunnerSettings`` as JSON on stdin) for ``ShardProcesses.start`` in tests and
+embedders; it has no process policy. The server's engine runs ``tgi_server.engine.shard``
+instead, which adds its own (signals, leaving when its parent dies).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
 import sys
-import threading
-import time
 
 import msgspec
 
 from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.parallel.group import TensorParallelGroup
 
-__all__ = ["main"]
-
-logger = logging.getLogger("tgi_hpu_kernels.parallel.worker")
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    # Orphaned (rank 0 killed outright): nobody will send a stop, so leave now.
-    while os.getppid() == parent_pid:
-        time.sleep(1.0)
-    os._exit(1)
+__all__ = ["main", "serve_rank"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    parent_pid = int(args[0])
-    logging.basicConfig(level=logging.WARNING, format="shard: %(levelname)s %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when shards stop
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    settings = msgspec.json.decode(sys.stdin.buffer.read(), type=RunnerSettings)
+def serve_rank(settings: RunnerSettings) -> None:
+    """Serves rank ``settings.rank`` (> 0) until rank 0 says stop."""
+    from tgi_hpu_kernels.device import select_device  # these import this package
     from tgi_hpu_kernels.runner import TorchModelRunner
 
-    runner = TorchModelRunner(settings)
+    device = select_device(settings.device, settings)
+    group = TensorParallelGroup.join(settings, device.prepare_collectives(), device.torch_device)
     try:
-        runner.serve_shard()
+        runner = TorchModelRunner(settings, device=device, group=group)
+        try:
+            runner.serve_shard()
+        finally:
+            runner.close()  # under a MEASURE QUANT_CONFIG: this rank's FP8 statistics
     finally:
-        runner.close()  # under a MEASURE QUANT_CONFIG: this rank's FP8 statistics
+        group.leave()
+
+
+def main() -> int:
+    serve_rank(msgspec.json.decode(sys.stdin.buffer.read(), type=RunnerSettings))
     return 0
 
 

@@ -3,6 +3,9 @@
 - ``loop``: ``EngineLoop``, messages in, ``engine.step()``, one message per worker out;
 - ``build``: ``build_engine(settings)``, tokenizer + runner + scheduler + warmup;
 - ``process``: the engine process (``python -m tgi_server.engine``), its start and readiness;
+- ``shard_supervision``: with ``--num-shard`` > 1, ranks 1..N-1 as the engine's children
+  (``python -m tgi_server.engine.shard``): started, watched (a dead one ends the engine with
+  exit code 1), stopped by PID;
 - ``inprocess``: ``InProcessEngine``, the loop on a thread (tests, embedding).
 
 Clients live in ``tgi_server.engine_client``; wire messages in ``tgi_server.ipc``.

@@ -2,9 +2,11 @@
 
 ``build_engine`` is what the engine process (and an embedder's ``InProcessEngine``) runs
 before serving: it loads the tokenizer (EOS ids, stop-sequence checkers), builds the
-``TorchModelRunner`` from the runner's settings slice, the ``BlockAllocator`` + ``Scheduler``
-+ ``Engine`` from the scheduler's slice, runs warmup with its progress logged, and describes
-the result in an ``EngineInfo`` (the ready message). It serves nothing itself.
+``TorchModelRunner`` from the runner's settings slice (with ``--num-shard`` > 1, after
+starting the other ranks and joining their group: ``shard_supervision.py``), the
+``BlockAllocator`` + ``Scheduler`` + ``Engine`` from the scheduler's slice, runs warmup with
+its progress logged, and describes the result in an ``EngineInfo`` (the ready message). It
+serves nothing itself; ``ReadyEngine.close`` ends what it started.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from tgi_core.contract import GenerationRequest, ModelRunner, Shape, StopChecker, WarmupReport
 from tgi_core.settings import Settings
@@ -28,10 +30,12 @@ from tgi_scheduler import Engine
 from tgi_scheduler.limits import token_budget
 from tgi_server.ipc.messages import EngineInfo
 
+if TYPE_CHECKING:
+    from tgi_server.engine.shard_supervision import EngineShards
+
 __all__ = [
     "ReadyEngine",
     "build_engine",
-    "close_runner",
     "describe_engine",
     "make_stop_checker_factory",
 ]
@@ -40,10 +44,20 @@ logger = logging.getLogger(__name__)
 
 
 class ReadyEngine(NamedTuple):
-    """A warmed-up engine and the ``EngineInfo`` that describes it."""
+    """A warmed-up engine, the ``EngineInfo`` that describes it, and its shard processes."""
 
     engine: Engine
     info: EngineInfo
+    shards: EngineShards | None = None
+
+    def close(self) -> None:
+        """Once, after the last step: the runner's ``close()`` where it has one
+        (``TorchModelRunner``: write INC's FP8 measurements), then the shards stop."""
+        close = getattr(self.engine.runner, "close", None)
+        if callable(close):
+            close()
+        if self.shards is not None:
+            self.shards.close()
 
 
 def make_stop_checker_factory(
@@ -120,76 +134,79 @@ def build_engine(
         )
     dtype = device_type = compute_path = ""
     scheduler_settings = settings.scheduler()
-    if runner is None:
-        from tgi_hpu_kernels import TorchModelRunner
-        from tgi_hpu_kernels.device import resolve_dtype, select_device
-        from tgi_vlm.runner_parts import runner_parts_for
+    shards: EngineShards | None = None  # rank 0 of several: ranks 1..N-1, which it stops
+    try:
+        if runner is None:
+            from tgi_hpu_kernels import TorchModelRunner
+            from tgi_hpu_kernels.device import resolve_dtype, select_device
+            from tgi_vlm.runner_parts import runner_parts_for
 
-        runner_settings = settings.runner(rank=0)
-        device = select_device(runner_settings.device, runner_settings)
-        # the device picks an unset dtype (float32 on a CPU without bf16), the images' too
-        runner_settings = resolve_dtype(runner_settings, device)
-        vlm = runner_parts_for(runner_settings)  # a VLM's text model and image embedder
-        torch_runner = TorchModelRunner(
-            runner_settings,
-            device=device,
-            token_bytes=None if settings.disable_grammar_support else _token_bytes(tokenizer),
-            eos_token_ids=tokenizer.eos_token_ids,
-            prompt_embedder=None if vlm is None else vlm.prompt_embedder,
-            nested_model=None if vlm is None else vlm.nested_model,
-            history_inputs=None if vlm is None else vlm.history_inputs,
-        )
-        if torch_runner.speculate != scheduler_settings.speculate:  # a Medusa model's heads
-            scheduler_settings = replace(scheduler_settings, speculate=torch_runner.speculate)
-        if vlm is not None and vlm.expands_images:  # TGI-Gaudi warms VLM prefills from here up
-            scheduler_settings = replace(
-                scheduler_settings, min_prefill_len=settings.base_image_tokens
+            runner_settings = settings.runner(rank=0)
+            device = select_device(runner_settings.device, runner_settings)
+            # the device picks an unset dtype (float32 on a CPU without bf16), the images' too
+            runner_settings = resolve_dtype(runner_settings, device)
+            vlm = runner_parts_for(runner_settings)  # a VLM's text model and image embedder
+            if runner_settings.num_shard > 1:  # started, watched, and their group joined
+                from tgi_server.engine.shard_supervision import EngineShards
+
+                shards = EngineShards.start(runner_settings, device)
+            torch_runner = TorchModelRunner(
+                runner_settings,
+                device=device,
+                token_bytes=None if settings.disable_grammar_support else _token_bytes(tokenizer),
+                eos_token_ids=tokenizer.eos_token_ids,
+                prompt_embedder=None if vlm is None else vlm.prompt_embedder,
+                nested_model=None if vlm is None else vlm.nested_model,
+                history_inputs=None if vlm is None else vlm.history_inputs,
+                group=None if shards is None else shards.group,
             )
-        dtype = str(torch_runner.dtype).removeprefix("torch.")
-        device_type = torch_runner.device.name
-        kv_dtype = str(torch_runner.kv_cache_dtype).removeprefix("torch.")
-        compute_path = (
-            f"{torch_runner.device.describe()}; model: {torch_runner.implementation}; "
-            f"weights: {torch_runner.weights}; KV cache: {kv_dtype}"
+            if torch_runner.speculate != scheduler_settings.speculate:  # a Medusa model's heads
+                scheduler_settings = replace(scheduler_settings, speculate=torch_runner.speculate)
+            if vlm is not None and vlm.expands_images:  # TGI-Gaudi warms VLM prefills from here
+                scheduler_settings = replace(
+                    scheduler_settings, min_prefill_len=settings.base_image_tokens
+                )
+            dtype = str(torch_runner.dtype).removeprefix("torch.")
+            device_type = torch_runner.device.name
+            kv_dtype = str(torch_runner.kv_cache_dtype).removeprefix("torch.")
+            compute_path = (
+                f"{torch_runner.device.describe()}; model: {torch_runner.implementation}; "
+                f"weights: {torch_runner.weights}; KV cache: {kv_dtype}"
+            )
+            runner_eos_ids = torch_runner.eos_token_ids
+            runner = torch_runner
+        else:
+            runner_eos_ids = ()
+        # The tokenizer's EOS (generation_config included) first, then any the model config adds.
+        eos_token_ids = tuple(dict.fromkeys((*tokenizer.eos_token_ids, *runner_eos_ids)))
+        engine = Engine.create(
+            scheduler_settings,
+            runner,
+            eos_token_ids=eos_token_ids,
+            stop_checker_factory=make_stop_checker_factory(tokenizer),
         )
-        runner_eos_ids = torch_runner.eos_token_ids
-        runner = torch_runner
-    else:
-        runner_eos_ids = ()
-    # The tokenizer's EOS (generation_config included) first, then any the model config adds.
-    eos_token_ids = tuple(dict.fromkeys((*tokenizer.eos_token_ids, *runner_eos_ids)))
-    engine = Engine.create(
-        scheduler_settings,
-        runner,
-        eos_token_ids=eos_token_ids,
-        stop_checker_factory=make_stop_checker_factory(tokenizer),
-    )
-    logger.info("warming up %s", settings.model_id)
-    report = engine.warmup(_log_warmup_progress)
-    logger.info(
-        "warmup done: %d shapes in %.1f s, %d KV blocks",
-        report.num_shapes,
-        report.seconds,
-        report.num_kv_blocks,
-    )
-    info = describe_engine(
-        engine,
-        report,
-        model_id=settings.model_id,
-        eos_token_ids=eos_token_ids,
-        model_dtype=dtype,
-        model_device_type=device_type,
-        compute_path=compute_path,
-    )
-    return ReadyEngine(engine, info)
-
-
-def close_runner(engine: Engine) -> None:
-    """Calls the engine's runner's ``close()`` where it has one (``TorchModelRunner``: stop
-    the other shards, write INC's FP8 measurements); once, after the last step."""
-    close = getattr(engine.runner, "close", None)
-    if callable(close):
-        close()
+        logger.info("warming up %s", settings.model_id)
+        report = engine.warmup(_log_warmup_progress)
+        logger.info(
+            "warmup done: %d shapes in %.1f s, %d KV blocks",
+            report.num_shapes,
+            report.seconds,
+            report.num_kv_blocks,
+        )
+        info = describe_engine(
+            engine,
+            report,
+            model_id=settings.model_id,
+            eos_token_ids=eos_token_ids,
+            model_dtype=dtype,
+            model_device_type=device_type,
+            compute_path=compute_path,
+        )
+    except BaseException:
+        if shards is not None:
+            shards.kill()
+        raise
+    return ReadyEngine(engine, info, shards)
 
 
 def _token_bytes(tokenizer: TokenizerLike) -> dict[int, bytes] | None:

@@ -40,7 +40,7 @@ import zmq
 
 from tgi_core.settings import HelpRequested, Settings, SettingsError
 from tgi_scheduler import Engine
-from tgi_server.engine.build import build_engine, close_runner
+from tgi_server.engine.build import build_engine
 from tgi_server.engine.loop import EngineLoop
 from tgi_server.ipc.heartbeat import HeartbeatWriter, heartbeat_path
 from tgi_server.ipc.messages import EngineInfo, Hello, HelloReply, decode_engine_message, encode
@@ -106,7 +106,7 @@ def run_engine(settings: Settings, path: str | Path) -> None:
             step_timeout_s=settings.engine_step_timeout,
         )
     finally:  # after SIGTERM's drain too: the runner writes what must outlive the process
-        close_runner(ready.engine)
+        ready.close()  # and the shard processes stop
 
 
 def main(argv: Sequence[str] | None = None) -> int:
