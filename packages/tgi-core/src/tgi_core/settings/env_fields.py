@@ -11,9 +11,9 @@ from tgi_core.settings.kinds import (
     INT_LIST,
     NON_NEGATIVE_INT,
     POSITIVE_INT,
+    POSITIVE_NUMBER,
     TEXT,
     choice,
-    number,
 )
 from tgi_core.settings.spec import BATCHING, GAUDI, MODEL, PROFILING, SERVER, Spec
 
@@ -233,7 +233,7 @@ _SERVER = (
     Spec(
         "engine_step_timeout",
         SERVER,
-        number("a positive number", lambda x: x > 0),
+        POSITIVE_NUMBER,
         120.0,
         "Ours: the watchdog's deadline, in seconds, for one engine step (or idle poll). Past "
         "it the engine is hung: /health answers 503 and the launcher kills the engine and "
