@@ -29,6 +29,9 @@ and TGI-Gaudi's (variables without a flag); `--device`, `--workers`, `--queue-po
 Booleans read `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case); switches
 such as `--json-output` take no value on the command line. A bad value stops the launcher
 with one line naming the flag, the variable and what is accepted, before anything loads.
+The launcher hands its children (the engine, Gunicorn and its workers) the resolved
+settings once, as JSON in `TGI_SETTINGS`, and they read no other setting; an engine or
+Gunicorn started by hand, without it, reads flags and variables as the launcher does.
 
 Cross-checks (TGI's): `max_input_tokens < max_total_tokens`,
 `max_batch_prefill_tokens >= max_input_tokens`, and with `--max-batch-total-tokens`

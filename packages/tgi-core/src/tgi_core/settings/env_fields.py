@@ -29,6 +29,7 @@ _HUB = (
         flag=False,
         envs=("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN"),
         secret=True,
+        exported=True,
         to=("runner", "server"),
     ),
     Spec(
@@ -38,6 +39,7 @@ _HUB = (
         False,
         "Never contact the hub; load from the cache only.",
         flag=False,
+        exported=True,
         to=("runner",),
     ),
     Spec(
@@ -290,6 +292,7 @@ _SERVER = (
         "Internal: prometheus-client's multiprocess folder, set by the launcher for its workers.",
         flag=False,
         envs=("PROMETHEUS_MULTIPROC_DIR",),
+        exported=True,
         to=("server",),
     ),
 )

@@ -151,6 +151,7 @@ _MODEL_FIELDS = (
         TEXT,
         None,
         "The Hugging Face hub cache directory.",
+        exported=True,
         to=("runner",),
     ),
     Spec(

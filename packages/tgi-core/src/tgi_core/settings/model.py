@@ -2,11 +2,13 @@
 
 ``Settings.from_sources(argv, environ)`` is the only reader of the environment in the whole
 repository (``from_process`` hands it ``sys.argv`` and ``os.environ``). Precedence is
-CLI > environment > default. Consumers never take ``Settings`` itself: they take their
-slice (``scheduler()``, ``runner(rank)``, ``server()``), built here so that the slices agree
-(same block size, same token limits): a slice field that a setting fills as it is comes
-from the table's ``to`` (``Spec``), the rest is computed here. Attribute names, flags and help
-are in the table (``fields.py``); tests keep this class and the slices in step with it.
+CLI > environment > default. The launcher reads them once and hands its children the
+result encoded in one variable (``child_environ``), which they decode (``from_parent``).
+Consumers never take ``Settings`` itself: they take their slice (``scheduler()``,
+``runner(rank)``, ``server()``), built here so that the slices agree (same block size, same
+token limits): a slice field that a setting fills as it is comes from the table's ``to``
+(``Spec``), the rest is computed here. Attribute names, flags and help are in the table
+(``fields.py``); tests keep this class and the slices in step with it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import msgspec
 
 from tgi_core.settings.checks import check, check_refused
 from tgi_core.settings.errors import SettingsError
@@ -37,7 +41,10 @@ from tgi_core.settings.slices import (
     ValidationLimits,
 )
 
-__all__ = ["Settings"]
+__all__ = ["SETTINGS_VARIABLE", "Settings"]
+
+# The launcher hands its children the resolved settings in this one variable (``to_json``).
+SETTINGS_VARIABLE = "TGI_SETTINGS"
 
 # The device chooses: TGI-Gaudi's BF16, float32 on a CPU without native bf16.
 _DEFAULT_DTYPE: RunnerDType = "auto"
@@ -178,8 +185,37 @@ class Settings:
         """``from_sources`` over this process's arguments (``sys.argv[1:]``) and environment."""
         return cls.from_sources(sys.argv[1:] if argv is None else argv, os.environ)
 
+    @classmethod
+    def from_parent(cls, argv: Sequence[str] | None = None) -> Settings:
+        """In a child of the launcher (the engine, Gunicorn and its workers): the settings
+        it resolved, decoded from ``TGI_SETTINGS``; without that variable (a child started by
+        hand), ``from_process(argv)``.
+
+        Raises:
+            SettingsError: ``TGI_SETTINGS`` does not hold settings, or comes with flags.
+            HelpRequested: as ``from_process``, without ``TGI_SETTINGS``.
+        """
+        encoded = os.environ.get(SETTINGS_VARIABLE)
+        if not encoded:
+            return cls.from_process(argv)
+        if argv:
+            raise SettingsError(f"{SETTINGS_VARIABLE} holds the settings: give no flags")
+        return cls.from_json(encoded)
+
+    def to_json(self) -> str:
+        """These settings as one JSON object (secrets included): ``from_json`` reads it."""
+        return msgspec.json.encode(self).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        """Settings that ``to_json`` wrote. Raises ``SettingsError`` (one line) otherwise."""
+        try:
+            return msgspec.json.decode(text, type=cls)
+        except msgspec.DecodeError as error:
+            raise SettingsError(f"{SETTINGS_VARIABLE} holds no valid settings: {error}") from None
+
     def to_environ(self) -> dict[str, str]:
-        """These settings as environment variables, so a child process rebuilds them.
+        """These settings as environment variables, which ``from_sources`` reads back.
 
         ``Settings.from_sources([], settings.to_environ()) == settings`` (``--env`` aside,
         which has no variable). Holds the secrets (tokens, API key) that were set.
@@ -193,17 +229,19 @@ class Settings:
         return environ
 
     def child_environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The environment of a child process (engine, HTTP workers): this process's, with
-        every settings variable replaced by these resolved settings, plus ``extra``.
+        """The environment of a child process (engine, HTTP workers): this process's without
+        its settings variables, plus these settings in ``TGI_SETTINGS`` (``from_parent``),
+        the variables libraries read themselves (``Spec.exported``), resolved, and ``extra``.
 
-        The rest passes through untouched (PATH, HOME, HF_HOME, device variables...), so the
-        child rebuilds exactly these settings with ``Settings.from_process()``.
+        The rest passes through untouched (PATH, HOME, HF_HOME, device variables...).
         """
         environ = dict(os.environ)
         for spec in FIELDS:
             for name in spec.env_names:
                 environ.pop(name, None)
-        environ.update(self.to_environ())
+        exported = {spec.env_names[0] for spec in FIELDS if spec.exported}
+        environ.update((k, v) for k, v in self.to_environ().items() if k in exported)
+        environ[SETTINGS_VARIABLE] = self.to_json()
         environ.update(extra or {})
         return environ
 

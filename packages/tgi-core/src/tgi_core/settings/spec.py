@@ -86,6 +86,9 @@ class Spec:
     default_doc: str | None = None
     secret: bool = False
     stored: bool = True  # False: read, then folded into another setting (legacy alias)
+    # A library in the launcher's children reads the variable itself (huggingface_hub,
+    # prometheus-client): they get it too, resolved, next to the encoded settings.
+    exported: bool = False
     status: Status = WORKS
     to: tuple[str, ...] = ()
 
