@@ -334,16 +334,3 @@ def test_settings_are_frozen() -> None:
     settings = build()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.port = 1  # type: ignore[misc]
-
-
-def test_child_environ_replaces_settings_variables_and_keeps_the_rest() -> None:
-    import os
-
-    settings = Settings.from_sources(["--max-batch-size", "7"], {}, host=PLAIN)
-    child = settings.child_environ({"TGI_EXTRA": "1"})
-    assert child["MAX_BATCH_SIZE"] == "7"
-    assert child["TGI_EXTRA"] == "1"
-    assert child.get("PATH") == os.environ.get("PATH")  # noqa: TID251 - the test compares
-    # Variables of this process that name a setting never leak past the resolved value.
-    rebuilt = Settings.from_sources([], child, host=PLAIN)
-    assert rebuilt == settings

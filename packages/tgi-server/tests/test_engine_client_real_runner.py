@@ -85,8 +85,8 @@ def assert_ready_info(info: EngineInfo, tiny: TinyModel) -> None:
 
 @pytest.mark.slow
 def test_engine_process_with_the_real_runner(tiny: TinyModel, tmp_path: Path) -> None:
-    # What a launcher does: resolve the settings once, hand them to the child as variables.
-    environ = tiny.settings.to_environ() | {"HOME": str(tmp_path)}
+    # What a launcher does: resolve the settings once, hand them to the child encoded.
+    environ = tiny.settings.child_environ({"HOME": str(tmp_path)})
     socket_dir = make_socket_dir()
     path = socket_path(socket_dir)
     process = start_engine_process(path, env=environ)

@@ -1,14 +1,14 @@
 """``app``: the ASGI application of one HTTP worker, built from the environment.
 
 ``text-generation-launcher`` runs ``gunicorn -c python:tgi_server.gunicorn_conf
-tgi_server.asgi:app`` with its settings exported as environment variables
-(``Settings.to_environ()``), plus ``TGI_ENGINE_SOCKET`` (the engine process's socket) and
-``PROMETHEUS_MULTIPROC_DIR`` (the workers' shared metrics folder). Each worker builds its own
-app the first time Gunicorn reads ``app``, after the fork: the settings (from the
-environment only), the model's tokenizer, a ``ZmqEngineClient`` tagged with the worker index
-that Gunicorn's ``post_fork`` hook handed to ``set_worker_index``, the worker's tracer
-provider when ``--otlp-endpoint`` is set (``tgi_server.tracing``, flushed at lifespan
-shutdown), and ``create_app``.
+tgi_server.asgi:app`` with its resolved settings encoded in ``TGI_SETTINGS``
+(``Settings.child_environ()``), the engine process's socket and the workers' shared metrics
+folder among them (prometheus-client also reads the folder from ``PROMETHEUS_MULTIPROC_DIR``).
+Each worker builds its own app the first time Gunicorn reads ``app``, after the fork: the
+settings (``Settings.from_parent``), the model's tokenizer, a ``ZmqEngineClient`` tagged
+with the worker index that Gunicorn's ``post_fork`` hook handed to ``set_worker_index``, the
+worker's tracer provider when ``--otlp-endpoint`` is set (``tgi_server.tracing``, flushed at
+lifespan shutdown), and ``create_app``.
 
 The same entry serves people who run Gunicorn (or uvicorn) themselves, next to an engine
 they started::
@@ -67,8 +67,8 @@ def build_app(
     """The ASGI app of one worker, talking to the engine at ``settings.engine_socket``.
 
     Args:
-        settings: the service's settings; read from the environment when None (the
-            launcher's way: ``Settings.from_process(argv=[])``).
+        settings: the service's settings; the launcher's (or the environment's) when None:
+            ``Settings.from_parent(argv=[])``.
         worker_index: the tag of this worker's request ids; the process id when None.
 
     Raises:
@@ -76,7 +76,7 @@ def build_app(
         TokenizerLoadError: the model's tokenizer cannot be loaded.
     """
     if settings is None:
-        settings = Settings.from_process(argv=[])
+        settings = Settings.from_parent(argv=[])
     server = settings.server()
     if server.engine_socket is None:
         raise RuntimeError(

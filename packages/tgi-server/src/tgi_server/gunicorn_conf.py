@@ -1,8 +1,8 @@
 """Gunicorn configuration of the HTTP service: ``gunicorn -c python:tgi_server.gunicorn_conf``.
 
-Every value comes from the settings in the environment (``Settings.from_process(argv=[])``):
-the launcher exports its resolved settings before it starts Gunicorn, and someone running
-Gunicorn by hand sets the same variables (``PORT``, ``HOSTNAME``, ``WORKERS``,
+Every value comes from the settings (``Settings.from_parent(argv=[])``): the launcher hands
+Gunicorn its resolved settings encoded in ``TGI_SETTINGS``, and someone running Gunicorn by
+hand sets the settings' own variables instead (``PORT``, ``HOSTNAME``, ``WORKERS``,
 ``GRACEFUL_TERMINATION_TIMEOUT``, ``LOG_LEVEL``, ``JSON_OUTPUT``, ``TGI_ENGINE_SOCKET``...).
 The app is ``tgi_server.asgi:app`` unless the command line names another.
 
@@ -25,7 +25,7 @@ from uvicorn_worker import UvicornWorker
 from tgi_core.settings import Settings
 from tgi_server.logging_setup import logging_config, python_level
 
-_settings = Settings.from_process(argv=[]).server()
+_settings = Settings.from_parent(argv=[]).server()
 # Connections and requests of one worker beyond the generating ones it admits: health
 # checks, metrics scrapes, idle keep-alive connections, requests being answered 429.
 _HTTP_MARGIN = 64

@@ -5,7 +5,7 @@ status 2 for a bad flag), sets up logging (``LOG_LEVEL``, ``--json-output``), lo
 environment with ``-e/--env``, then ``Launcher(settings).run()``:
 
 1. the engine process (``python -m tgi_server.engine``: scheduler + runner, rank 0), started
-   with the launcher's settings as environment variables;
+   with the launcher's resolved settings encoded in one variable (``Settings.child_environ``);
 2. wait while it loads the model and warms up: it answers on its socket only when ready;
 3. Gunicorn (``gunicorn -c python:tgi_server.gunicorn_conf tgi_server.asgi:app``), W uvicorn
    workers on ``--hostname:--port``, in its own process group;
@@ -32,6 +32,7 @@ The HTTP app itself is ``tgi_server.asgi``; the engine process, ``tgi_server.eng
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import importlib.metadata
 import logging
@@ -156,7 +157,7 @@ class Launcher:
     """Runs the service until a signal or a child's death (see the module docstring).
 
     Args:
-        settings: the resolved settings; the children receive them as variables.
+        settings: the resolved settings; the children receive them encoded, once.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -223,8 +224,10 @@ class Launcher:
             info.block_size,
             "no" if warmup is None else warmup.num_shapes,
         )
-        extra = {"TGI_ENGINE_SOCKET": str(path), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-        self._start_webserver(self.settings.child_environ(extra))
+        served = dataclasses.replace(
+            self.settings, engine_socket=str(path), metrics_dir=str(metrics_dir)
+        )
+        self._start_webserver(served.child_environ())
         self._wait_for_http()
         if self._metrics_listener is not None:
             self._metrics_listener.start()

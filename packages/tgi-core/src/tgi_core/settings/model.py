@@ -2,10 +2,13 @@
 
 ``Settings.from_sources(argv, environ)`` is the only reader of the environment in the whole
 repository (``from_process`` hands it ``sys.argv`` and ``os.environ``). Precedence is
-CLI > environment > default. Consumers never take ``Settings`` itself: they take their
-slice (``scheduler()``, ``runner(rank)``, ``server()``), built here so that the slices agree
-(same block size, same token limits). Attribute names, flags and help are in the table
-(``fields.py``); a test keeps this class and the table in step.
+CLI > environment > default. The launcher reads them once and hands its children the
+result encoded in one variable (``child_environ``), which they decode (``from_parent``).
+Consumers never take ``Settings`` itself: they take their slice (``scheduler()``,
+``runner(rank)``, ``server()``), built here so that the slices agree (same block size, same
+token limits): a slice field that a setting fills as it is comes from the table's ``to``
+(``Spec``), the rest is computed here. Attribute names, flags and help are in the table
+(``fields.py``); tests keep this class and the slices in step with it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import msgspec
 
 from tgi_core.settings.checks import check, check_refused
 from tgi_core.settings.errors import SettingsError
-from tgi_core.settings.fields import FIELDS
+from tgi_core.settings.fields import FIELDS, ROUTES
 from tgi_core.settings.lora import parse_lora_adapter
 from tgi_core.settings.parse import read_sources
 from tgi_core.settings.resolve import HostInfo, resolve
@@ -36,7 +41,10 @@ from tgi_core.settings.slices import (
     ValidationLimits,
 )
 
-__all__ = ["Settings"]
+__all__ = ["SETTINGS_VARIABLE", "Settings"]
+
+# The launcher hands its children the resolved settings in this one variable (``to_json``).
+SETTINGS_VARIABLE = "TGI_SETTINGS"
 
 # The device chooses: TGI-Gaudi's BF16, float32 on a CPU without native bf16.
 _DEFAULT_DTYPE: RunnerDType = "auto"
@@ -177,8 +185,37 @@ class Settings:
         """``from_sources`` over this process's arguments (``sys.argv[1:]``) and environment."""
         return cls.from_sources(sys.argv[1:] if argv is None else argv, os.environ)
 
+    @classmethod
+    def from_parent(cls, argv: Sequence[str] | None = None) -> Settings:
+        """In a child of the launcher (the engine, Gunicorn and its workers): the settings
+        it resolved, decoded from ``TGI_SETTINGS``; without that variable (a child started by
+        hand), ``from_process(argv)``.
+
+        Raises:
+            SettingsError: ``TGI_SETTINGS`` does not hold settings, or comes with flags.
+            HelpRequested: as ``from_process``, without ``TGI_SETTINGS``.
+        """
+        encoded = os.environ.get(SETTINGS_VARIABLE)
+        if not encoded:
+            return cls.from_process(argv)
+        if argv:
+            raise SettingsError(f"{SETTINGS_VARIABLE} holds the settings: give no flags")
+        return cls.from_json(encoded)
+
+    def to_json(self) -> str:
+        """These settings as one JSON object (secrets included): ``from_json`` reads it."""
+        return msgspec.json.encode(self).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        """Settings that ``to_json`` wrote. Raises ``SettingsError`` (one line) otherwise."""
+        try:
+            return msgspec.json.decode(text, type=cls)
+        except msgspec.DecodeError as error:
+            raise SettingsError(f"{SETTINGS_VARIABLE} holds no valid settings: {error}") from None
+
     def to_environ(self) -> dict[str, str]:
-        """These settings as environment variables, so a child process rebuilds them.
+        """These settings as environment variables, which ``from_sources`` reads back.
 
         ``Settings.from_sources([], settings.to_environ()) == settings`` (``--env`` aside,
         which has no variable). Holds the secrets (tokens, API key) that were set.
@@ -192,41 +229,25 @@ class Settings:
         return environ
 
     def child_environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The environment of a child process (engine, HTTP workers): this process's, with
-        every settings variable replaced by these resolved settings, plus ``extra``.
+        """The environment of a child process (engine, HTTP workers): this process's without
+        its settings variables, plus these settings in ``TGI_SETTINGS`` (``from_parent``),
+        the variables libraries read themselves (``Spec.exported``), resolved, and ``extra``.
 
-        The rest passes through untouched (PATH, HOME, HF_HOME, device variables...), so the
-        child rebuilds exactly these settings with ``Settings.from_process()``.
+        The rest passes through untouched (PATH, HOME, HF_HOME, device variables...).
         """
         environ = dict(os.environ)
         for spec in FIELDS:
             for name in spec.env_names:
                 environ.pop(name, None)
-        environ.update(self.to_environ())
+        exported = {spec.env_names[0] for spec in FIELDS if spec.exported}
+        environ.update((k, v) for k, v in self.to_environ().items() if k in exported)
+        environ[SETTINGS_VARIABLE] = self.to_json()
         environ.update(extra or {})
         return environ
 
     def scheduler(self) -> SchedulerSettings:
         """The scheduler's slice: limits, buckets, block size and queue policy."""
-        return SchedulerSettings(
-            max_concurrent_requests=self.max_concurrent_requests,
-            max_batch_size=self.max_batch_size,
-            max_batch_prefill_tokens=self.max_batch_prefill_tokens,
-            max_batch_total_tokens=self.max_batch_total_tokens,
-            max_input_tokens=self.max_input_tokens,
-            max_total_tokens=self.max_total_tokens,
-            waiting_served_ratio=self.waiting_served_ratio,
-            max_waiting_tokens=self.max_waiting_tokens,
-            batch_bucket_size=self.batch_bucket_size,
-            prefill_batch_bucket_size=self.prefill_batch_bucket_size,
-            pad_sequence_to_multiple_of=self.pad_sequence_to_multiple_of,
-            block_size=self.block_size,
-            queue_threshold_ms=self.queue_threshold_ms,
-            queue_policy=self.queue_policy,
-            prefix_caching=self.prefix_caching,
-            ignore_eos_token=self.ignore_eos_token,
-            speculate=self.speculate or 0,
-        )
+        return SchedulerSettings(**self._routed("scheduler"), speculate=self.speculate or 0)
 
     def runner(self, rank: int = 0) -> RunnerSettings:
         """The model runner's slice for shard ``rank`` (0 <= rank < ``num_shard``).
@@ -238,43 +259,12 @@ class Settings:
             raise SettingsError(f"rank {rank} is out of range for --num-shard {self.num_shard}")
         rope_scaling, rope_factor = self._rope()
         return RunnerSettings(
-            model_id=self.model_id,
-            revision=self.revision,
+            **self._routed("runner"),
             dtype=self.dtype or _DEFAULT_DTYPE,
-            device=self.device,
-            block_size=self.block_size,
-            max_batch_size=self.max_batch_size,
-            max_input_tokens=self.max_input_tokens,
-            max_total_tokens=self.max_total_tokens,
-            max_batch_total_tokens=self.max_batch_total_tokens,
-            num_kv_blocks=self.num_kv_blocks,
-            memory_fraction=self.cuda_memory_fraction,
-            enable_hpu_graph=self.enable_hpu_graph,
-            limit_hpu_graph=self.limit_hpu_graph,
-            use_flash_attention=self.use_flash_attention,
-            flash_attention_recompute=self.flash_attention_recompute,
-            warmup_enabled=self.warmup_enabled,
-            quant_config=self.quant_config,
-            quantize=self.quantize,
-            cuda_graphs=self.cuda_graphs,
-            kv_cache_dtype=self.kv_cache_dtype,
-            hf_token=self.hf_token,
-            huggingface_hub_cache=self.huggingface_hub_cache,
-            num_shard=self.num_shard,
             rank=rank,
-            master_addr=self.master_addr,
-            master_port=self.master_port,
-            num_threads=self.num_threads,
             rope_scaling=rope_scaling,
             rope_factor=rope_factor,
             profile=self.profile(),
-            watermark_gamma=self.watermark_gamma,
-            watermark_delta=self.watermark_delta,
-            base_image_tokens=self.base_image_tokens,
-            hf_hub_offline=self.hf_hub_offline,
-            disable_custom_kernels=self.disable_custom_kernels,
-            trust_remote_code=self.trust_remote_code,
-            lora_adapters=self.lora_adapters,
             speculate=self.speculate or 0,
         )
 
@@ -285,49 +275,16 @@ class Settings:
         IP address (Docker sets HOSTNAME to the container's name) binds 0.0.0.0.
         """
         return ServerSettings(
-            model_id=self.model_id,
+            **self._routed("server"),
             hostname=self.hostname if _is_ip_address(self.hostname) else "0.0.0.0",
-            port=self.port,
-            prometheus_port=self.prometheus_port,
-            workers=self.workers,
-            api_key=self.api_key,
-            cors_allow_origin=self.cors_allow_origin,
-            payload_limit=self.payload_limit,
-            json_output=self.json_output,
-            log_level=self.log_level,
-            graceful_termination_timeout=self.graceful_termination_timeout,
-            max_concurrent_requests=self.max_concurrent_requests,
-            validation_workers=self.validation_workers,
-            tokenizer_config_path=self.tokenizer_config_path,
-            skip_tokenizer_in_tgi=self.skip_tokenizer_in_tgi,
-            compute_type=self.compute_type,
-            otlp_endpoint=self.otlp_endpoint,
-            otlp_service_name=self.otlp_service_name,
-            revision=self.revision,
-            hf_token=self.hf_token,
             limits=self.validation_limits(),
-            images=ImageLimits(
-                max_image_fetch_size=self.max_image_fetch_size,
-                max_images_per_request=self.max_images_per_request,
-                max_image_pixels=self.max_image_pixels,
-                image_fetch_timeout=self.image_fetch_timeout,
-                image_fetch_allow_private=self.image_fetch_allow_private,
-            ),
-            engine_socket=self.engine_socket,
-            metrics_dir=self.metrics_dir,
+            images=ImageLimits(**self._routed("images")),
         )
 
     def validation_limits(self) -> ValidationLimits:
         """The per-request limits (TGI router's Validation)."""
         return ValidationLimits(
-            max_best_of=self.max_best_of,
-            max_stop_sequences=self.max_stop_sequences,
-            max_top_n_tokens=self.max_top_n_tokens,
-            max_input_tokens=self.max_input_tokens,
-            max_total_tokens=self.max_total_tokens,
-            max_client_batch_size=self.max_client_batch_size,
-            disable_grammar_support=self.disable_grammar_support,
-            enable_prefill_logprobs=self.enable_prefill_logprobs,
+            **self._routed("limits"),
             adapter_ids=tuple(
                 adapter.id
                 for entry in self.lora_adapters
@@ -337,14 +294,11 @@ class Settings:
 
     def profile(self) -> ProfileSettings:
         """The torch profiler schedule (PROF_* variables)."""
-        return ProfileSettings(
-            wait_steps=self.prof_waitstep,
-            warmup_steps=self.prof_warmupstep,
-            active_steps=self.prof_step,
-            path=self.prof_path,
-            ranks=self.prof_ranks,
-            record_shapes=self.prof_record_shapes,
-        )
+        return ProfileSettings(**self._routed("profile"))
+
+    def _routed(self, target: str) -> dict[str, Any]:
+        """The fields of slice ``target`` that settings fill as they are (the table's ``to``)."""
+        return {field: getattr(self, name) for name, field in ROUTES[target]}
 
     def _rope(self) -> tuple[str | None, float | None]:
         """TGI's launcher rule: a factor alone is linear; a scaling alone has factor 1.0."""

@@ -25,10 +25,18 @@ SERVER_FIELDS: tuple[Spec, ...] = (
         "0.0.0.0",
         "The IP address to listen on; anything but an IP address means 0.0.0.0.",
     ),
-    Spec("port", SERVER, PORT, 3000, "The port to listen on.", short="p"),
-    Spec("prometheus_port", SERVER, PORT, 9000, "The port of the /metrics server."),
-    Spec("workers", SERVER, POSITIVE_INT, 1, "Gunicorn HTTP worker processes."),
-    Spec("api_key", SERVER, TEXT, None, "Require this bearer token on every request.", secret=True),
+    Spec("port", SERVER, PORT, 3000, "The port to listen on.", short="p", to=("server",)),
+    Spec("prometheus_port", SERVER, PORT, 9000, "The port of the /metrics server.", to=("server",)),
+    Spec("workers", SERVER, POSITIVE_INT, 1, "Gunicorn HTTP worker processes.", to=("server",)),
+    Spec(
+        "api_key",
+        SERVER,
+        TEXT,
+        None,
+        "Require this bearer token on every request.",
+        secret=True,
+        to=("server",),
+    ),
     Spec(
         "cors_allow_origin",
         SERVER,
@@ -36,8 +44,9 @@ SERVER_FIELDS: tuple[Spec, ...] = (
         (),
         "Allowed CORS origins; repeat the flag (the env var takes a comma list).",
         repeatable=True,
+        to=("server",),
     ),
-    Spec("json_output", SERVER, FLAG, False, "Log in JSON (for telemetry)."),
+    Spec("json_output", SERVER, FLAG, False, "Log in JSON (for telemetry).", to=("server",)),
     Spec(
         "graceful_termination_timeout",
         SERVER,
@@ -45,6 +54,7 @@ SERVER_FIELDS: tuple[Spec, ...] = (
         90,
         "Seconds to wait for in-flight requests on shutdown.",
         short="g",
+        to=("server",),
     ),
     Spec(
         "otlp_endpoint",
@@ -53,6 +63,7 @@ SERVER_FIELDS: tuple[Spec, ...] = (
         None,
         "OpenTelemetry collector endpoint: traces go there over OTLP/HTTP (`/v1/traces` is "
         "appended to a bare URL such as http://collector:4318).",
+        to=("server",),
     ),
     Spec(
         "otlp_service_name",
@@ -60,6 +71,7 @@ SERVER_FIELDS: tuple[Spec, ...] = (
         TEXT,
         "text-generation-inference.router",
         "OpenTelemetry service name (the traces' `service.name`).",
+        to=("server",),
     ),
     Spec("ngrok", SERVER, FLAG, False, "Enable ngrok tunneling.", status=refused(_NO_NGROK)),
     Spec(

@@ -3,12 +3,23 @@
 The full ``Settings`` object (built from CLI flags and environment variables in this package)
 hands each consumer only its slice: the scheduler gets ``SchedulerSettings``, the runner
 ``RunnerSettings``, the server ``ServerSettings``. Tests build slices directly.
+
+A field that a setting fills as it is (``Spec.to``) takes the table's default
+(``default_of``); one whose setting's default is derived (``resolve.py``) takes what it
+resolves to on Gaudi. The other fields are computed by ``Settings`` or are no setting.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+
+from tgi_core.settings.fields import default_of
+from tgi_core.settings.resolve import (
+    DEFAULT_MAX_BATCH_PREFILL_TOKENS,
+    DEFAULT_MAX_TOTAL_TOKENS,
+    HPU_BLOCK_SIZE,
+)
 
 QueuePolicy = Literal["priority", "fifo"]
 DeviceName = Literal["auto", "cpu", "cuda", "hpu"]
@@ -21,23 +32,23 @@ RunnerDType = Literal["auto", "bfloat16", "float32", "float16"]
 class SchedulerSettings:
     """Limits and buckets of the continuous-batching scheduler (TGI's router + Gaudi buckets)."""
 
-    max_concurrent_requests: int = 128
-    max_batch_size: int = 32
-    max_batch_prefill_tokens: int = 4096
-    max_batch_total_tokens: int | None = None
-    max_input_tokens: int = 4095
-    max_total_tokens: int = 4096
-    waiting_served_ratio: float = 0.3
-    max_waiting_tokens: int = 20
-    batch_bucket_size: int = 8
-    prefill_batch_bucket_size: int = 4
-    pad_sequence_to_multiple_of: int = 128
-    block_size: int = 128
-    queue_threshold_ms: int = 120
-    queue_policy: QueuePolicy = "priority"
-    prefix_caching: bool = True
+    max_concurrent_requests: int = default_of("max_concurrent_requests")
+    max_batch_size: int = default_of("max_batch_size")
+    max_batch_prefill_tokens: int = DEFAULT_MAX_BATCH_PREFILL_TOKENS
+    max_batch_total_tokens: int | None = default_of("max_batch_total_tokens")
+    max_input_tokens: int = DEFAULT_MAX_TOTAL_TOKENS - 1
+    max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS
+    waiting_served_ratio: float = default_of("waiting_served_ratio")
+    max_waiting_tokens: int = default_of("max_waiting_tokens")
+    batch_bucket_size: int = default_of("batch_bucket_size")
+    prefill_batch_bucket_size: int = default_of("prefill_batch_bucket_size")
+    pad_sequence_to_multiple_of: int = default_of("pad_sequence_to_multiple_of")
+    block_size: int = HPU_BLOCK_SIZE
+    queue_threshold_ms: int = default_of("queue_threshold_ms")
+    queue_policy: QueuePolicy = default_of("queue_policy")
+    prefix_caching: bool = default_of("prefix_caching")
     max_generation_chunk: int = 1024
-    ignore_eos_token: bool = False  # TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN (benchmark mode)
+    ignore_eos_token: bool = default_of("ignore_eos_token")
     # The shortest prefill length bucket. A vision-language model's is BASE_IMAGE_TOKENS: as
     # in TGI-Gaudi, its prefills are warmed up (and padded) from there to max_input_tokens.
     min_prefill_len: int = 1
@@ -49,12 +60,12 @@ class SchedulerSettings:
 class ProfileSettings:
     """torch.profiler schedule (TGI-Gaudi's PROF_* variables). ``active_steps`` 0 = off."""
 
-    wait_steps: int = 0
-    warmup_steps: int = 0
-    active_steps: int = 0
-    path: str = "/tmp/hpu_profile"
-    ranks: tuple[int, ...] = (0,)
-    record_shapes: bool = False
+    wait_steps: int = default_of("prof_waitstep")
+    warmup_steps: int = default_of("prof_warmupstep")
+    active_steps: int = default_of("prof_step")
+    path: str = default_of("prof_path")
+    ranks: tuple[int, ...] = default_of("prof_ranks")
+    record_shapes: bool = default_of("prof_record_shapes")
 
     @property
     def enabled(self) -> bool:
@@ -66,43 +77,43 @@ class RunnerSettings:
     """What the model runner needs: the model, the device, the shapes and the Gaudi switches."""
 
     model_id: str = ""
-    revision: str | None = None
+    revision: str | None = default_of("revision")
     dtype: RunnerDType = "auto"
-    device: DeviceName = "auto"
-    block_size: int = 128
-    max_batch_size: int = 32
-    max_input_tokens: int = 4095
-    max_total_tokens: int = 4096
-    max_batch_total_tokens: int | None = None
-    num_kv_blocks: int | None = None
-    memory_fraction: float = 1.0
-    enable_hpu_graph: bool = True
-    limit_hpu_graph: bool = True
-    use_flash_attention: bool = True
-    flash_attention_recompute: bool = True
-    warmup_enabled: bool = True
-    quant_config: str | None = None
-    quantize: str | None = None
-    kv_cache_dtype: str | None = None
-    hf_token: str | None = None
-    huggingface_hub_cache: str | None = None
+    device: DeviceName = default_of("device")
+    block_size: int = HPU_BLOCK_SIZE
+    max_batch_size: int = default_of("max_batch_size")
+    max_input_tokens: int = DEFAULT_MAX_TOTAL_TOKENS - 1
+    max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS
+    max_batch_total_tokens: int | None = default_of("max_batch_total_tokens")
+    num_kv_blocks: int | None = default_of("num_kv_blocks")
+    memory_fraction: float = default_of("cuda_memory_fraction")
+    enable_hpu_graph: bool = default_of("enable_hpu_graph")
+    limit_hpu_graph: bool = default_of("limit_hpu_graph")
+    use_flash_attention: bool = default_of("use_flash_attention")
+    flash_attention_recompute: bool = default_of("flash_attention_recompute")
+    warmup_enabled: bool = default_of("warmup_enabled")
+    quant_config: str | None = default_of("quant_config")
+    quantize: str | None = default_of("quantize")
+    kv_cache_dtype: str | None = default_of("kv_cache_dtype")
+    hf_token: str | None = default_of("hf_token")
+    huggingface_hub_cache: str | None = default_of("huggingface_hub_cache")
     num_shard: int = 1
     rank: int = 0
-    master_addr: str = "localhost"
-    master_port: int = 29500
-    num_threads: int | None = None
+    master_addr: str = default_of("master_addr")
+    master_port: int = default_of("master_port")
+    num_threads: int | None = default_of("num_threads")
     # CUDA: decode batch sizes captured as graphs (TGI's --cuda-graphs); 0 or () none.
-    cuda_graphs: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    cuda_graphs: tuple[int, ...] = default_of("cuda_graphs")
     rope_scaling: str | None = None
     rope_factor: float | None = None
     profile: ProfileSettings = field(default_factory=ProfileSettings)
-    watermark_gamma: float = 0.5
-    watermark_delta: float = 2.0
-    base_image_tokens: int = 2048
-    hf_hub_offline: bool = False  # load from the hub's cache only (HF_HUB_OFFLINE)
-    disable_custom_kernels: bool = False  # the CPU backend's native kernels off
-    trust_remote_code: bool = False  # run a checkpoint's own code (transformers fallback)
-    lora_adapters: tuple[str, ...] = ()  # --lora-adapters entries (settings/lora.py)
+    watermark_gamma: float = default_of("watermark_gamma")
+    watermark_delta: float = default_of("watermark_delta")
+    base_image_tokens: int = default_of("base_image_tokens")
+    hf_hub_offline: bool = default_of("hf_hub_offline")
+    disable_custom_kernels: bool = default_of("disable_custom_kernels")
+    trust_remote_code: bool = default_of("trust_remote_code")
+    lora_adapters: tuple[str, ...] = default_of("lora_adapters")
     speculate: int = 0  # --speculate: decode steps verify this many draft tokens at most
 
 
@@ -110,15 +121,15 @@ class RunnerSettings:
 class ValidationLimits:
     """The request limits validation enforces (TGI router's Validation)."""
 
-    max_best_of: int = 2
-    max_stop_sequences: int = 4
-    max_top_n_tokens: int = 5
-    max_input_tokens: int = 4095
-    max_total_tokens: int = 4096
-    max_client_batch_size: int = 4
+    max_best_of: int = default_of("max_best_of")
+    max_stop_sequences: int = default_of("max_stop_sequences")
+    max_top_n_tokens: int = default_of("max_top_n_tokens")
+    max_input_tokens: int = DEFAULT_MAX_TOTAL_TOKENS - 1
+    max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS
+    max_client_batch_size: int = default_of("max_client_batch_size")
     max_generation_chunk: int = 1024
-    disable_grammar_support: bool = False
-    enable_prefill_logprobs: bool = False
+    disable_grammar_support: bool = default_of("disable_grammar_support")
+    enable_prefill_logprobs: bool = default_of("enable_prefill_logprobs")
     adapter_ids: tuple[str, ...] = ()  # the LoRA adapters a request may name
 
 
@@ -127,11 +138,11 @@ class ImageLimits:
     """What a vision model's front end allows of a request's images (ours: TGI has only
     ``--max-image-fetch-size``, at 1 GiB, and no address, count, pixel or time limit)."""
 
-    max_image_fetch_size: int = 20 * 1024 * 1024  # bytes of one image, fetched or data URL
-    max_images_per_request: int = 8
-    max_image_pixels: int = 7680 * 4320  # an 8K UHD frame
-    image_fetch_timeout: float = 10.0  # seconds for all of a request's fetches together
-    image_fetch_allow_private: bool = False  # loopback, private, link-local... addresses
+    max_image_fetch_size: int = default_of("max_image_fetch_size")
+    max_images_per_request: int = default_of("max_images_per_request")
+    max_image_pixels: int = default_of("max_image_pixels")
+    image_fetch_timeout: float = default_of("image_fetch_timeout")
+    image_fetch_allow_private: bool = default_of("image_fetch_allow_private")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,26 +150,26 @@ class ServerSettings:
     """What the HTTP front end and the launcher need."""
 
     model_id: str = ""
-    hostname: str = "0.0.0.0"
-    port: int = 3000
-    prometheus_port: int = 9000
-    workers: int = 1
-    api_key: str | None = None
-    cors_allow_origin: tuple[str, ...] = ()
-    payload_limit: int = 2_000_000
-    json_output: bool = False
-    log_level: str = "info"
-    graceful_termination_timeout: int = 90
-    max_concurrent_requests: int = 128
-    validation_workers: int = 2
-    tokenizer_config_path: str | None = None
-    skip_tokenizer_in_tgi: bool = False
+    hostname: str = default_of("hostname")
+    port: int = default_of("port")
+    prometheus_port: int = default_of("prometheus_port")
+    workers: int = default_of("workers")
+    api_key: str | None = default_of("api_key")
+    cors_allow_origin: tuple[str, ...] = default_of("cors_allow_origin")
+    payload_limit: int = default_of("payload_limit")
+    json_output: bool = default_of("json_output")
+    log_level: str = default_of("log_level")
+    graceful_termination_timeout: int = default_of("graceful_termination_timeout")
+    max_concurrent_requests: int = default_of("max_concurrent_requests")
+    validation_workers: int = default_of("validation_workers")
+    tokenizer_config_path: str | None = default_of("tokenizer_config_path")
+    skip_tokenizer_in_tgi: bool = default_of("skip_tokenizer_in_tgi")
     compute_type: str = "cpu+optimized"
-    otlp_endpoint: str | None = None
-    otlp_service_name: str = "text-generation-inference.router"
-    revision: str | None = None
-    hf_token: str | None = None
+    otlp_endpoint: str | None = default_of("otlp_endpoint")
+    otlp_service_name: str = default_of("otlp_service_name")
+    revision: str | None = default_of("revision")
+    hf_token: str | None = default_of("hf_token")
     limits: ValidationLimits = field(default_factory=ValidationLimits)
     images: ImageLimits = field(default_factory=ImageLimits)
-    engine_socket: str | None = None
-    metrics_dir: str | None = None
+    engine_socket: str | None = default_of("engine_socket")
+    metrics_dir: str | None = default_of("metrics_dir")

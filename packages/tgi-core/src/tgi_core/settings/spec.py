@@ -65,7 +65,14 @@ def moot(reason: str) -> Status:
 
 @dataclass(frozen=True, slots=True)
 class Spec:
-    """One setting. ``flag=False`` makes it environment-only (the Gaudi variables)."""
+    """One setting. ``flag=False`` makes it environment-only (the Gaudi variables).
+
+    ``to`` names the slices that receive the value as it is (``Settings`` builds them from
+    it): ``scheduler``, ``runner``, ``server``, ``limits``, ``images`` or ``profile``, the
+    slice's field named as the setting unless the entry says otherwise
+    (``"runner.memory_fraction"``). What a slice computes from several settings is
+    ``Settings``' own business (``model.py``).
+    """
 
     name: str
     section: str
@@ -79,7 +86,17 @@ class Spec:
     default_doc: str | None = None
     secret: bool = False
     stored: bool = True  # False: read, then folded into another setting (legacy alias)
+    # A library in the launcher's children reads the variable itself (huggingface_hub,
+    # prometheus-client): they get it too, resolved, next to the encoded settings.
+    exported: bool = False
     status: Status = WORKS
+    to: tuple[str, ...] = ()
+
+    @property
+    def targets(self) -> tuple[tuple[str, str], ...]:
+        """``(slice, field)`` for each entry of ``to``."""
+        entries = (entry.partition(".") for entry in self.to)
+        return tuple((target, field or self.name) for target, _, field in entries)
 
     @property
     def long(self) -> str | None:

@@ -110,12 +110,16 @@ def run_engine(settings: Settings, path: str | Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tgi_server.engine --engine-socket PATH [launcher flags...]``."""
+    """``python -m tgi_server.engine --engine-socket PATH [launcher flags...]``.
+
+    Started by the launcher, it decodes the launcher's settings (``TGI_SETTINGS``) and takes no
+    flags; started by hand, it reads flags and variables as the launcher does.
+    """
     parser = argparse.ArgumentParser(prog="python -m tgi_server.engine", add_help=False)
     parser.add_argument(SOCKET_FLAG, required=True, type=Path, dest="socket")
     known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
-        settings = Settings.from_process(rest)
+        settings = Settings.from_parent(rest)
     except HelpRequested:
         print("usage: python -m tgi_server.engine --engine-socket PATH [launcher flags...]")
         print("the flags are text-generation-launcher's: see its --help")
@@ -136,8 +140,9 @@ def start_engine_process(
 ) -> subprocess.Popen[bytes]:
     """Start ``python -m tgi_server.engine`` serving at ``path``, with launcher flags ``argv``.
 
-    The child reads its settings from ``argv`` and ``env`` (default: this process's
-    environment) exactly as the launcher does. Stop it with ``terminate()`` (SIGTERM: drain).
+    The child decodes the settings in ``env``'s ``TGI_SETTINGS`` (``Settings.child_environ``),
+    else reads them from ``argv`` and ``env`` (default: this process's environment) exactly as
+    the launcher does. Stop it with ``terminate()`` (SIGTERM: drain).
     """
     command = [python, "-m", "tgi_server.engine", SOCKET_FLAG, str(path), *argv]
     return subprocess.Popen(command, env=None if env is None else dict(env))
