@@ -213,11 +213,11 @@ settings = RunnerSettings(
 )
 runner = TorchModelRunner(settings, num_kv_blocks=16)
 prompt, table = {PROMPT}, (0, 1, 2)
-item = PrefillItem(seq_id=0, token_ids=prompt, num_prompt_tokens=len(prompt),
+item = PrefillItem(request_id=0, token_ids=prompt, num_prompt_tokens=len(prompt),
                    num_cached_tokens=0, block_table=table, sampling=SamplingParams())
 tokens = [runner.execute(StepPlan(0, PrefillShape(1, 4), prefill=(item,))).outputs[0].token_id]
 for step in range(1, {NUM_NEW}):
-    decode = DecodeItem(seq_id=0, token_id=tokens[-1], position=len(prompt) + step - 1,
+    decode = DecodeItem(request_id=0, token_id=tokens[-1], position=len(prompt) + step - 1,
                         block_table=table)
     plan = StepPlan(step, DecodeShape(1, 4), decode=(decode,))
     tokens.append(runner.execute(plan).outputs[0].token_id)

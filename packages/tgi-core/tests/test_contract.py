@@ -21,7 +21,7 @@ def test_plan_round_trips_through_msgpack() -> None:
         shape=PrefillShape(batch_size=4, seq_len=128),
         prefill=(
             PrefillItem(
-                seq_id=7,
+                request_id=7,
                 token_ids=(1, 2, 3),
                 num_prompt_tokens=3,
                 num_cached_tokens=0,
@@ -48,7 +48,7 @@ def test_decode_plan_and_events() -> None:
     plan = StepPlan(
         step_id=1,
         shape=DecodeShape(8, 1),
-        decode=(DecodeItem(seq_id=1, token_id=9, position=3, block_table=(0,)),),
+        decode=(DecodeItem(request_id=1, token_id=9, position=3, block_table=(0,)),),
     )
     assert not plan.is_prefill
     event = TokenEvent(request_id=1, token_id=2, logprob=-0.5)

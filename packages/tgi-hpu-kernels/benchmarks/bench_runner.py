@@ -75,7 +75,7 @@ def _prefill_items(
     rng = random.Random(seed)
     return tuple(
         PrefillItem(
-            seq_id=first_seq + i,
+            request_id=first_seq + i,
             token_ids=tuple(rng.randrange(1, 40_000) for _ in range(length)),
             num_prompt_tokens=length,
             num_cached_tokens=0,
@@ -95,7 +95,7 @@ def _ours_decode(runner: TorchModelRunner, batch: int, context: int, steps: int)
 
     def step(k: int) -> None:
         decode = tuple(
-            DecodeItem(seq_id=i, token_id=5, position=context + k, block_table=tables[i])
+            DecodeItem(request_id=i, token_id=5, position=context + k, block_table=tables[i])
             for i in range(batch)
         )
         runner.execute(StepPlan(step_id=k + 1, shape=shape, decode=decode))
@@ -108,7 +108,7 @@ def _ours_decode(runner: TorchModelRunner, batch: int, context: int, steps: int)
 def _ours_prefill(runner: TorchModelRunner, lengths: list[int], steps: int) -> float:
     per_seq = _blocks(max(lengths) + 1)
     items = _prefill_items(lengths, 1000, per_seq)
-    released = tuple(item.seq_id for item in items)
+    released = tuple(item.request_id for item in items)
     shape = PrefillShape(len(lengths), max(lengths))
 
     def step(k: int) -> None:

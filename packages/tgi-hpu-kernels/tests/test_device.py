@@ -111,7 +111,7 @@ def _logits_on(device_name: str, folder: object) -> torch.Tensor:
     tokens = (5, 6, 7, 8, 9, 10, 11, 12)
     table = (3, 1, 2)
     item = PrefillItem(
-        seq_id=0,
+        request_id=0,
         token_ids=tokens[:5],
         num_prompt_tokens=5,
         num_cached_tokens=0,
@@ -120,7 +120,9 @@ def _logits_on(device_name: str, folder: object) -> torch.Tensor:
     )
     logits = [runner.compute_logits(StepPlan(step_id=0, shape=PrefillShape(2, 8), prefill=(item,)))]
     for position in (5, 6, 7):
-        step = DecodeItem(seq_id=0, token_id=tokens[position], position=position, block_table=table)
+        step = DecodeItem(
+            request_id=0, token_id=tokens[position], position=position, block_table=table
+        )
         plan = StepPlan(step_id=position, shape=DecodeShape(2, 4), decode=(step,))
         logits.append(runner.compute_logits(plan))
     return torch.cat(logits).cpu()

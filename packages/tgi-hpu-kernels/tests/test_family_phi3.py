@@ -52,9 +52,9 @@ def _transformers_logits(model: torch.nn.Module, tokens: list[int]) -> torch.Ten
     return torch.cat(rows)
 
 
-def _prefill(seq_id: int, tokens: list[int], table: tuple[int, ...]) -> PrefillItem:
+def _prefill(request_id: int, tokens: list[int], table: tuple[int, ...]) -> PrefillItem:
     return PrefillItem(
-        seq_id=seq_id,
+        request_id=request_id,
         token_ids=tuple(tokens),
         num_prompt_tokens=len(tokens),
         num_cached_tokens=0,
@@ -92,7 +92,7 @@ def test_longrope_across_the_original_context_matches_transformers(
 
     for step in range(num_decode):
         decode = tuple(
-            DecodeItem(seq_id=i, token_id=s[p + step], position=p + step, block_table=t)
+            DecodeItem(request_id=i, token_id=s[p + step], position=p + step, block_table=t)
             for i, (s, p, t) in enumerate(zip(sequences, prompt_lens, tables, strict=True))
         )
         plan = StepPlan(step_id=step + 1, shape=DecodeShape(2, 24), decode=decode)

@@ -100,7 +100,7 @@ def test_gguf_model_matches_transformers(tiny_checkpoint, make_runner, tmp_path)
     runner = make_runner(path)
     tokens = [5, 17, 33, 9, 41, 7, 3, 90, 64]
     item = PrefillItem(
-        seq_id=0,
+        request_id=0,
         token_ids=tuple(tokens),
         num_prompt_tokens=len(tokens),
         num_cached_tokens=0,

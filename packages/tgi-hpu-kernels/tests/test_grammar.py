@@ -59,7 +59,7 @@ def _generate(
     params: Sequence[SamplingParams],
     *,
     max_new_tokens: int,
-    first_seq_id: int,
+    first_request_id: int,
     generated: Sequence[Sequence[int]] | None = None,
 ) -> list[Generated]:
     """Prefill ``prompts`` (+ ``generated``: a recompute), then decode each until EOS or
@@ -68,10 +68,10 @@ def _generate(
     history = [list(p) + list(g) for p, g in zip(prompts, before, strict=True)]
     per_seq = MAX_SEQ_LEN // BLOCK_SIZE
     tables = [tuple(range(i * per_seq, (i + 1) * per_seq)) for i in range(len(prompts))]
-    seq_ids = [first_seq_id + i for i in range(len(prompts))]
+    request_ids = [first_request_id + i for i in range(len(prompts))]
     items = tuple(
         PrefillItem(s, tuple(h), len(p), 0, t, sp)
-        for s, h, p, t, sp in zip(seq_ids, history, prompts, tables, params, strict=True)
+        for s, h, p, t, sp in zip(request_ids, history, prompts, tables, params, strict=True)
     )
     plan = StepPlan(0, PrefillShape(len(items), max(map(len, history))), prefill=items)
     results = [Generated() for _ in prompts]
@@ -84,14 +84,17 @@ def _generate(
             history[i].append(output.token_id)
         done = [i for i in active if history[i][-1] in runner.eos_token_ids]
         active = [i for i in active if i not in done and step < max_new_tokens]
-        released = tuple(seq_ids[i] for i in done)
+        released = tuple(request_ids[i] for i in done)
         decode = tuple(
-            DecodeItem(seq_ids[i], history[i][-1], len(history[i]) - 1, tables[i]) for i in active
+            DecodeItem(request_ids[i], history[i][-1], len(history[i]) - 1, tables[i])
+            for i in active
         )
         plan = StepPlan(step, DecodeShape(len(decode), per_seq), decode=decode, released=released)
         if not active:
             break
-    leftover = tuple(s for i, s in enumerate(seq_ids) if history[i][-1] not in runner.eos_token_ids)
+    leftover = tuple(
+        s for i, s in enumerate(request_ids) if history[i][-1] not in runner.eos_token_ids
+    )
     runner.execute(StepPlan(max_new_tokens + 1, None, released=plan.released + leftover))
     return results
 
@@ -143,7 +146,7 @@ def test_json_schema_greedy_and_sampled_give_valid_json_then_eos(smollm2) -> Non
         SamplingParams(grammar=PERSON_REGEX),
         *(SamplingParams(grammar=PERSON_REGEX, seed=seed, **SAMPLED) for seed in range(3)),
     ]
-    results = _generate(runner, [prompt] * 4, params, max_new_tokens=80, first_seq_id=1)
+    results = _generate(runner, [prompt] * 4, params, max_new_tokens=80, first_request_id=1)
     texts = [_text(tokenizer, r, runner.eos_token_ids) for r in results]
     for text in texts:
         assert re.fullmatch(PERSON_REGEX, text), text
@@ -155,7 +158,7 @@ def test_regex_choice_gives_one_alternative_then_eos_with_masked_logprobs(smollm
     runner, tokenizer = smollm2
     prompt = _chat(tokenizer, "Is the sky blue? Answer yes or no.")
     params = SamplingParams(grammar="(yes|no)", top_n_tokens=5)
-    [result] = _generate(runner, [prompt], [params], max_new_tokens=10, first_seq_id=10)
+    [result] = _generate(runner, [prompt], [params], max_new_tokens=10, first_request_id=10)
     assert _text(tokenizer, result, runner.eos_token_ids) in ("yes", "no")
     # TGI's logprobs come from the masked scores: at the end only EOS is left, with p = 1
     assert result.logprobs[-1] == 0.0
@@ -176,14 +179,14 @@ def test_unconstrained_neighbours_get_the_same_tokens(smollm2) -> None:
     runner, tokenizer = smollm2
     prompts = [_chat(tokenizer, q) for q in ("Name a fruit.", "What is 2 + 2?")]
     free = [SamplingParams(), SamplingParams(seed=7, **SAMPLED)]
-    alone = _generate(runner, prompts, free, max_new_tokens=12, first_seq_id=20)
+    alone = _generate(runner, prompts, free, max_new_tokens=12, first_request_id=20)
     person = _chat(tokenizer, PERSON_QUESTION)
     mixed = _generate(
         runner,
         [prompts[0], person, prompts[1], person],
         [free[0], SamplingParams(grammar=PERSON_REGEX), free[1], SamplingParams(grammar="no")],
         max_new_tokens=12,
-        first_seq_id=30,
+        first_request_id=30,
     )
     assert [mixed[0].token_ids, mixed[2].token_ids] == [r.token_ids for r in alone]
     assert mixed[0].logprobs == pytest.approx(alone[0].logprobs, abs=1e-5)
@@ -196,11 +199,16 @@ def test_recompute_after_preemption_continues_the_grammar(smollm2) -> None:
     runner, tokenizer = smollm2
     prompt = _chat(tokenizer, PERSON_QUESTION)
     params = SamplingParams(grammar=PERSON_REGEX, seed=1, **SAMPLED)
-    [whole] = _generate(runner, [prompt], [params], max_new_tokens=80, first_seq_id=40)
-    [head] = _generate(runner, [prompt], [params], max_new_tokens=6, first_seq_id=41)
+    [whole] = _generate(runner, [prompt], [params], max_new_tokens=80, first_request_id=40)
+    [head] = _generate(runner, [prompt], [params], max_new_tokens=6, first_request_id=41)
     assert head.token_ids == whole.token_ids[:6]
     [tail] = _generate(
-        runner, [prompt], [params], max_new_tokens=80, first_seq_id=42, generated=[head.token_ids]
+        runner,
+        [prompt],
+        [params],
+        max_new_tokens=80,
+        first_request_id=42,
+        generated=[head.token_ids],
     )
     assert head.token_ids + tail.token_ids == whole.token_ids
     _check_person(_text(tokenizer, whole, runner.eos_token_ids))
@@ -266,7 +274,7 @@ def test_sentencepiece_json_schema_greedy_and_sampled(tiny_llama) -> None:
     params = [SamplingParams(grammar=regex)]
     params += [SamplingParams(grammar=regex, seed=seed, **SAMPLED) for seed in range(3)]
     prompt = tokenizer.encode("the answer:")
-    results = _generate(runner, [prompt] * 4, params, max_new_tokens=100, first_seq_id=1)
+    results = _generate(runner, [prompt] * 4, params, max_new_tokens=100, first_request_id=1)
     for result in results:
         assert max(result.token_ids) < tokenizer.vocab_size
         text = _text(tokenizer, result, runner.eos_token_ids)
@@ -279,7 +287,7 @@ def test_sentencepiece_choice_with_space_pieces(tiny_llama) -> None:
     runner, tokenizer = tiny_llama
     params = [SamplingParams(grammar=" (yes|no)"), SamplingParams(grammar=" (yes|no)", seed=3)]
     prompt = tokenizer.encode("is it")
-    results = _generate(runner, [prompt] * 2, params, max_new_tokens=10, first_seq_id=5)
+    results = _generate(runner, [prompt] * 2, params, max_new_tokens=10, first_request_id=5)
     for result in results:
         # decode drops the first space (Strip); the text after the prompt keeps it
         text = tokenizer.decode([*prompt[1:], *result.token_ids[:-1]])
@@ -291,7 +299,7 @@ def test_a_broken_grammar_fails_its_sequence_alone(tiny_llama) -> None:
     runner, tokenizer = tiny_llama
     prompt = tuple(tokenizer.encode("is it"))
     yes_no = SamplingParams(grammar=" (yes|no)")
-    [alone] = _generate(runner, [prompt], [yes_no], max_new_tokens=10, first_seq_id=60)
+    [alone] = _generate(runner, [prompt], [yes_no], max_new_tokens=10, first_request_id=60)
     per_seq = MAX_SEQ_LEN // BLOCK_SIZE
     tables = [tuple(range(i * per_seq, (i + 1) * per_seq)) for i in range(3)]
     bad = tokenizer.encode("{", add_special_tokens=False)[-1]  # " (yes|no)" cannot start so

@@ -17,9 +17,9 @@ def _constraints() -> GrammarConstraints:
     return GrammarConstraints(TOKENS, EOS_IDS, torch.device("cpu"), max_cached_indexes=2)
 
 
-def _allowed(constraints: GrammarConstraints, seq_ids: list[int]) -> list[set[int]]:
-    logits = torch.zeros(len(seq_ids), WIDTH)
-    mask = constraints.prepare(seq_ids, WIDTH)
+def _allowed(constraints: GrammarConstraints, request_ids: list[int]) -> list[set[int]]:
+    logits = torch.zeros(len(request_ids), WIDTH)
+    mask = constraints.prepare(request_ids, WIDTH)
     if mask is not None:
         constraints.apply_(mask, logits)
     return [set(torch.isfinite(row).nonzero().flatten().tolist()) for row in logits]

@@ -53,10 +53,10 @@ def _tables(lengths: list[int], seed: int = 0) -> list[tuple[int, ...]]:
 
 
 def _prefill_item(
-    seq_id: int, tokens: list[int], table: tuple[int, ...], cached: int = 0
+    request_id: int, tokens: list[int], table: tuple[int, ...], cached: int = 0
 ) -> PrefillItem:
     return PrefillItem(
-        seq_id=seq_id,
+        request_id=request_id,
         token_ids=tuple(tokens),
         num_prompt_tokens=len(tokens),
         num_cached_tokens=cached,
@@ -101,7 +101,9 @@ def test_prefill_and_decode_match_transformers(tiny_checkpoint, make_runner, fam
     for step in range(NUM_DECODE):
         positions = [p + step for p in PROMPT_LENS]
         decode = tuple(
-            DecodeItem(seq_id=i, token_id=sequences[i][pos], position=pos, block_table=tables[i])
+            DecodeItem(
+                request_id=i, token_id=sequences[i][pos], position=pos, block_table=tables[i]
+            )
             for i, pos in enumerate(positions)
         )
         plan = StepPlan(step_id=step + 1, shape=_decode_bucket(positions), decode=decode)
@@ -145,7 +147,7 @@ def test_prefix_cached_prefill_matches_transformers(tiny_checkpoint, make_runner
     reference = _reference(hf_model, second)
     for position in range(18, len(second)):
         item = DecodeItem(
-            seq_id=1, token_id=second[position], position=position, block_table=second_table
+            request_id=1, token_id=second[position], position=position, block_table=second_table
         )
         logits = runner.compute_logits(
             StepPlan(step_id=position, shape=DecodeShape(4, 8), decode=(item,))
@@ -165,7 +167,9 @@ def _logits_of(runner, sequences: list[list[int]], num_decode: int) -> torch.Ten
     for step in range(num_decode):
         positions = [p + step for p in PROMPT_LENS]
         decode = tuple(
-            DecodeItem(seq_id=i, token_id=sequences[i][pos], position=pos, block_table=tables[i])
+            DecodeItem(
+                request_id=i, token_id=sequences[i][pos], position=pos, block_table=tables[i]
+            )
             for i, pos in enumerate(positions)
         )
         plan = StepPlan(step_id=step + 1, shape=_decode_bucket(positions), decode=decode)
@@ -222,7 +226,7 @@ def test_bfloat16_decode_does_not_depend_on_the_batch(tiny_checkpoint, make_runn
         item = _prefill_item(i, s[:p], tables[i])
         runner.compute_logits(StepPlan(step_id=0, shape=PrefillShape(1, 24), prefill=(item,)))
     decode = [
-        DecodeItem(seq_id=i, token_id=s[p], position=p, block_table=tables[i])
+        DecodeItem(request_id=i, token_id=s[p], position=p, block_table=tables[i])
         for i, (s, p) in enumerate(zip(sequences, PROMPT_LENS, strict=True))
     ]
     batch = runner.compute_logits(

@@ -44,7 +44,7 @@ def _tables(base: int) -> list[tuple[int, ...]]:
 def _prefill(base_seq: int, tables: list[tuple[int, ...]], released=()) -> StepPlan:
     items = tuple(
         PrefillItem(
-            seq_id=base_seq + i,
+            request_id=base_seq + i,
             token_ids=tuple(p),
             num_prompt_tokens=len(p),
             num_cached_tokens=0,
@@ -58,7 +58,7 @@ def _prefill(base_seq: int, tables: list[tuple[int, ...]], released=()) -> StepP
 
 def _decode(base_seq: int, tables, tokens: list[int], step: int) -> StepPlan:
     items = tuple(
-        DecodeItem(seq_id=base_seq + i, token_id=tok, position=len(p) + step, block_table=t)
+        DecodeItem(request_id=base_seq + i, token_id=tok, position=len(p) + step, block_table=t)
         for i, (p, t, tok) in enumerate(zip(PROMPTS, tables, tokens, strict=True))
     )
     return StepPlan(step_id=step + 1, shape=DecodeShape(batch_size=2, num_blocks=8), decode=items)

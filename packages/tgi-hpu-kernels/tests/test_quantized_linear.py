@@ -189,7 +189,7 @@ def _prefill(base: int, released: tuple[int, ...] = ()) -> StepPlan:
     """A 39-token prefill (the dequantize + GEMM path); decode steps take the native kernel."""
     items = tuple(
         PrefillItem(
-            seq_id=base + i,
+            request_id=base + i,
             token_ids=tuple(t),
             num_prompt_tokens=len(t),
             num_cached_tokens=0,
@@ -203,7 +203,7 @@ def _prefill(base: int, released: tuple[int, ...] = ()) -> StepPlan:
 
 def _decode(base: int, tokens: list[int], step: int) -> StepPlan:
     items = tuple(
-        DecodeItem(seq_id=base + i, token_id=tok, position=len(t) + step, block_table=table)
+        DecodeItem(request_id=base + i, token_id=tok, position=len(t) + step, block_table=table)
         for i, (t, table, tok) in enumerate(zip(TOKENS, TABLES, tokens, strict=True))
     )
     return StepPlan(step_id=step + 1, shape=DecodeShape(2, 8), decode=items)

@@ -22,9 +22,11 @@ from tgi_core.settings.slices import ProfileSettings
 PROMPTS = ([5, 17, 33, 9, 41, 7, 3], [88, 12, 64, 101, 23])
 
 
-def _prefill(seq_id: int, tokens: list[int], table: tuple[int, ...], **kw: object) -> PrefillItem:
+def _prefill(
+    request_id: int, tokens: list[int], table: tuple[int, ...], **kw: object
+) -> PrefillItem:
     return PrefillItem(
-        seq_id=seq_id,
+        request_id=request_id,
         token_ids=tuple(tokens),
         num_prompt_tokens=len(tokens),
         num_cached_tokens=0,
@@ -59,12 +61,12 @@ def test_greedy_execute_matches_transformers_generate(tiny_checkpoint, make_runn
 
     items = tuple(_prefill(i, p, tables[i]) for i, p in enumerate(PROMPTS))
     output = runner.execute(StepPlan(step_id=0, shape=PrefillShape(2, 8), prefill=items))
-    assert [o.seq_id for o in output.outputs] == [0, 1]
+    assert [o.request_id for o in output.outputs] == [0, 1]
     generated = [[o.token_id] for o in output.outputs]
     for step in range(1, num_new):
         decode = tuple(
             DecodeItem(
-                seq_id=i,
+                request_id=i,
                 token_id=generated[i][-1],
                 position=len(p) + step - 1,
                 block_table=tables[i],
@@ -102,7 +104,7 @@ def test_release_only_plan_answers_nothing(tiny_checkpoint, make_runner):
     released = runner.execute(StepPlan(step_id=1, shape=None, released=(3,)))
     assert released.outputs == ()
     with pytest.raises(KeyError):  # the sampler forgot sequence 3
-        decode = DecodeItem(seq_id=3, token_id=1, position=2, block_table=(0,))
+        decode = DecodeItem(request_id=3, token_id=1, position=2, block_table=(0,))
         runner.execute(StepPlan(step_id=2, shape=DecodeShape(1, 1), decode=(decode,)))
 
 
@@ -118,11 +120,11 @@ def test_warmup_runs_every_shape_and_counts_unwarmed_ones(tiny_checkpoint, make_
         step_id=0, shape=PrefillShape(2, 8), prefill=(_prefill(1, [4, 5, 6], (0, 1)),)
     )
     runner.execute(prefill)
-    decode = DecodeItem(seq_id=1, token_id=9, position=3, block_table=(0, 1))
+    decode = DecodeItem(request_id=1, token_id=9, position=3, block_table=(0, 1))
     runner.execute(StepPlan(step_id=1, shape=DecodeShape(2, 4), decode=(decode,)))
     assert runner.num_unwarmed_shapes == 0
     for step in (2, 3):  # an unwarmed bucket, twice: counted once
-        decode = DecodeItem(seq_id=1, token_id=9, position=2 + step, block_table=(0, 1))
+        decode = DecodeItem(request_id=1, token_id=9, position=2 + step, block_table=(0, 1))
         runner.execute(StepPlan(step_id=step, shape=DecodeShape(2, 8), decode=(decode,)))
     assert runner.num_unwarmed_shapes == 1
     assert runner.unwarmed_shapes == {DecodeShape(2, 8)}

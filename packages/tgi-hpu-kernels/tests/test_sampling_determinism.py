@@ -63,8 +63,8 @@ def test_same_seed_same_tokens_in_any_batch_at_any_row(
     alone = _run_alone(TARGET)
     sampler = Sampler(VOCAB, CPU, num_candidates=8)
     sampler.add_sequence(0, TARGET, PROMPT, len(PROMPT))
-    for seq_id, params in enumerate(others, start=1):
-        sampler.add_sequence(seq_id, params, [seq_id, 2 * seq_id], 1)
+    for request_id, params in enumerate(others, start=1):
+        sampler.add_sequence(request_id, params, [request_id, 2 * request_id], 1)
     alive = list(range(1, len(others) + 1))
     generator = torch.Generator().manual_seed(noise_seed)
     for step, (num_others, position) in enumerate(compositions):
@@ -119,16 +119,16 @@ def test_release_frees_device_state_and_unknown_ids_are_rejected() -> None:
     sampler = Sampler(VOCAB, CPU)
     penalised = SamplingParams(do_sample=True, repetition_penalty=1.2)
     for round_ in range(3):
-        for seq_id in range(20):
-            sampler.add_sequence(seq_id, penalised, [round_, seq_id], 1)
+        for request_id in range(20):
+            sampler.add_sequence(request_id, penalised, [round_, request_id], 1)
         sampler.sample(range(20), torch.zeros(20, VOCAB))
-        for seq_id in range(20):
-            sampler.release(seq_id)
+        for request_id in range(20):
+            sampler.release(request_id)
     assert sampler.num_sequences == 0
     assert sampler._counts.num_sequences == 0
     assert sampler._counts._table.tensor.shape[0] == 32  # grew once for 20 rows, then reused
     sampler.release(12345)  # unknown: a no-op
-    with pytest.raises(KeyError, match="unknown seq_ids"):
+    with pytest.raises(KeyError, match="unknown request_ids"):
         sampler.sample([0], torch.zeros(1, VOCAB))
 
 

@@ -68,8 +68,8 @@ def test_greedy_rows_take_the_argmax_over_the_real_vocabulary() -> None:
     vocab, padding = 50, 6
     sampler = Sampler(vocab, CPU)
     top_ns = [0, 1, 3, 5]
-    for seq_id, top_n in enumerate(top_ns):
-        sampler.add_sequence(seq_id, SamplingParams(top_n_tokens=top_n), [1, 2, 3], 3)
+    for request_id, top_n in enumerate(top_ns):
+        sampler.add_sequence(request_id, SamplingParams(top_n_tokens=top_n), [1, 2, 3], 3)
     logits = _randn(4, vocab + padding)
     logits[:, vocab:] = 100.0  # padded lm-head columns must never win
     original = logits.clone()
@@ -84,8 +84,8 @@ def test_greedy_rows_take_the_argmax_over_the_real_vocabulary() -> None:
 def test_plain_greedy_batch_reports_the_log_softmax_of_the_argmax() -> None:
     vocab = 50
     sampler = Sampler(vocab, CPU)
-    for seq_id in range(3):
-        sampler.add_sequence(seq_id, SamplingParams(), [1, 2], 2)
+    for request_id in range(3):
+        sampler.add_sequence(request_id, SamplingParams(), [1, 2], 2)
     logits = _randn(3, vocab + 4)
     logits[:, vocab:] = 100.0
     result = sampler.sample([2, 0, 1], logits)
@@ -135,8 +135,8 @@ def test_mixed_batch_matches_the_hf_processor_chain_over_steps() -> None:
     vocab = 300
     sampler = Sampler(vocab, CPU, num_candidates=32)
     histories = [[(7 * i + j) % vocab for j in range(5 + i)] for i in range(len(MIXED))]
-    for seq_id, (params, history) in enumerate(zip(MIXED, histories, strict=True)):
-        sampler.add_sequence(seq_id, params, history, len(history))
+    for request_id, (params, history) in enumerate(zip(MIXED, histories, strict=True)):
+        sampler.add_sequence(request_id, params, history, len(history))
     for step in range(4):
         logits = _randn(len(MIXED), vocab, seed=10 + step)
         result = sampler.sample(range(len(MIXED)), logits)
@@ -235,9 +235,9 @@ def test_sampled_frequencies_follow_softmax_over_temperature() -> None:
     probs = (logits / temperature).softmax(-1).tolist()
     sampler = Sampler(6, CPU)
     num_sequences, num_steps = 400, 10
-    for seq_id in range(num_sequences):
-        params = SamplingParams(do_sample=True, temperature=temperature, seed=seq_id)
-        sampler.add_sequence(seq_id, params, [0], 1)
+    for request_id in range(num_sequences):
+        params = SamplingParams(do_sample=True, temperature=temperature, seed=request_id)
+        sampler.add_sequence(request_id, params, [0], 1)
     counts: Counter[int] = Counter()
     for _ in range(num_steps):
         result = sampler.sample(range(num_sequences), logits.expand(num_sequences, 6))

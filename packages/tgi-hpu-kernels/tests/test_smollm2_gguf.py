@@ -84,30 +84,30 @@ def _generate(runner: TorchModelRunner, prompts: list[list[int]], first_id: int)
     """Greedy generation of NUM_NEW_TOKENS for all ``prompts`` in one batch."""
     per_seq = 512 // BLOCK_SIZE
     tables = [tuple(range(i * per_seq, (i + 1) * per_seq)) for i in range(len(prompts))]
-    seq_ids = [first_id + i for i in range(len(prompts))]
+    request_ids = [first_id + i for i in range(len(prompts))]
     prefill = tuple(
         PrefillItem(
-            seq_id=s,
+            request_id=s,
             token_ids=tuple(p),
             num_prompt_tokens=len(p),
             num_cached_tokens=0,
             block_table=t,
             sampling=SamplingParams(),
         )
-        for s, p, t in zip(seq_ids, prompts, tables, strict=True)
+        for s, p, t in zip(request_ids, prompts, tables, strict=True)
     )
     shape = PrefillShape(8, 128)
     out = runner.execute(StepPlan(step_id=0, shape=shape, prefill=prefill))
     generated = [[o.token_id] for o in out.outputs]
     for step in range(1, NUM_NEW_TOKENS):
         decode = tuple(
-            DecodeItem(seq_id=s, token_id=g[-1], position=len(p) + step - 1, block_table=t)
-            for s, g, p, t in zip(seq_ids, generated, prompts, tables, strict=True)
+            DecodeItem(request_id=s, token_id=g[-1], position=len(p) + step - 1, block_table=t)
+            for s, g, p, t in zip(request_ids, generated, prompts, tables, strict=True)
         )
         out = runner.execute(StepPlan(step_id=step, shape=DecodeShape(8, 8), decode=decode))
         for g, o in zip(generated, out.outputs, strict=True):
             g.append(o.token_id)
-    runner.execute(StepPlan(step_id=NUM_NEW_TOKENS, shape=None, released=tuple(seq_ids)))
+    runner.execute(StepPlan(step_id=NUM_NEW_TOKENS, shape=None, released=tuple(request_ids)))
     return generated
 
 

@@ -12,9 +12,9 @@ LAYOUT = KVLayout(block_size=4, scratch_block=10, num_kv_heads=2)
 CPU = torch.device("cpu")
 
 
-def _item(seq_id: int, length: int, table: tuple[int, ...], cached: int = 0) -> PrefillItem:
+def _item(request_id: int, length: int, table: tuple[int, ...], cached: int = 0) -> PrefillItem:
     return PrefillItem(
-        seq_id=seq_id,
+        request_id=request_id,
         token_ids=tuple(range(1, length + 1)),
         num_prompt_tokens=length,
         num_cached_tokens=cached,
@@ -65,7 +65,7 @@ def test_prefix_prefill_gathers_cached_blocks_under_a_mask():
 
 
 def test_decode_pads_rows_and_block_tables_with_scratch():
-    items = [DecodeItem(seq_id=0, token_id=7, position=5, block_table=(3, 4))]
+    items = [DecodeItem(request_id=0, token_id=7, position=5, block_table=(3, 4))]
     window = KVLayout(block_size=4, scratch_block=10, num_kv_heads=1, sliding_window=3)
     inputs = build_decode(items, DecodeShape(2, 3), window, static=True, device=CPU)
     assert inputs.input_ids.tolist() == [7, 0]
@@ -80,7 +80,7 @@ def test_plans_that_do_not_fit_are_refused():
         build_prefill([_item(0, 9, (1, 2, 3))], PrefillShape(1, 8), LAYOUT, static=True, device=CPU)
     with pytest.raises(ValueError, match="cannot hold 9 tokens"):
         build_prefill([_item(0, 9, (1, 2))], PrefillShape(1, 16), LAYOUT, static=True, device=CPU)
-    late = DecodeItem(seq_id=0, token_id=1, position=8, block_table=(1, 2))
+    late = DecodeItem(request_id=0, token_id=1, position=8, block_table=(1, 2))
     with pytest.raises(ValueError, match="no slot for position 8"):
         build_decode([late], DecodeShape(1, 4), LAYOUT, static=False, device=CPU)
     with pytest.raises(ValueError, match="do not fit"):
@@ -88,7 +88,7 @@ def test_plans_that_do_not_fit_are_refused():
 
 
 def test_block_ids_outside_the_pool_are_refused():
-    outside = DecodeItem(seq_id=0, token_id=1, position=1, block_table=(LAYOUT.scratch_block,))
+    outside = DecodeItem(request_id=0, token_id=1, position=1, block_table=(LAYOUT.scratch_block,))
     with pytest.raises(ValueError, match=r"leaves the pool \[0, 10\)"):
         build_decode([outside], DecodeShape(1, 1), LAYOUT, static=True, device=CPU)
 
@@ -113,7 +113,7 @@ def test_paged_prefill_describes_sequences_instead_of_a_grid():
 
 
 def test_paged_decode_pads_rows_with_one_scratch_key():
-    items = [DecodeItem(seq_id=0, token_id=7, position=5, block_table=(3, 4))]
+    items = [DecodeItem(request_id=0, token_id=7, position=5, block_table=(3, 4))]
     inputs = build_decode(items, DecodeShape(2, 3), PAGED, static=True, device=CPU)
     paged = inputs.attn.paged
     assert paged.block_tables.tolist() == [[3, 4, 10], [10, 10, 10]]

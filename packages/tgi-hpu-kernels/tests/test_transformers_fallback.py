@@ -126,14 +126,14 @@ def test_recomputed_model_keeps_histories_from_prefill_to_release(make_runner, t
     save_tiny_checkpoint(tmp_path, "bloom")
     runner = make_runner(tmp_path)
     prefill = PrefillItem(
-        seq_id=7,
+        request_id=7,
         token_ids=(5, 6, 7, 8),
         num_prompt_tokens=4,
         num_cached_tokens=0,
         block_table=(1, 2),
         sampling=SamplingParams(),
     )
-    decode = DecodeItem(seq_id=7, token_id=3, position=4, block_table=(1, 2))
+    decode = DecodeItem(request_id=7, token_id=3, position=4, block_table=(1, 2))
     decode_shape = DecodeShape(batch_size=1, num_blocks=2)
     runner.execute(StepPlan(step_id=1, shape=PrefillShape(1, 4), prefill=(prefill,)))
     (output,) = runner.execute(StepPlan(step_id=2, shape=decode_shape, decode=(decode,))).outputs

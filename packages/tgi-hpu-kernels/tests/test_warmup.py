@@ -84,7 +84,7 @@ def test_packed_cpu_warms_representatives_and_counts_the_other_buckets_warmed(
     assert seen == [(i + 1, len(PICKED), s) for i, s in enumerate(PICKED)]
     # Buckets warmup did not run: nothing compiles on the CPU, so they count as warmed.
     prompt = PrefillItem(
-        seq_id=1,
+        request_id=1,
         token_ids=(4, 5, 6),
         num_prompt_tokens=3,
         num_cached_tokens=0,
@@ -92,11 +92,11 @@ def test_packed_cpu_warms_representatives_and_counts_the_other_buckets_warmed(
         sampling=SamplingParams(),
     )
     runner.execute(StepPlan(step_id=0, shape=PrefillShape(8, 16), prefill=(prompt,)))
-    decode = DecodeItem(seq_id=1, token_id=9, position=3, block_table=(0,))
+    decode = DecodeItem(request_id=1, token_id=9, position=3, block_table=(0,))
     runner.execute(StepPlan(step_id=1, shape=DecodeShape(8, 4), decode=(decode,)))
     assert runner.num_unwarmed_shapes == 0
     # A shape outside the buckets is still counted (the scheduler planned a shape it
     # never asked warmup for).
-    decode = DecodeItem(seq_id=1, token_id=9, position=4, block_table=(0, 1))
+    decode = DecodeItem(request_id=1, token_id=9, position=4, block_table=(0, 1))
     runner.execute(StepPlan(step_id=2, shape=DecodeShape(32, 4), decode=(decode,)))
     assert runner.unwarmed_shapes == {DecodeShape(32, 4)}

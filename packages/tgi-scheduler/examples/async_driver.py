@@ -54,8 +54,8 @@ class CountingRunner:
 
     def execute(self, plan: StepPlan) -> StepOutput:
         time.sleep(STEP_SECONDS)
-        last = [(item.seq_id, item.token_ids[-1]) for item in plan.prefill]
-        last += [(item.seq_id, item.token_id) for item in plan.decode]
+        last = [(item.request_id, item.token_ids[-1]) for item in plan.prefill]
+        last += [(item.request_id, item.token_id) for item in plan.decode]
         outputs = tuple(SequenceOutput(seq, (token + 1) % VOCAB_SIZE, 0.0) for seq, token in last)
         return StepOutput(plan.step_id, outputs)
 

@@ -31,7 +31,7 @@ def test_async_driver_streams_to_concurrent_consumers(capsys: pytest.CaptureFixt
     class CountingRecorder(example.CountingRunner):  # type: ignore[name-defined,misc]
         def execute(self, plan: StepPlan) -> StepOutput:
             output: StepOutput = super().execute(plan)
-            made.update(out.seq_id for out in output.outputs)
+            made.update(out.request_id for out in output.outputs)
             return output
 
     results = asyncio.run(example.main(CountingRecorder()))

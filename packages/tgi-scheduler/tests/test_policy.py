@@ -34,7 +34,7 @@ def limits(**overrides: int) -> BatchLimits:
 
 
 def taken(admissions: list[Admission]) -> list[int]:
-    return [a.seq.seq_id for a in admissions]
+    return [a.seq.request_id for a in admissions]
 
 
 def test_concat_limits_follow_tgi() -> None:

@@ -79,7 +79,7 @@ def test_a_waiting_request_holds_a_concurrency_slot_until_it_is_aborted(
     engine.add_request(req(5))  # both slots are free again
     events_by_id = run_until_idle(engine)
     assert sorted(events_by_id) == [4, 5]
-    assert all(1 not in (x.seq_id for x in p.prefill) for p in runner.plans)  # never ran
+    assert all(1 not in (x.request_id for x in p.prefill) for p in runner.plans)  # never ran
     assert runner.violations == []
 
 
@@ -96,7 +96,7 @@ def test_a_failed_preparation_fails_that_request_alone(make_engine: MakeEngine) 
         assert failure == RequestFailed(request_id, FailureKind.GENERATION, detail)
     assert tokens(events[1]) == list(range(105, 111))
     assert tokens(events[4]) == list(range(405, 411))
-    assert all(x.seq_id not in (2, 3) for p in runner.plans for x in p.prefill)
+    assert all(x.request_id not in (2, 3) for p in runner.plans for x in p.prefill)
     assert engine.stats().kv_blocks_used == 0 and runner.violations == []
 
 
@@ -118,7 +118,7 @@ def test_a_preempted_sequence_is_prepared_again_before_its_recompute(
     for request_id, more in run_until_idle(engine).items():
         events[request_id].extend(more)
     assert tokens(events[2]) == list(range(208, 248))  # as if it had never been preempted
-    prefills = [x for p in runner.plans for x in p.prefill if x.seq_id == 2]
+    prefills = [x for p in runner.plans for x in p.prefill if x.request_id == 2]
     assert len(prefills) == 2 and prefills[1].token_ids[:24] == tuple(range(200, 224))
     assert runner.prepare_calls[2] >= 2 + 3 + 1
     assert runner.violations == []  # never prefilled without a fresh "ready"

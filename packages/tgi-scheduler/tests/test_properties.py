@@ -226,7 +226,7 @@ class Harness:
         stats = self.engine.stats()
         assert stats.kv_blocks_used == 0 and stats.kv_blocks_free == stats.kv_blocks_total
         assert stats.kv_blocks_reserved == 0 and stats.batch_current_max_tokens == 0
-        assert self.runner.live_seq_ids == frozenset()
+        assert self.runner.live_request_ids == frozenset()
         assert self.runner.violations == []
 
     def check_tokens(self, request: GenerationRequest, events: list[RequestEvent]) -> None:

@@ -16,7 +16,7 @@ def seq(request_id: int, num_tokens: int, arrival_time: float = 0.0) -> Sequence
 def drain(queue: AdmissionQueue) -> list[int]:
     order = []
     while (s := queue.pop()) is not None:
-        order.append(s.seq_id)
+        order.append(s.request_id)
     return order
 
 

@@ -47,8 +47,8 @@ def finish(events: list[RequestEvent]) -> FinishReason | None:
     return last.finish_reason
 
 
-def prefills_of(runner: FakeRunner, seq_id: int) -> list[PrefillItem]:
-    return [item for plan in runner.plans for item in plan.prefill if item.seq_id == seq_id]
+def prefills_of(runner: FakeRunner, request_id: int) -> list[PrefillItem]:
+    return [item for plan in runner.plans for item in plan.prefill if item.request_id == request_id]
 
 
 def test_prefill_then_decode_then_release(make_engine: MakeEngine) -> None:
@@ -65,7 +65,7 @@ def test_prefill_then_decode_then_release(make_engine: MakeEngine) -> None:
     assert decode1.shape == DecodeShape(4, 2)
     assert decode2.decode[0].position == 6 and decode2.decode[0].token_id == 106
     assert release.shape is None and release.released == (1,)
-    assert runner.violations == [] and runner.live_seq_ids == frozenset()
+    assert runner.violations == [] and runner.live_request_ids == frozenset()
     stats = engine.stats()
     assert stats.kv_blocks_free == stats.kv_blocks_total and stats.kv_blocks_used == 0
 
@@ -148,7 +148,7 @@ def test_small_waiting_groups_wait_for_max_waiting_tokens(make_engine: MakeEngin
     engine.add_request(req(10, 5, first=1000))
     engine.add_request(req(11, 5, first=1100))  # 2 >= floor(5 * 0.5): joins at once
     engine.step()
-    assert [i.seq_id for i in runner.plans[-1].prefill] == [10, 11]
+    assert [i.request_id for i in runner.plans[-1].prefill] == [10, 11]
     assert engine.stats().num_concat_backpressure == 1
     run_until_idle(engine)
     assert runner.violations == []
@@ -173,8 +173,8 @@ def test_abort_queued_request_costs_nothing(make_engine: MakeEngine) -> None:
     engine.abort(2)
     events = run_until_idle(engine)
     assert set(events) == {1}
-    planned = [i.seq_id for p in runner.plans for i in p.prefill]
-    planned += [i.seq_id for p in runner.plans for i in p.decode]
+    planned = [i.request_id for p in runner.plans for i in p.prefill]
+    planned += [i.request_id for p in runner.plans for i in p.decode]
     assert set(planned) == {1}
 
 
@@ -191,7 +191,7 @@ def test_abort_running_request_releases_its_blocks(make_engine: MakeEngine) -> N
     assert not engine.has_unfinished()
     stats = engine.stats()
     assert stats.kv_blocks_used == 0 and stats.kv_blocks_free == stats.kv_blocks_total
-    assert runner.live_seq_ids == frozenset()
+    assert runner.live_request_ids == frozenset()
 
 
 def test_long_generation_renews_its_chunk_without_a_new_prefill(make_engine: MakeEngine) -> None:
@@ -228,7 +228,9 @@ def test_preemption_when_the_next_chunk_does_not_fit(make_engine: MakeEngine) ->
     assert resumed.num_cached_tokens > 0  # its full blocks stayed in the prefix cache
     released_at = next(i for i, p in enumerate(runner.plans) if 2 in p.released)
     resumed_at = next(i for i, p in enumerate(runner.plans) if resumed in p.prefill)
-    third_at = next(i for i, p in enumerate(runner.plans) if any(x.seq_id == 3 for x in p.prefill))
+    third_at = next(
+        i for i, p in enumerate(runner.plans) if any(x.request_id == 3 for x in p.prefill)
+    )
     assert released_at < resumed_at <= third_at
     assert runner.violations == [] and engine.stats().kv_blocks_used == 0
 
@@ -332,7 +334,7 @@ def test_a_sequence_the_runner_fails_alone_fails_only_its_request(
     stats = engine.stats()
     assert stats.num_failed_steps == 0 and stats.kv_blocks_used == 0
     assert stats.batch_size == 0 and stats.queue_size == 0
-    assert runner.live_seq_ids == frozenset() and runner.violations == []
+    assert runner.live_request_ids == frozenset() and runner.violations == []
 
 
 def test_update_rejects_an_output_for_another_plan() -> None:

@@ -16,13 +16,13 @@ from tgi_scheduler.testing import CostModel, FakeRunner, PlanInvariantError
 
 
 def prefill(
-    seq_id: int,
+    request_id: int,
     token_ids: tuple[int, ...],
     table: tuple[int, ...],
     cached: int = 0,
     **kw: bool | SamplingParams,
 ) -> PrefillItem:
-    return PrefillItem(seq_id, token_ids, len(token_ids), cached, table, SamplingParams(), **kw)  # type: ignore[arg-type]
+    return PrefillItem(request_id, token_ids, len(token_ids), cached, table, SamplingParams(), **kw)  # type: ignore[arg-type]
 
 
 def plan(
@@ -100,7 +100,7 @@ def test_a_cached_prefix_with_the_right_tokens_is_fine() -> None:
     runner.execute(plan(1, prefill(1, (1, 2, 3, 4, 9), (1, 2))))
     runner.execute(plan(2, prefill(2, (1, 2, 3, 4, 7), (1, 3), cached=4)))
     assert runner.violations == []
-    assert runner.live_seq_ids == frozenset({1, 2})
+    assert runner.live_request_ids == frozenset({1, 2})
 
 
 def test_unwarmed_shapes_are_counted() -> None:
@@ -116,7 +116,7 @@ def test_scripted_failures_raise_after_the_releases() -> None:
     runner.execute(plan(1, prefill(1, (5,), (1,))))
     with pytest.raises(RuntimeError, match="scripted failure at step 2"):
         runner.execute(plan(2, prefill(2, (6,), (2,)), released=(1,)))
-    assert runner.live_seq_ids == frozenset()
+    assert runner.live_request_ids == frozenset()
     runner.execute(plan(3, released=(2,)))  # the failed prefill's release is expected
     assert runner.violations == []
 

@@ -84,22 +84,22 @@ class ScriptedRunner:
         return WarmupReport(num_shapes=len(shapes), seconds=0.0, num_kv_blocks=256)
 
     def execute(self, plan: StepPlan) -> StepOutput:
-        for seq_id in plan.released:
-            self._scripts.pop(seq_id, None)
+        for request_id in plan.released:
+            self._scripts.pop(request_id, None)
         outputs = []
         for item in plan.prefill:
             grammar = item.sampling.grammar
             self.prefills.append((item.token_ids, grammar))
             text = self.tool_text if grammar is not None else self.text
             ids = list(self.tokenizer.encode(text, add_special_tokens=False))
-            self._scripts[item.seq_id] = [*ids, self.eos_token_id]
-            outputs.append(self._next(item.seq_id))
-        outputs.extend(self._next(item.seq_id) for item in plan.decode)
+            self._scripts[item.request_id] = [*ids, self.eos_token_id]
+            outputs.append(self._next(item.request_id))
+        outputs.extend(self._next(item.request_id) for item in plan.decode)
         return StepOutput(plan.step_id, tuple(outputs))
 
-    def _next(self, seq_id: int) -> SequenceOutput:
-        script = self._scripts[seq_id]
-        return SequenceOutput(seq_id, script.pop(0) if len(script) > 1 else script[0], -0.25)
+    def _next(self, request_id: int) -> SequenceOutput:
+        script = self._scripts[request_id]
+        return SequenceOutput(request_id, script.pop(0) if len(script) > 1 else script[0], -0.25)
 
 
 class ToolHarness:

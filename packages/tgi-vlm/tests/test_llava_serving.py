@@ -229,9 +229,9 @@ def test_recompute_after_preemption_uses_the_images_again(
     prompt_ids = (1, *[TINY_IMAGE_TOKEN_ID] * num_tokens, 2)
     table = tuple(range(64))
 
-    def prefill(seq_id: int, token_ids: tuple[int, ...]) -> StepPlan:
+    def prefill(request_id: int, token_ids: tuple[int, ...]) -> StepPlan:
         item = PrefillItem(
-            seq_id=seq_id,
+            request_id=request_id,
             token_ids=token_ids,
             num_prompt_tokens=len(prompt_ids),
             num_cached_tokens=0,
@@ -244,7 +244,7 @@ def test_recompute_after_preemption_uses_the_images_again(
     [first] = runner.execute(prefill(7, prompt_ids)).outputs
     generated = (first.token_id, TINY_IMAGE_TOKEN_ID)
     for position, token_id in enumerate(generated, start=len(prompt_ids)):
-        decode = DecodeItem(seq_id=7, token_id=token_id, position=position, block_table=table)
+        decode = DecodeItem(request_id=7, token_id=token_id, position=position, block_table=table)
         plan = StepPlan(step_id=1, shape=DecodeShape(1, len(table)), decode=(decode,))
         [uninterrupted] = runner.execute(plan).outputs
     [recomputed] = runner.execute(prefill(8, prompt_ids + generated)).outputs

@@ -10,10 +10,11 @@ Everything here is plain data (frozen ``msgspec.Struct``), so it crosses process
 (ZeroMQ, shard processes) as cheaply as it crosses function calls. Nothing here imports
 torch: the scheduler never sees a tensor, the runner never sees a request queue.
 
-Sequences are identified by ``seq_id`` (the engine uses the request id). A sequence's full
-data travels once, in a ``PrefillItem``; while it decodes, only the last token, its position
-and its block table travel (``DecodeItem``). The runner keeps whatever per-sequence device
-state it needs (sampling parameters, seeded generators, penalty counts) keyed by ``seq_id``
+A sequence is identified by its request's ``request_id`` (one sequence per request), the same
+name on both sides of the contract. A sequence's full data travels once, in a
+``PrefillItem``; while it decodes, only the last token, its position and its block table
+travel (``DecodeItem``). The runner keeps whatever per-sequence device
+state it needs (sampling parameters, seeded generators, penalty counts) keyed by ``request_id``
 and drops it when the id appears in ``StepPlan.released``. A runner that needs time to
 ready a request before its prefill (a grammar's index) also implements ``RequestPreparer``:
 the request waits outside the batch until it is ready, and the steps go on meanwhile.
@@ -130,7 +131,7 @@ class PrefillItem(msgspec.Struct, frozen=True, gc=False):
     recompute's included): their features replace the prompt's image placeholder tokens.
     """
 
-    seq_id: int
+    request_id: int
     token_ids: tuple[int, ...]
     num_prompt_tokens: int
     num_cached_tokens: int
@@ -149,7 +150,7 @@ class DecodeItem(msgspec.Struct, frozen=True, gc=False):
     with the tokens it accepts, then one of its own (``SequenceOutput.extra``).
     """
 
-    seq_id: int
+    request_id: int
     token_id: int
     position: int
     block_table: tuple[int, ...]
@@ -209,7 +210,7 @@ class SequenceOutput(msgspec.Struct, frozen=True, gc=False):
     A failure of the whole step is an exception of ``ModelRunner.execute`` instead.
     """
 
-    seq_id: int
+    request_id: int
     token_id: int
     logprob: float
     top_tokens: tuple[TopToken, ...] = ()

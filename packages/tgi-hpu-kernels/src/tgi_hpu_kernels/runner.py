@@ -360,10 +360,10 @@ class TorchModelRunner:
 
     # -- internals --------------------------------------------------------------------
 
-    def _release(self, seq_ids: Sequence[int]) -> None:
-        self._sequences.release(seq_ids)
+    def _release(self, request_ids: Sequence[int]) -> None:
+        self._sequences.release(request_ids)
         if isinstance(self._model, RecomputingCausalLM):
-            self._model.release(seq_ids)
+            self._model.release(request_ids)
 
     def _record_shape(self, shape: Shape) -> None:
         if self._warmed is not None and shape not in self._warmed and shape not in self._unwarmed:
@@ -444,16 +444,16 @@ class TorchModelRunner:
         prompt_logprobs = self._prompt_logprobs(plan, hidden, inputs)
         failed = step.failed  # sequences failed alone: only their own request hears why
         outputs = tuple(
-            SequenceOutput(seq_id, 0, 0.0, error=failed[seq_id])
-            if seq_id in failed
+            SequenceOutput(request_id, 0, 0.0, error=failed[request_id])
+            if request_id in failed
             else SequenceOutput(
-                seq_id=seq_id,
+                request_id=request_id,
                 token_id=result.token_ids[i],
                 logprob=result.logprobs[i],
                 top_tokens=result.top_tokens[i],
                 prompt_logprobs=prompt_logprobs[i],
             )
-            for i, seq_id in enumerate(step.seq_ids)
+            for i, request_id in enumerate(step.request_ids)
         )
         last_rows = [int(row) for row in inputs.logits_index[: len(outputs)]]
         drafted = with_drafts(self._medusa, outputs, hidden, last_rows, self.speculate)
@@ -482,5 +482,5 @@ class TorchModelRunner:
         )
         self._sequences.add_dummy_decodes(plan.decode)
         self._execute(plan, record_shape=False)
-        self._release([i.seq_id for i in plan.prefill] + [d.seq_id for d in plan.decode])
+        self._release([i.request_id for i in plan.prefill] + [d.request_id for d in plan.decode])
         self._device.synchronize()

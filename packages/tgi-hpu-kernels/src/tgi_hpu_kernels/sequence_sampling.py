@@ -49,7 +49,7 @@ __all__ = ["PreparedStep", "SequenceSampling"]
 class PreparedStep:
     """One step's rows in plan order, and the grammar masks of its constrained rows."""
 
-    seq_ids: list[int]
+    request_ids: list[int]
     grammar: GrammarConstraints | None  # None when no live sequence is constrained
     mask: GrammarMask | None  # None when no row of this step is constrained
     failed: dict[int, str] = field(default_factory=dict)  # sequences failed alone, and why
@@ -124,30 +124,32 @@ class SequenceSampling:
         if self._grammar is not None:
             self._grammar.compiler.close()
 
-    def release(self, seq_ids: Sequence[int]) -> None:
+    def release(self, request_ids: Sequence[int]) -> None:
         """Drop the sampler state and grammar guide of each id; unknown ids are ignored."""
         sampler = self.sampler
-        for seq_id in seq_ids:
-            sampler.release(seq_id)
+        for request_id in request_ids:
+            sampler.release(request_id)
             if self._grammar is not None:
-                self._grammar.release(seq_id)
+                self._grammar.release(request_id)
 
     def add_prefill(self, item: PrefillItem) -> None:
         """Register a prefill (again after a preemption), replacing any state it had."""
         self.sampler.add_sequence(
-            item.seq_id, item.sampling, item.token_ids, item.num_prompt_tokens
+            item.request_id, item.sampling, item.token_ids, item.num_prompt_tokens
         )
         if item.sampling.grammar is not None:
             generated_ids = item.token_ids[item.num_prompt_tokens :]  # a recompute's tokens
-            self._grammar_for_step().add_sequence(item.seq_id, item.sampling.grammar, generated_ids)
+            self._grammar_for_step().add_sequence(
+                item.request_id, item.sampling.grammar, generated_ids
+            )
         elif self._grammar is not None:
-            self._grammar.release(item.seq_id)
+            self._grammar.release(item.request_id)
 
     def add_dummy_decodes(self, items: Sequence[DecodeItem]) -> None:
         """Warmup: give dummy decodes the greedy state a prefill would have made."""
         sampler = self.sampler
         for item in items:
-            sampler.add_sequence(item.seq_id, SamplingParams(), (item.token_id,), 1)
+            sampler.add_sequence(item.request_id, SamplingParams(), (item.token_id,), 1)
 
     def prepare(self, plan: StepPlan) -> PreparedStep:
         """Register the plan's prefills and write its grammar masks, before the forward pass
@@ -157,45 +159,49 @@ class SequenceSampling:
             try:
                 self.add_prefill(item)
             except ValueError as exc:  # its own parameters or grammar (GrammarError)
-                failed[item.seq_id] = str(exc)
-                self.release([item.seq_id])
+                failed[item.request_id] = str(exc)
+                self.release([item.request_id])
         if self._grammar is not None:
             self._grammar.compiler.end_step()  # the prepared prefills have their guides
-        seq_ids = [item.seq_id for item in plan.prefill] or [item.seq_id for item in plan.decode]
-        return self.prepare_rows(seq_ids, failed)
+        request_ids = [item.request_id for item in plan.prefill] or [
+            item.request_id for item in plan.decode
+        ]
+        return self.prepare_rows(request_ids, failed)
 
     def prepare_rows(
-        self, seq_ids: list[int], failed: dict[int, str] | None = None
+        self, request_ids: list[int], failed: dict[int, str] | None = None
     ) -> PreparedStep:
-        """The grammar masks of ``seq_ids``' rows at their guides' current states (a
+        """The grammar masks of ``request_ids``' rows at their guides' current states (a
         speculative step asks again for each position it verifies)."""
         grammar = self._grammar if self._grammar and self._grammar.num_sequences else None
-        mask = grammar.prepare(seq_ids, self._vocab_size) if grammar else None
-        return PreparedStep(seq_ids, grammar, mask, {} if failed is None else failed)
+        mask = grammar.prepare(request_ids, self._vocab_size) if grammar else None
+        return PreparedStep(request_ids, grammar, mask, {} if failed is None else failed)
 
     def sample(self, step: PreparedStep, logits: Tensor) -> SampleResult:
-        """Mask ``logits`` ``[len(step.seq_ids), vocab]``, choose one token per row and move
+        """Mask ``logits`` ``[len(step.request_ids), vocab]``, choose one token per row and move
         the grammar guides over them; a failed row (``step.failed``, which this extends)
         gets token 0 and no logprobs."""
         grammar, mask = step.grammar, step.mask
         if grammar is not None and mask is not None:
             grammar.apply_(mask, logits)
         if not step.failed:
-            result = self.sampler.sample(step.seq_ids, logits)
+            result = self.sampler.sample(step.request_ids, logits)
         else:
             result = self._sample_rows(step, logits)
         if grammar is not None:
-            step.failed.update(grammar.advance(step.seq_ids, result.token_ids))
+            step.failed.update(grammar.advance(step.request_ids, result.token_ids))
         return result
 
     def _sample_rows(self, step: PreparedStep, logits: Tensor) -> SampleResult:
         """Sample the rows that did not fail; placeholders for the others."""
-        rows = [i for i, seq_id in enumerate(step.seq_ids) if seq_id not in step.failed]
+        rows = [i for i, request_id in enumerate(step.request_ids) if request_id not in step.failed]
         index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
-        live = self.sampler.sample([step.seq_ids[i] for i in rows], logits.index_select(0, index))
+        live = self.sampler.sample(
+            [step.request_ids[i] for i in rows], logits.index_select(0, index)
+        )
         from tgi_hpu_kernels.sampling import SampleResult
 
-        num_rows = len(step.seq_ids)
+        num_rows = len(step.request_ids)
         result = SampleResult([0] * num_rows, [0.0] * num_rows, [()] * num_rows)
         for j, i in enumerate(rows):
             result.token_ids[i] = live.token_ids[j]

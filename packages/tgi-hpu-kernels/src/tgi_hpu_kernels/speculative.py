@@ -39,7 +39,7 @@ def verify_items(items: Sequence[DecodeItem]) -> list[PrefillItem]:
     (only lengths and the tail are read: the cached tokens are placeholders)."""
     return [
         PrefillItem(
-            seq_id=item.seq_id,
+            request_id=item.request_id,
             token_ids=(0,) * item.position + (item.token_id, *item.draft),
             num_prompt_tokens=item.position + 1,
             num_cached_tokens=item.position,
@@ -70,12 +70,12 @@ def choose_verified(
     position = 0
     while active:
         if position:
-            step = sequences.prepare_rows([items[i].seq_id for i in active], step.failed)
+            step = sequences.prepare_rows([items[i].request_id for i in active], step.failed)
         rows = torch.tensor([offsets[i] + position for i in active], device=logits.device)
         result = sequences.sample(step, logits.index_select(0, rows))
         going = []
         for k, i in enumerate(active):
-            if items[i].seq_id in step.failed:
+            if items[i].request_id in step.failed:
                 continue
             token = result.token_ids[k]
             top: tuple[TopToken, ...] = result.top_tokens[k]
@@ -88,13 +88,13 @@ def choose_verified(
     failed = step.failed
     outputs = []
     for item, tokens in zip(items, chosen, strict=True):
-        if item.seq_id in failed:  # its request fails, as plain decoding's would at that token
-            outputs.append(SequenceOutput(item.seq_id, 0, 0.0, error=failed[item.seq_id]))
+        if item.request_id in failed:  # its request fails, as plain decoding's would at that token
+            outputs.append(SequenceOutput(item.request_id, 0, 0.0, error=failed[item.request_id]))
             continue
         first, *extra = tokens
         outputs.append(
             SequenceOutput(
-                item.seq_id, first.token_id, first.logprob, first.top_tokens, extra=tuple(extra)
+                item.request_id, first.token_id, first.logprob, first.top_tokens, extra=tuple(extra)
             )
         )
     return outputs

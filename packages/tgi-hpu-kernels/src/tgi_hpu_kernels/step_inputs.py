@@ -87,7 +87,7 @@ def _check_tables(items: Sequence[PrefillItem], block_size: int) -> None:
     for item in items:
         if len(item.block_table) * block_size < len(item.token_ids):
             raise ValueError(
-                f"sequence {item.seq_id}: block table of {len(item.block_table)} blocks "
+                f"sequence {item.request_id}: block table of {len(item.block_table)} blocks "
                 f"cannot hold {len(item.token_ids)} tokens"
             )
 
@@ -274,7 +274,7 @@ def build_decode(
         block = item.position // bs
         if block >= len(item.block_table):
             raise ValueError(
-                f"sequence {item.seq_id}: block table of {len(item.block_table)} blocks "
+                f"sequence {item.request_id}: block table of {len(item.block_table)} blocks "
                 f"has no slot for position {item.position}"
             )
         slot_list.append(item.block_table[block] * bs + item.position % bs)

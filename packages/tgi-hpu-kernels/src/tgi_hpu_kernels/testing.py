@@ -448,7 +448,7 @@ def teacher_forced_logits(
     adapters = list(adapter_ids) or [None] * len(sequences)
     prefill = tuple(
         PrefillItem(
-            seq_id=i,
+            request_id=i,
             token_ids=tuple(s[:prefill_len]),
             num_prompt_tokens=prefill_len,
             num_cached_tokens=0,
@@ -483,7 +483,7 @@ def prefill_plan(
 
     items = tuple(
         PrefillItem(
-            seq_id=i,
+            request_id=i,
             token_ids=tuple(prompt),
             num_prompt_tokens=len(prompt),
             num_cached_tokens=0,

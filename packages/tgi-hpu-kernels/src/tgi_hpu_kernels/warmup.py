@@ -131,18 +131,18 @@ def dummy_plan(
 ) -> StepPlan:
     """A dummy plan of ``shape``; by default every row real and as long as the bucket."""
     size = size or DummySize(shape.batch_size, full_length=True)
-    seq_ids = [-1 - i for i in range(size.num_sequences)]
+    request_ids = [-1 - i for i in range(size.num_sequences)]
     if isinstance(shape, DecodeShape):
         position = shape.num_blocks * block_size - 1 if size.full_length else 0
         num_blocks = position // block_size + 1
         decode = tuple(
             DecodeItem(
-                seq_id=s,
+                request_id=s,
                 token_id=0,
                 position=position,
                 block_table=_table(i, num_blocks, num_kv_blocks),
             )
-            for i, s in enumerate(seq_ids)
+            for i, s in enumerate(request_ids)
         )
         return StepPlan(step_id=step_id, shape=shape, decode=decode)
     if not size.full_length:
@@ -155,14 +155,14 @@ def dummy_plan(
     num_blocks = -(-(total + 1) // block_size)
     prefill = tuple(
         PrefillItem(
-            seq_id=s,
+            request_id=s,
             token_ids=(0,) * total,
             num_prompt_tokens=total,
             num_cached_tokens=total - new,
             block_table=_table(i, num_blocks, num_kv_blocks),
             sampling=_GREEDY,
         )
-        for i, s in enumerate(seq_ids)
+        for i, s in enumerate(request_ids)
     )
     return StepPlan(step_id=step_id, shape=shape, prefill=prefill)
 

@@ -82,7 +82,7 @@ class Preparing:
             return []
         prepare = self._preparer.prepare
         failed: list[tuple[Sequence, str]] = []
-        for seq_id, parked in list(self._parked.items()):
+        for request_id, parked in list(self._parked.items()):
             seq = parked.seq
             error = parked.error
             if error is None:
@@ -90,7 +90,7 @@ class Preparing:
                 if not answer.ready and answer.error is None:
                     continue
                 error = answer.error
-            del self._parked[seq_id]
+            del self._parked[request_id]
             if error is not None:
                 failed.append((seq, error))
                 continue
@@ -103,7 +103,7 @@ class Preparing:
 
     def discard(self, seq: Sequence) -> None:
         """Forget a parked sequence (an abort); the caller sets its final status."""
-        del self._parked[seq.seq_id]
+        del self._parked[seq.request_id]
 
     def wait(self, timeout_s: float) -> None:
         """Block until a preparation ends, or ``timeout_s``; at once when none is under way."""
@@ -112,5 +112,5 @@ class Preparing:
 
     def _park(self, seq: Sequence, *, was_queued: bool, error: str | None) -> None:
         resume_status = seq.status if was_queued else SequenceStatus.WAITING
-        self._parked[seq.seq_id] = _Parked(seq, resume_status, was_queued, error)
+        self._parked[seq.request_id] = _Parked(seq, resume_status, was_queued, error)
         seq.status = _PREPARING

@@ -8,7 +8,7 @@ or time beyond the clock it is given.
 
 Ownership: the scheduler owns every ``Sequence`` and is the only writer of its state; the
 ``BlockAllocator`` owns blocks and reference counts; the queue owns the waiting order; the
-runner owns device state, keyed by ``seq_id`` and dropped when a plan lists it as released.
+runner owns device state, keyed by ``request_id`` and dropped when a plan lists it as released.
 
 KV: a sequence reserves its length plus one generation chunk (``max_generation_chunk``, TGI's
 1024) when admitted and takes blocks as it grows (``KVBudget``). When a chunk is used up it
@@ -201,9 +201,9 @@ class Scheduler:
         (that request alone)."""
         events: list[RequestEvent] = []
         for seq, error in self._preparing.poll(self._queue):
-            del self._sequences[seq.seq_id]
+            del self._sequences[seq.request_id]
             seq.status = SequenceStatus.FINISHED_FAILED
-            events.append(RequestFailed(seq.seq_id, _GENERATION, error))
+            events.append(RequestFailed(seq.request_id, _GENERATION, error))
         return events
 
     def schedule(self) -> StepPlan | None:
@@ -255,7 +255,7 @@ class Scheduler:
             seq.status = _RUNNING
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
-            self._running[seq.seq_id] = seq
+            self._running[seq.request_id] = seq
             max_new = max(max_new, admission.num_new_tokens)
             max_width = max(max_width, len(seq.block_table))
             num_cached += admission.num_cached_tokens
@@ -271,7 +271,7 @@ class Scheduler:
     @staticmethod
     def _prefill_item(seq: Sequence) -> PrefillItem:
         return PrefillItem(
-            seq_id=seq.seq_id,
+            request_id=seq.request_id,
             token_ids=tuple(seq.token_ids),
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens,
@@ -298,7 +298,7 @@ class Scheduler:
             max_width = max(max_width, len(table))
             append(
                 DecodeItem(
-                    seq.seq_id,
+                    seq.request_id,
                     seq.token_ids[-1],
                     len(seq.token_ids) - 1,
                     table,
@@ -357,16 +357,16 @@ class Scheduler:
         eos_token_ids = self._eos_token_ids
         events: list[RequestEvent] = []
         for item, out in zip(items, outputs, strict=True):
-            if out.seq_id != item.seq_id:
+            if out.request_id != item.request_id:
                 raise ValueError(
-                    f"output for sequence {out.seq_id} where {item.seq_id} was planned"
+                    f"output for sequence {out.request_id} where {item.request_id} was planned"
                 )
-            seq = running.get(out.seq_id)
+            seq = running.get(out.request_id)
             if seq is None:
                 continue
             if out.error is not None:
                 self._retire(seq, SequenceStatus.FINISHED_FAILED)
-                events.append(RequestFailed(seq.seq_id, _GENERATION, out.error))
+                events.append(RequestFailed(seq.request_id, _GENERATION, out.error))
                 continue
             choices = [(out.token_id, out.logprob, out.top_tokens)]
             choices += [(c.token_id, c.logprob, c.top_tokens) for c in out.extra]
@@ -382,7 +382,7 @@ class Scheduler:
                 first = len(seq.token_ids) == seq.num_prompt_tokens + 1
                 events.append(
                     TokenEvent(
-                        seq.seq_id,
+                        seq.request_id,
                         token_id,
                         logprob,
                         top_tokens,
@@ -409,20 +409,20 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         """Recompute-style preemption: free the KV, queue the history again at the front."""
-        del self._running[seq.seq_id]
+        del self._running[seq.request_id]
         self._kv.release(seq)
         seq.status = SequenceStatus.PREEMPTED
-        self._released.append(seq.seq_id)
+        self._released.append(seq.request_id)
         self._queue.push_resumed(seq)
         self.counters.num_preemptions += 1
 
     def _retire(self, seq: Sequence, status: SequenceStatus) -> None:
         """A running sequence leaves for good (finished, aborted, failed)."""
-        del self._running[seq.seq_id]
-        del self._sequences[seq.seq_id]
+        del self._running[seq.request_id]
+        del self._sequences[seq.request_id]
         self._kv.release(seq)
         seq.status = status
-        self._released.append(seq.seq_id)
+        self._released.append(seq.request_id)
 
     def fail(self, plan: StepPlan, detail: str) -> list[RequestEvent]:
         """The runner could not execute ``plan`` (``detail``: why): fail its sequences, free
@@ -430,10 +430,10 @@ class Scheduler:
         events: list[RequestEvent] = []
         items: list[PrefillItem | DecodeItem] = [*plan.prefill, *plan.decode]
         for item in items:
-            seq = self._running.get(item.seq_id)
+            seq = self._running.get(item.request_id)
             if seq is not None:
                 self._retire(seq, SequenceStatus.FINISHED_FAILED)
-                events.append(RequestFailed(seq.seq_id, _GENERATION, detail))
+                events.append(RequestFailed(seq.request_id, _GENERATION, detail))
         return events
 
     # --- reporting ----------------------------------------------------------------------

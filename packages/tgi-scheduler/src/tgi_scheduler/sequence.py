@@ -65,10 +65,10 @@ class Sequence:
         "overdue",
         "proposed_draft",
         "request",
+        "request_id",
         "reserved_blocks",
         "reserved_tokens",
         "send_prompt_logprobs",
-        "seq_id",
         "status",
         "stop_checker",
         "token_ids",
@@ -85,7 +85,7 @@ class Sequence:
         ignore_eos: bool = False,
     ) -> None:
         self.request = request
-        self.seq_id = request.request_id
+        self.request_id = request.request_id
         self.token_ids = list(request.prompt_ids)
         self.num_prompt_tokens = len(request.prompt_ids)
         # Generation stops at max_new_tokens, or when the sequence fills max_total_tokens
@@ -111,7 +111,7 @@ class Sequence:
 
     def __repr__(self) -> str:
         return (
-            f"Sequence(seq_id={self.seq_id}, status={self.status.name}, "
+            f"Sequence(request_id={self.request_id}, status={self.status.name}, "
             f"num_tokens={len(self.token_ids)}, num_blocks={len(self.block_ids)})"
         )
 

@@ -100,18 +100,19 @@ class FakeRunner:
         block_size: token slots per block.
         vocab_size: tokens wrap around at this size.
         eos_token_id: the token emitted when a script says so.
-        eos_after: ``{seq_id: n}``: sequence ``seq_id`` emits EOS as its n-th generated token.
+        eos_after: ``{request_id: n}``: sequence ``request_id`` emits EOS as its n-th generated
+            token.
         cost_model: device time per plan, added to ``elapsed_seconds`` (None: no time).
         check_kv: simulate the KV cache and check what each step reads (costs O(context)).
         strict: raise ``PlanInvariantError`` on a violation (it is recorded either way).
         record_plans: keep every plan in ``plans``.
         fail_step_ids: steps whose ``execute`` raises ``RuntimeError`` (after releases).
-        fail_after: ``{seq_id: n}``: sequence ``seq_id`` fails alone at its n-th generated
-            token, with the error text ``f"scripted failure of sequence {seq_id}"``.
-        slow_prepare: ``{seq_id: n}``: ``prepare`` answers "not ready" to its first n calls
-            for ``seq_id`` (``prepare_calls`` counts them).
+        fail_after: ``{request_id: n}``: sequence ``request_id`` fails alone at its n-th generated
+            token, with the error text ``f"scripted failure of sequence {request_id}"``.
+        slow_prepare: ``{request_id: n}``: ``prepare`` answers "not ready" to its first n calls
+            for ``request_id`` (``prepare_calls`` counts them).
         fail_prepare: sequences whose preparation then fails, with the error text
-            ``f"scripted preparation failure of sequence {seq_id}"``.
+            ``f"scripted preparation failure of sequence {request_id}"``.
     """
 
     def __init__(
@@ -185,14 +186,14 @@ class FakeRunner:
             self.plans.append(plan)
         scripted = self.slow_prepare.keys() | self.fail_prepare
         for item in plan.prefill:
-            if item.seq_id in scripted and item.seq_id not in self._prepared:
-                self._violation(f"sequence {item.seq_id} prefilled before it was prepared")
+            if item.request_id in scripted and item.request_id not in self._prepared:
+                self._violation(f"sequence {item.request_id} prefilled before it was prepared")
         self._prepared.clear()
-        for seq_id in plan.released:
-            self._release(seq_id)
+        for request_id in plan.released:
+            self._release(request_id)
         if plan.step_id in self.fail_step_ids:
             # The scheduler will release the prefills it failed, which the runner never held.
-            self._failed_ids.update(item.seq_id for item in plan.prefill)
+            self._failed_ids.update(item.request_id for item in plan.prefill)
             raise RuntimeError(f"scripted failure at step {plan.step_id}")
         self._check_shape(plan)
         outputs = [self._prefill(item) for item in plan.prefill]
@@ -204,15 +205,15 @@ class FakeRunner:
     # --- RequestPreparer -------------------------------------------------------------------
 
     def prepare(self, request: GenerationRequest) -> Preparation:
-        seq_id = request.request_id
-        calls = self.prepare_calls[seq_id] = self.prepare_calls.get(seq_id, 0) + 1
-        if calls <= self.slow_prepare.get(seq_id, 0):
+        request_id = request.request_id
+        calls = self.prepare_calls[request_id] = self.prepare_calls.get(request_id, 0) + 1
+        if calls <= self.slow_prepare.get(request_id, 0):
             return PREPARING
-        if seq_id in self.fail_prepare:
+        if request_id in self.fail_prepare:
             return Preparation(
-                ready=False, error=f"scripted preparation failure of sequence {seq_id}"
+                ready=False, error=f"scripted preparation failure of sequence {request_id}"
             )
-        self._prepared.add(seq_id)
+        self._prepared.add(request_id)
         return PREPARED
 
     def wait_prepared(self, timeout_s: float) -> None:
@@ -223,7 +224,7 @@ class FakeRunner:
         return self.elapsed_seconds
 
     @property
-    def live_seq_ids(self) -> frozenset[int]:
+    def live_request_ids(self) -> frozenset[int]:
         """Sequences whose state the runner holds (prefilled, not yet released)."""
         return frozenset(self._live)
 
@@ -246,7 +247,7 @@ class FakeRunner:
         if self.warmed_shapes is not None and shape not in self.warmed_shapes:
             self._num_unwarmed += 1
             self._violation(f"step {plan.step_id}: shape {shape} was not warmed up")
-        if len({item.seq_id for item in items}) != len(items):
+        if len({item.request_id for item in items}) != len(items):
             self._violation(f"step {plan.step_id} names a sequence twice")
         widths = [len(item.block_table) for item in items]
         if isinstance(shape, PrefillShape):
@@ -260,31 +261,33 @@ class FakeRunner:
         if not ok:
             self._violation(f"step {plan.step_id}: shape {shape} does not cover its items")
 
-    def _check_table(self, seq_id: int, table: tuple[int, ...], num_slots: int) -> None:
+    def _check_table(self, request_id: int, table: tuple[int, ...], num_slots: int) -> None:
         if len(table) * self._block_size < num_slots:
-            self._violation(f"sequence {seq_id}: {len(table)} blocks for {num_slots} slots")
+            self._violation(f"sequence {request_id}: {len(table)} blocks for {num_slots} slots")
         if len(set(table)) != len(table) or not all(0 <= b < self._num_kv_blocks for b in table):
-            self._violation(f"sequence {seq_id}: bad block table {table}")
+            self._violation(f"sequence {request_id}: bad block table {table}")
 
-    def _hold(self, seq_id: int, block_ids: Iterable[int]) -> None:
+    def _hold(self, request_id: int, block_ids: Iterable[int]) -> None:
         for block_id in block_ids:
-            self._holders.setdefault(block_id, set()).add(seq_id)
+            self._holders.setdefault(block_id, set()).add(request_id)
 
     def _write(
-        self, seq_id: int, table: tuple[int, ...], token_ids: Sequence[int], start: int
+        self, request_id: int, table: tuple[int, ...], token_ids: Sequence[int], start: int
     ) -> None:
         """Write KV for positions ``start..len(token_ids)-1``, into blocks only this seq holds."""
         size = self._block_size
         for index in range(start // size, -(-len(token_ids) // size)):
-            if self._holders.get(table[index], set()) - {seq_id}:
-                self._violation(f"sequence {seq_id} writes block {table[index]}, which is shared")
+            if self._holders.get(table[index], set()) - {request_id}:
+                self._violation(
+                    f"sequence {request_id} writes block {table[index]}, which is shared"
+                )
         kv = self._kv
         if kv is not None:
             for position in range(start, len(token_ids)):
                 kv[table[position // size] * size + position % size] = token_ids[position]
 
     def _check_read(
-        self, seq_id: int, table: tuple[int, ...], token_ids: Sequence[int], end: int
+        self, request_id: int, table: tuple[int, ...], token_ids: Sequence[int], end: int
     ) -> None:
         """Positions ``0..end-1`` of this table hold this sequence's own tokens."""
         kv = self._kv
@@ -293,81 +296,85 @@ class FakeRunner:
         size = self._block_size
         for position in range(end):
             if kv[table[position // size] * size + position % size] != token_ids[position]:
-                self._violation(f"sequence {seq_id} reads stale KV at position {position}")
+                self._violation(f"sequence {request_id} reads stale KV at position {position}")
                 return
 
     # --- steps ----------------------------------------------------------------------------
 
-    def _release(self, seq_id: int) -> None:
-        live = self._live.pop(seq_id, None)
+    def _release(self, request_id: int) -> None:
+        live = self._live.pop(request_id, None)
         if live is None:
-            if seq_id not in self._failed_ids:
-                self._violation(f"release of sequence {seq_id}, which the runner does not hold")
-            self._failed_ids.discard(seq_id)
+            if request_id not in self._failed_ids:
+                self._violation(f"release of sequence {request_id}, which the runner does not hold")
+            self._failed_ids.discard(request_id)
             return
         for block_id in live.table:
-            self._holders[block_id].discard(seq_id)
+            self._holders[block_id].discard(request_id)
 
     def _prefill(self, item: PrefillItem) -> SequenceOutput:
-        seq_id = item.seq_id
+        request_id = item.request_id
         num_tokens = len(item.token_ids)
-        if seq_id in self._live:
-            self._violation(f"sequence {seq_id} prefilled again without a release")
-            self._release(seq_id)
+        if request_id in self._live:
+            self._violation(f"sequence {request_id} prefilled again without a release")
+            self._release(request_id)
         cached = item.num_cached_tokens
         if not 0 <= cached < num_tokens or cached % self._block_size:
-            self._violation(f"sequence {seq_id}: {cached} cached of {num_tokens} tokens")
-        self._check_table(seq_id, item.block_table, num_tokens + 1)
-        self._check_read(seq_id, item.block_table, item.token_ids, cached)
-        self._write(seq_id, item.block_table, item.token_ids, cached)
-        live = self._live[seq_id] = _Live(item)
-        self._hold(seq_id, item.block_table)
+            self._violation(f"sequence {request_id}: {cached} cached of {num_tokens} tokens")
+        self._check_table(request_id, item.block_table, num_tokens + 1)
+        self._check_read(request_id, item.block_table, item.token_ids, cached)
+        self._write(request_id, item.block_table, item.token_ids, cached)
+        live = self._live[request_id] = _Live(item)
+        self._hold(request_id, item.block_table)
         prompt_logprobs = None
         if item.prompt_logprobs:
             prompt_logprobs = (None, *(-1.0 for _ in range(item.num_prompt_tokens - 1)))
-        return self._next(seq_id, live, prompt_logprobs)
+        return self._next(request_id, live, prompt_logprobs)
 
     def _decode(self, item: DecodeItem) -> SequenceOutput:
-        seq_id = item.seq_id
-        live = self._live.get(seq_id)
+        request_id = item.request_id
+        live = self._live.get(request_id)
         if live is None:
-            self._violation(f"sequence {seq_id} decoded before its prefill")
-            return SequenceOutput(seq_id, 0, 0.0)
+            self._violation(f"sequence {request_id} decoded before its prefill")
+            return SequenceOutput(request_id, 0, 0.0)
         tokens = live.token_ids
         if item.token_id != tokens[-1] or item.position != len(tokens) - 1:
-            self._violation(f"sequence {seq_id}: decode of {item.token_id}@{item.position}")
+            self._violation(f"sequence {request_id}: decode of {item.token_id}@{item.position}")
         table = item.block_table
         if table[: len(live.table)] != live.table:
-            self._violation(f"sequence {seq_id}: block table {table} does not extend {live.table}")
+            self._violation(
+                f"sequence {request_id}: block table {table} does not extend {live.table}"
+            )
         draft = item.draft
-        self._check_table(seq_id, table, item.position + 1 + len(draft))
-        self._hold(seq_id, table[len(live.table) :])
+        self._check_table(request_id, table, item.position + 1 + len(draft))
+        self._hold(request_id, table[len(live.table) :])
         live.table = table
-        self._check_read(seq_id, table, tokens, item.position)
-        self._write(seq_id, table, [*tokens, *draft], item.position)
-        first = self._next(seq_id, live, None)
+        self._check_read(request_id, table, tokens, item.position)
+        self._write(request_id, table, [*tokens, *draft], item.position)
+        first = self._next(request_id, live, None)
         # a draft token is accepted where it is the token this runner chose there
         extra: list[TokenChoice] = []
         chosen = first
         for guess in draft:
             if chosen.error is not None or chosen.token_id != guess:
                 break
-            chosen = self._next(seq_id, live, None)
+            chosen = self._next(request_id, live, None)
             if chosen.error is None:
                 extra.append(TokenChoice(chosen.token_id, chosen.logprob, chosen.top_tokens))
         return msgspec.structs.replace(first, extra=tuple(extra)) if extra else first
 
     def _next(
         self,
-        seq_id: int,
+        request_id: int,
         live: _Live,
         prompt_logprobs: tuple[float | None, ...] | None,
     ) -> SequenceOutput:
         tokens = live.token_ids
         num_generated = len(tokens) - live.num_prompt_tokens + 1
-        if self.fail_after.get(seq_id) == num_generated:
-            return SequenceOutput(seq_id, 0, 0.0, error=f"scripted failure of sequence {seq_id}")
-        if self.eos_after.get(seq_id) == num_generated:
+        if self.fail_after.get(request_id) == num_generated:
+            return SequenceOutput(
+                request_id, 0, 0.0, error=f"scripted failure of sequence {request_id}"
+            )
+        if self.eos_after.get(request_id) == num_generated:
             token_id = self.eos_token_id
         else:
             token_id = (tokens[-1] + 1) % self.vocab_size
@@ -375,7 +382,7 @@ class FakeRunner:
         top = tuple(
             TopToken((token_id + i) % self.vocab_size, -0.5 - i) for i in range(live.top_n_tokens)
         )
-        return SequenceOutput(seq_id, token_id, -0.5, top, prompt_logprobs)
+        return SequenceOutput(request_id, token_id, -0.5, top, prompt_logprobs)
 
 
 class _Steppable(Protocol):

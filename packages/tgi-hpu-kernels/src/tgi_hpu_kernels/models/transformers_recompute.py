@@ -104,16 +104,16 @@ class RecomputingCausalLM(TransformersModel):
                 )
                 rows = len(item.token_ids) - item.num_cached_tokens
             else:
-                kept = self._sequences.get(item.seq_id)
+                kept = self._sequences.get(item.request_id)
                 if kept is None:
-                    if item.seq_id >= 0:
-                        raise ValueError(f"sequence {item.seq_id} was never prefilled here")
+                    if item.request_id >= 0:
+                        raise ValueError(f"sequence {item.request_id} was never prefilled here")
                     # warmup's dummy sequences
                     kept = _Sequence([item.token_id] * item.position, item.position, None)
                 history = [*kept.history[: item.position], item.token_id, *item.draft]
                 sequence = kept._replace(history=history)
                 rows = 1 + len(item.draft)
-            self._sequences[item.seq_id] = sequence
+            self._sequences[item.request_id] = sequence
             self._step.append((offset, sequence, rows))
 
     def _prepare(self, images: Sequence[ImageInput]) -> Any:
@@ -124,10 +124,10 @@ class RecomputingCausalLM(TransformersModel):
         model = self.hf_model
         return self._history_inputs.prepare(images, dtype=model.dtype, device=model.device)
 
-    def release(self, seq_ids: Sequence[int]) -> None:
+    def release(self, request_ids: Sequence[int]) -> None:
         """Forgets the histories of sequences that ended (finished, aborted, preempted)."""
-        for seq_id in seq_ids:
-            self._sequences.pop(seq_id, None)
+        for request_id in request_ids:
+            self._sequences.pop(request_id, None)
 
     def forward(
         self,

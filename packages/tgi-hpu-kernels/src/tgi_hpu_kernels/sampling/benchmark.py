@@ -52,11 +52,11 @@ def time_step(
     for i in range(batch_size):
         sampler.add_sequence(i, params(i), prompt[i].tolist(), 64)
     logits = (torch.randn(batch_size, vocab_size, generator=generator) * logit_scale).to(device)
-    seq_ids = list(range(batch_size))
-    sampler.sample(seq_ids, logits)
+    request_ids = list(range(batch_size))
+    sampler.sample(request_ids, logits)
     start = time.perf_counter()
     for _ in range(num_steps):
-        sampler.sample(seq_ids, logits)
+        sampler.sample(request_ids, logits)
     return (time.perf_counter() - start) / num_steps
 
 

@@ -104,8 +104,8 @@ class GrammarConstraints:
         """Constrained sequences registered now."""
         return len(self._guides)
 
-    def add_sequence(self, seq_id: int, regex: str, generated_ids: Iterable[int] = ()) -> None:
-        """Start ``seq_id``'s guide, advanced over the tokens it already generated (a
+    def add_sequence(self, request_id: int, regex: str, generated_ids: Iterable[int] = ()) -> None:
+        """Start ``request_id``'s guide, advanced over the tokens it already generated (a
         recompute after a preemption), replacing any guide it had.
 
         Raises:
@@ -115,30 +115,30 @@ class GrammarConstraints:
         for token_id in generated_ids:
             if token_id in self._eos_token_ids:
                 break
-            _advance(guide, seq_id, token_id)
-        self._guides[seq_id] = guide
+            _advance(guide, request_id, token_id)
+        self._guides[request_id] = guide
 
-    def release(self, seq_id: int) -> None:
-        """Drop ``seq_id``'s guide; unknown ids are ignored."""
-        self._guides.pop(seq_id, None)
+    def release(self, request_id: int) -> None:
+        """Drop ``request_id``'s guide; unknown ids are ignored."""
+        self._guides.pop(request_id, None)
 
-    def prepare(self, seq_ids: Sequence[int], width: int) -> GrammarMask | None:
+    def prepare(self, request_ids: Sequence[int], width: int) -> GrammarMask | None:
         """The masks of the constrained rows of a batch whose logits are ``width`` wide, or
         None when no row is constrained."""
         guides = self._guides
-        rows = [row for row, seq_id in enumerate(seq_ids) if seq_id in guides]
+        rows = [row for row, request_id in enumerate(request_ids) if request_id in guides]
         if not rows:
             return None
         num_words = -(-max(width, self._num_ids) // _BITS)
         words = torch.empty((len(rows), num_words), dtype=torch.int32)
         for i, row in enumerate(rows):
-            guide = guides[seq_ids[row]]
+            guide = guides[request_ids[row]]
             guide.write_mask_into(words[i].data_ptr(), num_words, 4)
         device = self._device
         return GrammarMask(
             rows=torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True),
             words=words.to(device, non_blocking=True),
-            all_rows=len(rows) == len(seq_ids),
+            all_rows=len(rows) == len(request_ids),
         )
 
     def apply_(self, mask: GrammarMask, logits: torch.Tensor) -> None:
@@ -158,7 +158,7 @@ class GrammarConstraints:
         else:
             logits.index_add_(0, mask.rows, bias)
 
-    def advance(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> dict[int, str]:
+    def advance(self, request_ids: Sequence[int], token_ids: Sequence[int]) -> dict[int, str]:
         """Move each constrained sequence's guide over the token it was given.
 
         Returns the sequences whose token broke their grammar, with why; their guides are
@@ -166,14 +166,14 @@ class GrammarConstraints:
         """
         guides = self._guides
         failed: dict[int, str] = {}
-        for seq_id, token_id in zip(seq_ids, token_ids, strict=True):
-            guide = guides.get(seq_id)
+        for request_id, token_id in zip(request_ids, token_ids, strict=True):
+            guide = guides.get(request_id)
             if guide is not None and token_id not in self._eos_token_ids:
                 try:
-                    _advance(guide, seq_id, token_id)
+                    _advance(guide, request_id, token_id)
                 except GrammarError as exc:
-                    failed[seq_id] = str(exc)
-                    del guides[seq_id]
+                    failed[request_id] = str(exc)
+                    del guides[request_id]
         return failed
 
     def _index(self, regex: str) -> Any:
@@ -183,10 +183,10 @@ class GrammarConstraints:
             raise GrammarError(str(exc)) from exc
 
 
-def _advance(guide: Any, seq_id: int, token_id: int) -> None:
+def _advance(guide: Any, request_id: int, token_id: int) -> None:
     try:
         guide.advance(token_id, return_tokens=False)
     except ValueError as exc:
         raise GrammarError(
-            f"sequence {seq_id}: token {token_id} does not continue its grammar ({exc})"
+            f"sequence {request_id}: token {token_id} does not continue its grammar ({exc})"
         ) from exc

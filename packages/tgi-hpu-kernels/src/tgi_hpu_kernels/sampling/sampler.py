@@ -45,7 +45,7 @@ _FLOAT32_MAX = torch.finfo(torch.float32).max
 
 @dataclass(frozen=True, slots=True)
 class SampleResult:
-    """One step's choice per row, in the order of the ``seq_ids`` given to ``sample``."""
+    """One step's choice per row, in the order of the ``request_ids`` given to ``sample``."""
 
     token_ids: list[int]
     logprobs: list[float]
@@ -104,7 +104,7 @@ class Sampler:
     @torch.inference_mode()
     def add_sequence(
         self,
-        seq_id: int,
+        request_id: int,
         params: SamplingParams,
         token_ids: Sequence[int],
         num_prompt_tokens: int,
@@ -118,7 +118,7 @@ class Sampler:
                 ``len(token_ids) - num_prompt_tokens``.
         """
         _check(params, token_ids, num_prompt_tokens)
-        self.release(seq_id)
+        self.release(request_id)
         step_slot = None
         if params.do_sample:
             step_slot = self._steps.alloc()
@@ -126,13 +126,13 @@ class Sampler:
         state = SequenceState(params, token_ids[-1], step_slot, None)
         if state.is_penalised:
             state.count_slot = self._counts.add(token_ids)
-        self._states[seq_id] = state
+        self._states[request_id] = state
         self._plans.clear()
 
     @torch.inference_mode()
-    def release(self, seq_id: int) -> None:
+    def release(self, request_id: int) -> None:
         """Drop a sequence's state; unknown ids are ignored."""
-        state = self._states.pop(seq_id, None)
+        state = self._states.pop(request_id, None)
         if state is None:
             return
         if state.step_slot is not None:
@@ -142,20 +142,22 @@ class Sampler:
         self._plans.clear()
 
     @torch.inference_mode()
-    def sample(self, seq_ids: Sequence[int], logits: torch.Tensor) -> SampleResult:
+    def sample(self, request_ids: Sequence[int], logits: torch.Tensor) -> SampleResult:
         """Choose the next token of each sequence and append it to its history.
 
         Args:
-            seq_ids: registered sequences, one per row of ``logits``.
+            request_ids: registered sequences, one per row of ``logits``.
             logits: ``[n, >= vocab_size]`` float32 or bf16 on the sampler's device.
         """
-        if logits.dim() != 2 or logits.shape[0] != len(seq_ids):
-            raise ValueError(f"logits must be [{len(seq_ids)}, vocab], got {tuple(logits.shape)}")
+        if logits.dim() != 2 or logits.shape[0] != len(request_ids):
+            raise ValueError(
+                f"logits must be [{len(request_ids)}, vocab], got {tuple(logits.shape)}"
+            )
         if logits.shape[1] < self.vocab_size:
             raise ValueError(f"logits have {logits.shape[1]} columns < {self.vocab_size}")
-        if not seq_ids:
+        if not request_ids:
             return SampleResult([], [], [])
-        plan = self._plan(seq_ids)
+        plan = self._plan(request_ids)
         logits = logits[:, : self.vocab_size]
         scores = self._process(plan, logits)
         logprobs = scores.log_softmax(dim=-1)
@@ -197,18 +199,18 @@ class Sampler:
 
     # -- one step ------------------------------------------------------------------------
 
-    def _plan(self, seq_ids: Sequence[int]) -> BatchPlan:
-        key = tuple(seq_ids)
+    def _plan(self, request_ids: Sequence[int]) -> BatchPlan:
+        key = tuple(request_ids)
         plan = self._plans.get(key)
         if plan is not None:
             self._plans.move_to_end(key)
             return plan
         if len(set(key)) != len(key):
-            raise ValueError("seq_ids must be distinct")
-        unknown = [seq_id for seq_id in key if seq_id not in self._states]
+            raise ValueError("request_ids must be distinct")
+        unknown = [request_id for request_id in key if request_id not in self._states]
         if unknown:
-            raise KeyError(f"unknown seq_ids (add_sequence first): {unknown}")
-        plan = build_plan([self._states[seq_id] for seq_id in key], self.device)
+            raise KeyError(f"unknown request_ids (add_sequence first): {unknown}")
+        plan = build_plan([self._states[request_id] for request_id in key], self.device)
         self._plans[key] = plan
         if len(self._plans) > self._max_cached_plans:
             self._plans.popitem(last=False)
