@@ -1,12 +1,11 @@
 """Falcon beyond the shared parity tests: its config defaults and variants, refusals, the
-block variants the tiny configs leave out, and int8 weight-only quantization."""
+block variants the tiny configs leave out (int8: test_family_starcoder2.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tgi_hpu_kernels.layers import QuantizedLinear
 from tgi_hpu_kernels.models import resolve_model_class
 from tgi_hpu_kernels.models.falcon import FalconForCausalLM
 from tgi_hpu_kernels.parallel.sharding import shard_config
@@ -125,22 +124,3 @@ def test_other_block_variants_match_transformers(tmp_path, make_runner, override
         with torch.no_grad():
             expected = hf_model(torch.tensor([prompt])).logits[0, -1].float()
         torch.testing.assert_close(logits[i], expected, atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("family", ["falcon", "falcon_new"])
-def test_int8_weight_only_quantization_loads_and_stays_close(tiny_checkpoint, make_runner, family):
-    folder, _ = tiny_checkpoint(family)
-    dense = make_runner(folder)
-    int8 = make_runner(folder, quantize="bitsandbytes")
-    quantized = {
-        name.split(".")[-1]
-        for name, module in int8._model.named_modules()
-        if isinstance(module, QuantizedLinear)
-    }
-    assert quantized == {"qkv_proj", "o_proj", "c_fc", "c_proj"}  # the LM head stays dense
-    plan = prefill_plan(PROMPTS, blocks_per_sequence=4, batch_size=2, seq_len=16)
-    expected, logits = dense.compute_logits(plan), int8.compute_logits(plan)
-    scale = float(expected.abs().max())
-    torch.testing.assert_close(logits, expected, atol=0.02 * scale, rtol=0)
-    assert not torch.equal(logits, expected)  # the weights really are int8
-    assert torch.equal(logits.argmax(-1), expected.argmax(-1))

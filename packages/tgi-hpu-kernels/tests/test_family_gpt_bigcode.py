@@ -1,6 +1,6 @@
 """GPT-BigCode beyond the shared parity tests: its config defaults and names, refusals, the
 fused c_attn split in both layouts, greedy tokens, learned positions (added to given input
-embeddings, a --max-total-tokens past them refused), and int8 weight-only quantization."""
+embeddings, a --max-total-tokens past them refused); int8: test_family_starcoder2.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from msgspec.structs import replace
 from tgi_core.contract import DecodeItem, DecodeShape, ImageInput, PrefillItem, StepPlan
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device.cpu import CpuDevice
-from tgi_hpu_kernels.layers import QuantizedLinear
 from tgi_hpu_kernels.models import resolve_model_class
 from tgi_hpu_kernels.models.gpt_bigcode import GPTBigCodeForCausalLM
 from tgi_hpu_kernels.parallel.sharding import shard_config
@@ -188,22 +187,3 @@ def test_max_total_tokens_past_the_learned_positions_is_refused(tiny_checkpoint,
     assert make_runner(folder, max_total_tokens=256).config.max_position_embeddings == 256
     with pytest.raises(ValueError, match=r"^GPT-BigCode has learned positions for 256 tokens: "):
         make_runner(folder, max_total_tokens=257)
-
-
-@pytest.mark.parametrize("family", ["gpt_bigcode", "gpt_bigcode_mha"])
-def test_int8_weight_only_quantization_loads_and_stays_close(tiny_checkpoint, make_runner, family):
-    folder, _ = tiny_checkpoint(family)
-    dense = make_runner(folder)
-    int8 = make_runner(folder, quantize="bitsandbytes")
-    quantized = {
-        name.split(".")[-1]
-        for name, module in int8._model.named_modules()
-        if isinstance(module, QuantizedLinear)
-    }
-    assert quantized == {"qkv_proj", "o_proj", "c_fc", "c_proj"}  # the LM head stays dense
-    plan = prefill_plan(PROMPTS, blocks_per_sequence=4, batch_size=2, seq_len=16)
-    expected, logits = dense.compute_logits(plan), int8.compute_logits(plan)
-    scale = float(expected.abs().max())
-    torch.testing.assert_close(logits, expected, atol=0.02 * scale, rtol=0)
-    assert not torch.equal(logits, expected)  # the weights really are int8
-    assert torch.equal(logits.argmax(-1), expected.argmax(-1))

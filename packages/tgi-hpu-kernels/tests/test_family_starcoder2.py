@@ -1,5 +1,6 @@
 """StarCoder2 beyond the shared parity tests: its config defaults and refusals, a checkpoint
-without biases and with its own LM head, and int8 weight-only quantization."""
+without biases and with its own LM head, and int8 weight-only quantization (with Falcon and
+GPT-BigCode, whose loaded projections have StarCoder2's names)."""
 
 from __future__ import annotations
 
@@ -71,8 +72,12 @@ def test_without_biases_and_with_its_own_head_logits_match_transformers(tmp_path
         torch.testing.assert_close(logits[i], expected, atol=1e-4, rtol=0)
 
 
-def test_int8_weight_only_quantization_loads_and_stays_close(tiny_checkpoint, make_runner):
-    folder, _ = tiny_checkpoint("starcoder2")
+# the families whose projections, once loaded, have StarCoder2's names (c_fc/c_proj MLP)
+@pytest.mark.parametrize(
+    "family", ["starcoder2", "falcon", "falcon_new", "gpt_bigcode", "gpt_bigcode_mha"]
+)
+def test_int8_weight_only_quantization_loads_and_stays_close(tiny_checkpoint, make_runner, family):
+    folder, _ = tiny_checkpoint(family)
     dense = make_runner(folder)
     int8 = make_runner(folder, quantize="bitsandbytes")
     quantized = {
