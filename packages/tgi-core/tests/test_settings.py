@@ -229,12 +229,46 @@ def test_token_limits_are_derived_from_the_ones_given(
         (["--sharded", "false"], {"CUDA_VISIBLE_DEVICES": "0,1"}, 1),
         (["--sharded", "false", "--num-shard", "1"], {}, 1),
         (["--num-shard", "2"], {}, 2),
+        # --nnodes: --num-shard counts every node's shards; unset, each node's devices
+        (["--nnodes", "2", "--num-shard", "4"], {}, 4),
+        (["--nnodes", "2"], {"HABANA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, 16),
+        ([], {"NNODES": "2", "CUDA_VISIBLE_DEVICES": "0,1"}, 4),
     ],
 )
 def test_num_shard_is_found_as_tgi_finds_it(
     argv: list[str], environ: dict[str, str], num_shard: int
 ) -> None:
     assert Settings.from_sources(argv, environ, host=PLAIN).num_shard == num_shard
+
+
+def test_each_node_knows_its_block_of_ranks() -> None:
+    settings = build("--num-shard", "6", "--nnodes", "3", "--node-rank", "2", host=GAUDI)
+    runners = [settings.runner(rank) for rank in range(6)]
+    assert [(r.node_rank, r.local_rank) for r in runners] == [
+        (0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1),
+    ]  # fmt: skip
+    assert {(r.nnodes, r.ranks_per_node) for r in runners} == {(3, 2)}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--num-shard", "3", "--nnodes", "2"],
+            "--num-shard 3 cannot be split evenly over --nnodes 2 "
+            "(see --num-shard <NUM_SHARD> and --nnodes <NNODES>)",
+        ),
+        (
+            ["--num-shard", "2", "--nnodes", "2", "--node-rank", "2"],
+            "--node-rank 2 must be < --nnodes 2 "
+            "(see --node-rank <NODE_RANK> and --nnodes <NNODES>)",
+        ),
+    ],
+)
+def test_nodes_that_cannot_hold_the_shards_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        build(*argv)
+    assert str(raised.value) == message
 
 
 def test_slices_agree_with_each_other() -> None:

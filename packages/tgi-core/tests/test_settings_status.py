@@ -50,9 +50,10 @@ EXAMPLES = {
     "otlp_service_name": "my-service",
 }
 # The environment an example is set in: --sharded false matters with two devices, --ngrok
-# gets TGI's own error without its token and edge.
+# gets TGI's own error without its token and edge, --node-rank 1 needs a second node.
 BASE_ENVIRON = {
     "sharded": {"CUDA_VISIBLE_DEVICES": "0,1"},
+    "node_rank": {"NNODES": "2"},
     "ngrok": {"NGROK_AUTHTOKEN": "token", "NGROK_EDGE": "edge"},
 }
 

@@ -389,9 +389,18 @@ class TorchModelRunner:
     def _forward(self, plan: StepPlan) -> tuple[Tensor, Tensor, StepInputs]:
         if plan.prefill and plan.decode:
             raise ValueError("a plan holds prefills or decodes, never both")
-        if self._group is not None and self._group.rank == 0:
-            self._group.send_plan(plan)  # every shard runs the same forward pass
-        inputs = self._build(plan)
+        inputs = self._build(plan)  # first: a plan that fails here never reaches the shards
+        sender = self._group if self._group is not None and self._group.rank == 0 else None
+        if sender is not None:
+            sender.send_plan(plan)  # every shard runs the same forward pass
+        try:
+            return self._run_forward(plan, inputs)
+        except BaseException as error:
+            if sender is not None:  # the shards wait in collectives this rank will not join
+                sender.abandon(f"step {plan.step_id} failed on rank 0: {error!r}")
+            raise
+
+    def _run_forward(self, plan: StepPlan, inputs: StepInputs) -> tuple[Tensor, Tensor, StepInputs]:
         if isinstance(self._model, RecomputingCausalLM):
             self._model.begin_step(plan, inputs.token_offsets)
         if self._lora is not None:

@@ -25,8 +25,9 @@ environment with ``-e/--env``, then ``Launcher(settings).run()``:
 
 The socket and metrics folders are per-run temporary folders, removed on the way out.
 Tensor-parallel shards (``--num-shard`` > 1) are the engine's children
-(``tgi_server.engine.shard_supervision``): it starts ranks 1..N-1, stops them on the way out,
-and exits 1 when one dies (so supervision stops the rest).
+(``tgi_server.engine.shard_supervision``): it starts its node's ranks, stops them on the way
+out, and exits 1 when one dies or a node is lost (so supervision stops the rest). With
+``--nnodes`` > 1, the launchers of nodes 1.. run their shards only (``tgi_server.shard_node``).
 The HTTP app itself is ``tgi_server.asgi``; the engine process, ``tgi_server.engine``.
 """
 
@@ -372,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     if settings.env:
         logger.info("%s", runtime_environment())
     logger.info("%r", settings)
+    if settings.node_rank > 0:  # --nnodes > 1: rank 0's node serves; this one runs shards
+        from tgi_server.shard_node import ShardNode
+
+        return ShardNode(settings).run()
     return Launcher(settings).run()
 
 

@@ -77,6 +77,19 @@ def check(settings: Settings) -> None:
         raise _error("`validation_workers` must be > 0", "validation_workers")
     if settings.num_shard > 1 and settings.quantize == "exl2":
         raise _error("Sharding is currently not supported with `exl2` quantization", "quantize")
+    if settings.num_shard % settings.nnodes:
+        raise _error(
+            f"--num-shard {settings.num_shard} cannot be split evenly over --nnodes "
+            f"{settings.nnodes}",
+            "num_shard",
+            "nnodes",
+        )
+    if settings.node_rank >= settings.nnodes:
+        raise _error(
+            f"--node-rank {settings.node_rank} must be < --nnodes {settings.nnodes}",
+            "node_rank",
+            "nnodes",
+        )
     if settings.quantize in UNSERVED_QUANTIZE:
         raise _error(
             f"`{settings.quantize}` checkpoints are not supported by this server "

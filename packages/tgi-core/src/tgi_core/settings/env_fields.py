@@ -271,8 +271,10 @@ _SERVER = (
         120.0,
         "Ours: the watchdog's deadline, in seconds, for one engine step (or idle poll). Past "
         "it the engine is hung: /health answers 503 and the launcher kills the engine and "
-        "exits 1, so that an orchestrator restarts the service.",
+        "exits 1, so that an orchestrator restarts the service. With --num-shard > 1 it "
+        "is also the shards' collective timeout: a rank waiting longer for its peers fails.",
         flag=False,
+        to=("runner.collective_timeout",),
     ),
     Spec(
         "engine_socket",

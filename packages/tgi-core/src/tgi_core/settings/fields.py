@@ -210,6 +210,33 @@ _HARDWARE_FIELDS = (
     ),
     Spec("master_port", HARDWARE, PORT, 29500, "torch.distributed master port.", to=("runner",)),
     Spec(
+        "nnodes",
+        HARDWARE,
+        POSITIVE_INT,
+        1,
+        "Ours (torchrun's name): the number of nodes the --num-shard shards span, split evenly. "
+        "Every node runs the launcher with the same --num-shard, --nnodes, --master-addr and "
+        "--master-port, and its own --node-rank.",
+        to=("runner",),
+    ),
+    Spec(
+        "node_rank",
+        HARDWARE,
+        NON_NEGATIVE_INT,
+        0,
+        "Ours (torchrun's name): this node's place, 0 to --nnodes - 1. Node 0 runs rank 0 "
+        "and serves HTTP at --master-addr; the other nodes run their shards only.",
+    ),
+    Spec(
+        "rendezvous_timeout",
+        HARDWARE,
+        POSITIVE_NUMBER,
+        600.0,
+        "Ours: how long, in seconds, the shards of every node may take to join the "
+        "tensor-parallel group; past it, every node fails with one line naming who is missing.",
+        to=("runner",),
+    ),
+    Spec(
         "shard_uds_path",
         HARDWARE,
         TEXT,

@@ -78,6 +78,9 @@ class Settings:
     num_shard: int
     master_addr: str
     master_port: int
+    nnodes: int
+    node_rank: int
+    rendezvous_timeout: float
     shard_uds_path: str
     cuda_memory_fraction: float
     cuda_graphs: tuple[int, ...]

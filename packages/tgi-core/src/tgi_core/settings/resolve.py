@@ -89,7 +89,6 @@ def resolve(
         device = "hpu"
     block_size = _int(given, "block_size")
     max_input, max_total, max_prefill = resolve_token_limits(given)
-    sharded = given.get("sharded")
     num_devices = None if device == "cpu" else visible_devices(environ)
     values.update(
         model_id=_str(given, "model_id") or host.embedded_model or FALLBACK_MODEL_ID,
@@ -98,13 +97,22 @@ def resolve(
         max_input_tokens=max_input,
         max_total_tokens=max_total,
         max_batch_prefill_tokens=max_prefill,
-        num_shard=find_num_shards(
-            sharded if isinstance(sharded, bool) else None, _int(given, "num_shard"), num_devices
-        ),
+        num_shard=_num_shard(given, num_devices),
         compute_type=_str(given, "compute_type")
         or ("cpu+optimized" if device == "cpu" else "gpu+optimized"),
     )
     return values
+
+
+def _num_shard(given: Mapping[str, object], num_devices: int | None) -> int:
+    """``--num-shard`` counts the shards of every node; unset, each node's visible devices."""
+    sharded = given.get("sharded")
+    given_count = _int(given, "num_shard")
+    found = find_num_shards(
+        sharded if isinstance(sharded, bool) else None, given_count, num_devices
+    )
+    nnodes = _int(given, "nnodes") or 1
+    return found if given_count is not None else found * nnodes
 
 
 def resolve_token_limits(given: Mapping[str, object]) -> tuple[int, int, int]:

@@ -101,6 +101,9 @@ class RunnerSettings:
     rank: int = 0
     master_addr: str = default_of("master_addr")
     master_port: int = default_of("master_port")
+    nnodes: int = default_of("nnodes")  # the ranks split evenly: node n holds a block of them
+    rendezvous_timeout: float = default_of("rendezvous_timeout")
+    collective_timeout: float = default_of("engine_step_timeout")
     num_threads: int | None = default_of("num_threads")
     # CUDA: decode batch sizes captured as graphs (TGI's --cuda-graphs); 0 or () none.
     cuda_graphs: tuple[int, ...] = default_of("cuda_graphs")
@@ -115,6 +118,20 @@ class RunnerSettings:
     trust_remote_code: bool = default_of("trust_remote_code")
     lora_adapters: tuple[str, ...] = default_of("lora_adapters")
     speculate: int = 0  # --speculate: decode steps verify this many draft tokens at most
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.num_shard // self.nnodes
+
+    @property
+    def node_rank(self) -> int:
+        """The node holding this rank: node n holds ranks n * ranks_per_node onwards."""
+        return self.rank // self.ranks_per_node
+
+    @property
+    def local_rank(self) -> int:
+        """This rank's place on its node: the index of its device there."""
+        return self.rank % self.ranks_per_node
 
 
 @dataclass(frozen=True, slots=True)

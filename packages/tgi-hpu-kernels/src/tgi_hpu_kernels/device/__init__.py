@@ -46,7 +46,7 @@ def select_device(name: str = "auto", settings: RunnerSettings | None = None) ->
         from tgi_hpu_kernels.device.cuda import CudaDevice
 
         return CudaDevice(
-            index=settings.rank % torch.cuda.device_count(),
+            index=settings.local_rank % torch.cuda.device_count(),
             graphs=settings.enable_hpu_graph,
             graph_batch_sizes=settings.cuda_graphs,
         )

@@ -1,8 +1,12 @@
 """Tensor parallelism (TGI's ``--num-shard``): Megatron-style sharding of the Llama family.
 
 - ``sharding.py``: what each rank holds (heads, MLP columns, weight slices, all-reduces).
-- ``group.py``: the torch.distributed group and the step plans rank 0 sends through it.
-- ``shards.py``: ranks 1..N-1 as child processes, started and stopped by PID (no watcher:
+- ``rendezvous.py``: forming the group at rank 0's TCP store, across nodes, bounded by
+  ``--rendezvous-timeout`` (``GroupJoinError`` names who is missing).
+- ``group.py``: the torch.distributed group and the step plans rank 0 sends through it;
+  collective timeouts; a rank 0 that fails after sending a plan ``abandon``s the group.
+- ``liveness.py``: heartbeats through the store, for ranks on other nodes (no PID to watch).
+- ``shards.py``: a node's ranks as child processes, started and stopped by PID (no watcher:
   what a dead shard means is the caller's policy; the server's engine supervises its own).
 - ``worker.py``: one rank > 0 serving rank 0's plans (``serve_rank``).
 
@@ -13,21 +17,30 @@ starts, watches and stops no process.
 from __future__ import annotations
 
 from tgi_hpu_kernels.parallel.group import TensorParallelGroup, check_group
+from tgi_hpu_kernels.parallel.rendezvous import GroupJoinError
 from tgi_hpu_kernels.parallel.sharding import (
     add_row_parallel_reduce,
     check_shardable,
     shard_config,
     shard_weights,
 )
-from tgi_hpu_kernels.parallel.shards import ShardProcesses, stop_shards
+from tgi_hpu_kernels.parallel.shards import (
+    ShardProcesses,
+    node_ranks,
+    remote_ranks,
+    stop_shards,
+)
 from tgi_hpu_kernels.parallel.worker import serve_rank
 
 __all__ = [
+    "GroupJoinError",
     "ShardProcesses",
     "TensorParallelGroup",
     "add_row_parallel_reduce",
     "check_group",
     "check_shardable",
+    "node_ranks",
+    "remote_ranks",
     "serve_rank",
     "shard_config",
     "shard_weights",

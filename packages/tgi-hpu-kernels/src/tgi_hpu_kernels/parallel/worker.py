@@ -2,31 +2,39 @@
 
 ``serve_rank`` joins the group, builds its ``TorchModelRunner`` (loading its slice of the
 weights, agreeing on the KV block count), runs each plan rank 0 sends until rank 0 says
-stop, then closes the runner and leaves the group. The module's ``main`` is a bare rank
-process (its ``RunnerSettings`` as JSON on stdin) for ``ShardProcesses.start`` in tests and
-embedders; it has no process policy. The server's engine runs ``tgi_server.engine.shard``
-instead, which adds its own (signals, leaving when its parent dies).
+stop, then closes the runner and leaves the group. Given ``on_rank0_lost``, it watches rank
+0's heartbeat and reports its loss there (a lost rank 0 sends no stop: the rank would wait
+for a plan forever). The module's ``main`` is a bare rank process (its ``RunnerSettings``
+as JSON on stdin) for ``ShardProcesses.start`` in tests and embedders: it exits 1 when rank
+0 is lost. The server's engine runs ``tgi_server.engine.shard`` instead, with its own policy
+(signals, leaving when its parent dies).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+from collections.abc import Sequence
 
 import msgspec
 
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.parallel.group import TensorParallelGroup
+from tgi_hpu_kernels.parallel.liveness import OnLost
 
 __all__ = ["main", "serve_rank"]
 
 
-def serve_rank(settings: RunnerSettings) -> None:
+def serve_rank(settings: RunnerSettings, on_rank0_lost: OnLost | None = None) -> None:
     """Serves rank ``settings.rank`` (> 0) until rank 0 says stop."""
     from tgi_hpu_kernels.device import select_device  # these import this package
     from tgi_hpu_kernels.runner import TorchModelRunner
 
     device = select_device(settings.device, settings)
     group = TensorParallelGroup.join(settings, device.prepare_collectives(), device.torch_device)
+    if on_rank0_lost is not None:
+        group.watch([0], on_rank0_lost)
     try:
         runner = TorchModelRunner(settings, device=device, group=group)
         try:
@@ -37,8 +45,13 @@ def serve_rank(settings: RunnerSettings) -> None:
         group.leave()
 
 
+def _exit_1(ranks: Sequence[int], why: str) -> None:
+    logging.shutdown()
+    os._exit(1)  # the main thread may be blocked in a collective: nothing else ends it
+
+
 def main() -> int:
-    serve_rank(msgspec.json.decode(sys.stdin.buffer.read(), type=RunnerSettings))
+    serve_rank(msgspec.json.decode(sys.stdin.buffer.read(), type=RunnerSettings), _exit_1)
     return 0
 
 

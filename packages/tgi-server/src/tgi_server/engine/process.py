@@ -127,7 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run_engine(settings, known.socket)
+    from tgi_hpu_kernels.parallel import GroupJoinError
+
+    try:
+        run_engine(settings, known.socket)
+    except GroupJoinError as error:  # a node missing: one line, as on the other nodes
+        logger.error("%s", error)
+        return 1
     return 0
 
 

@@ -3,8 +3,9 @@
 The engine (rank 0) starts these (``shard_supervision.py``), each with its ``RunnerSettings``
 as JSON on stdin. Serving the rank is the kernels' ``serve_rank`` (join the group, build the
 runner, run each plan rank 0 sends until it says stop). What this process adds is the
-server's policy: only rank 0 acts on Ctrl-C, and an orphan (rank 0 killed outright: nobody
-is left to send a stop) exits at once with code 1.
+server's policy: only rank 0 acts on Ctrl-C; an orphan (its parent killed outright: nobody
+is left to send a stop) or a rank whose rank 0 stopped beating (on another node) exits at
+once with code 1; a group that does not form is one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 import msgspec
 
@@ -30,6 +32,12 @@ def _exit_with_parent(parent_pid: int) -> None:
     os._exit(1)
 
 
+def _exit_on_rank0_lost(ranks: Sequence[int], why: str) -> NoReturn:
+    logging.getLogger(__name__).error("rank 0 lost (%s): this shard exits", why)
+    logging.shutdown()
+    os._exit(1)  # the main thread may wait in a collective: nothing else would end it
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     parent_pid = int(args[0])
@@ -37,9 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when shards stop
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     settings = msgspec.json.decode(sys.stdin.buffer.read(), type=RunnerSettings)
-    from tgi_hpu_kernels.parallel import serve_rank
+    from tgi_hpu_kernels.parallel import GroupJoinError, serve_rank
 
-    serve_rank(settings)
+    try:
+        serve_rank(settings, on_rank0_lost=_exit_on_rank0_lost)
+    except GroupJoinError as error:
+        logging.getLogger(__name__).error("%s", error)
+        return 1
     return 0
 
 

@@ -1,13 +1,20 @@
-"""The engine's shard processes: ranks 1..N-1 of its runner, started, watched, stopped by PID.
+"""The engine's shard processes: its node's other ranks, started, watched, stopped by PID.
 
 ``EngineShards.start(settings, device)`` (rank 0's settings and device) starts ``python -m
-tgi_server.engine.shard`` for each other rank (the kernels' ``ShardProcesses``, which first
-checks the model splits ``num_shard`` ways), watches them from a thread, then joins their
-group: ``TorchModelRunner(..., group=shards.group)`` is handed it. A shard that dies while the
-engine runs takes the engine down with exit code 1 (the other shards killed first), as TGI's
-launcher does when a shard fails: the launcher sees the engine exit and stops the service.
-``close``, after the runner's, tells the shards to stop, waits for them, kills any left by
-PID and leaves the group; should the engine exit without it, the shards are killed.
+tgi_server.engine.shard`` for each other rank of node 0 (the kernels' ``ShardProcesses``,
+which first checks the model splits ``num_shard`` ways), watches them from a thread, then
+joins the group (with ``--nnodes`` > 1 the other nodes' launchers start theirs):
+``TorchModelRunner(..., group=shards.group)`` is handed it. The engine exits with code 1
+(its own shards killed first), as TGI's launcher does when a shard fails, when:
+
+- one of its shard processes dies;
+- a rank on another node stops beating (the group's heartbeats: a node lost or hung);
+- a step failed after its plan reached the shards (they are out of step for good).
+
+The launcher sees the engine exit and stops the service; the other nodes' shards see rank 0
+gone and exit too. ``close``, after the runner's, tells the shards to stop, waits for them
+(other nodes' by their ``left`` marks), kills any of its own left by PID and leaves the
+group; should the engine exit without it, its shards are killed.
 """
 
 from __future__ import annotations
@@ -17,10 +24,16 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Sequence
 
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device import Device
-from tgi_hpu_kernels.parallel import ShardProcesses, TensorParallelGroup, stop_shards
+from tgi_hpu_kernels.parallel import (
+    ShardProcesses,
+    TensorParallelGroup,
+    remote_ranks,
+    stop_shards,
+)
 
 __all__ = ["EngineShards", "exit_on_shard_death"]
 
@@ -31,7 +44,11 @@ _POLL_S = 0.5
 
 def exit_on_shard_death(rank: int, returncode: int) -> None:
     """The engine's reaction to a dead shard: exit with code 1 (no half service)."""
-    logger.error("shard %d exited with code %d: stopping the engine", rank, returncode)
+    _exit_1(f"shard {rank} exited with code {returncode}")
+
+
+def _exit_1(why: str) -> None:
+    logger.error("%s: stopping the engine", why)
     logging.shutdown()
     os._exit(1)
 
@@ -55,6 +72,8 @@ class EngineShards:
         try:
             backend = device.prepare_collectives()
             shards._group = TensorParallelGroup.join(settings, backend, device.torch_device)
+            if remote := remote_ranks(settings):
+                shards._group.watch(remote, shards._on_remote_lost)
         except BaseException:
             shards.kill()
             raise
@@ -82,11 +101,23 @@ class EngineShards:
         atexit.unregister(self.kill)
         self._processes.kill()
 
+    def _on_remote_lost(self, ranks: Sequence[int], why: str) -> None:
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._processes.kill()
+        _exit_1(f"rank(s) {', '.join(map(str, ranks))} on another node lost ({why})")
+
     def _watch(self) -> None:
         while not self._closing.wait(_POLL_S):
             exited = self._processes.exited()
-            if exited is not None and not self._closing.is_set():
-                self._closing.set()
-                self._processes.kill()
+            out_of_step = None if self._group is None else self._group.out_of_step
+            if (exited is None and out_of_step is None) or self._closing.is_set():
+                continue
+            self._closing.set()
+            self._processes.kill()
+            if exited is not None:
                 exit_on_shard_death(*exited)
-                return
+            else:  # the failed step's requests were answered meanwhile (the engine loop)
+                _exit_1(f"the shards are out of step since {out_of_step}")
+            return
