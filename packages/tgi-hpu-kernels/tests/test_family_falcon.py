@@ -76,10 +76,9 @@ def test_refusals(fields, message):
         FalconForCausalLM.parse_config({**BASE, **fields})
 
 
-def test_multi_query_cannot_be_split_over_two_ranks():
-    config = FalconForCausalLM.parse_config(BASE)
-    with pytest.raises(ValueError, match=r"must divide the model's attention heads \(4\) and KV"):
-        shard_config(config, 2)
+def test_multi_query_shards_replicate_the_kv_head():
+    share = shard_config(FalconForCausalLM.parse_config(BASE), 4)
+    assert (share.num_attention_heads, share.num_key_value_heads, share.head_dim) == (1, 1, 16)
 
 
 def test_fused_tensors_the_split_cannot_read_are_refused():

@@ -90,6 +90,8 @@ def allocate_kv_cache(
     Raises:
         ValueError: an FP8 format the device does not take (e5m2 on Gaudi).
     """
+    # config is this rank's share (shard_config): with more shards than KV heads each holds
+    # one replicated head, so sharding past the KV heads buys no KV room per card
     num_layers, num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
     if settings.kv_cache_dtype == "fp8_e5m2" and device.name == "hpu":
         raise ValueError("--kv-cache-dtype fp8_e5m2 is not supported on Gaudi: use fp8_e4m3fn")

@@ -210,6 +210,7 @@ def load_model(
             model=served, config=served.config, source=source, dtype=dtype, raw_config=raw
         )
     config = _rope_override(cls.parse_config(raw), settings)
+    num_kv_heads = config.num_key_value_heads  # the whole model's, for shard_weights
     if group is not None:
         config = shard_config(config, group.num_shard)
     rotary = RotaryEmbedding(
@@ -252,7 +253,11 @@ def load_model(
     weights = cls.checkpoint_tensors(weights, raw)
     if group is not None:
         weights = shard_weights(
-            weights, rank=group.rank, num_shard=group.num_shard, layout=cls.tp_layout
+            weights,
+            rank=group.rank,
+            num_shard=group.num_shard,
+            num_kv_heads=num_kv_heads,
+            layout=cls.tp_layout,
         )
     if prequantized is not None:
         model.load_weights(prequantized_weights(prequantized, weights))

@@ -86,6 +86,9 @@ class LoraAdapters:
                 not fit the layer.
         """
         manager = cls(tuple(adapter.adapter_id for adapter in adapters))
+        # the whole model's KV heads (model.config is this rank's share): k/v B's are sliced
+        # by KV head, replicated when fewer than num_shard, as their base weights
+        num_kv_heads = type(model).parse_config(raw_config).num_key_value_heads
         modules = dict(model.named_modules())
         weight = next(model.parameters())
         pairs: dict[str, list[_Pair]] = {}
@@ -100,7 +103,7 @@ class LoraAdapters:
                         index=index,
                         weight_name=weight_name,
                         halves=(a, b),
-                        shard=(rank, num_shard),
+                        shard=(rank, num_shard, num_kv_heads),
                     )
                     pair.a, pair.b = pair.a.to(weight.dtype), pair.b.to(weight.dtype)
                     pairs.setdefault(module_name, []).append(pair)
@@ -142,11 +145,12 @@ def _pair(
     index: int,
     weight_name: str,
     halves: tuple[Tensor, Tensor],
-    shard: tuple[int, int],
+    shard: tuple[int, int, int],
 ) -> tuple[str, _Pair]:
     """The module a checkpoint projection's (A, B) adapts, and the pair as this rank holds
-    it: a column-parallel projection's B split by rows and a row-parallel one's A by
-    columns, as the base weight of each.
+    it (``shard``: rank, num_shard, the model's KV heads): a column-parallel projection's B
+    split by rows (k/v by KV head, replicated as their base weights) and a row-parallel
+    one's A by columns, as the base weight of each.
 
     Raises:
         ValueError: no such projection, or shapes that do not fit it.
@@ -161,14 +165,18 @@ def _pair(
             f"this {type(model).__name__}"
         )
     a, b = halves
-    rank, num_shard = shard
+    rank, num_shard, num_kv_heads = shard
     if num_shard > 1:
         layout = type(model).tp_layout
         column = any(p in weight_name for p in layout.column)
         row = any(p in weight_name for p in layout.row)
         if column or row:
             ((_, sliced),) = shard_weights(
-                [(weight_name, b if column else a)], rank=rank, num_shard=num_shard, layout=layout
+                [(weight_name, b if column else a)],
+                rank=rank,
+                num_shard=num_shard,
+                num_kv_heads=num_kv_heads,
+                layout=layout,
             )
             a, b = (a, sliced) if column else (sliced, b)
     linear: Any = module  # Linear or QuantizedLinear: both have the features counts

@@ -11,9 +11,10 @@ What differs from Llama:
   ``c_proj(gelu(c_fc(x)))`` (``activation_function``, tanh GELU by default; ``n_inner``
   defaults to 4x hidden), biases on every projection, tied embeddings by default. Config
   fields have GPT-2's names (``n_embd``, ``n_layer``, ``n_head``, ``n_positions``).
-- ``scale_attn_weights: false`` and cross-attention are refused. Tensor parallelism needs
-  ``multi_query: false`` (one KV head cannot be split, as in Falcon); ``wpe`` is replicated.
-  The CPU's fused decoder stack computes Llama's exact layer, so this model never uses it.
+- ``scale_attn_weights: false`` and cross-attention are refused. Under tensor parallelism a
+  multi-query model's one KV head is replicated on every rank (as Falcon's); ``wpe`` is
+  replicated. The CPU's fused decoder stack computes Llama's exact layer, so this model
+  never uses it.
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ model is simply the family's model built from ``shard_config``: nothing in the m
 knows about ranks besides the all-reduce hooks ``add_row_parallel_reduce`` installs. Which
 checkpoint projections are which is the family's ``TensorParallelLayout`` (Llama's names by
 default). The process group itself lives in ``group.py``.
+
+Fewer KV heads than ranks (multi-query Falcon and GPT-BigCode, GQA with few KV heads) are
+replicated, as TGI does: ``N`` must then be a multiple of them, and rank ``r`` holds the one
+KV head its query heads read, head ``r // (N // num_kv_heads)`` (that head's k/v rows and
+biases), so each rank's KV cache holds one head: sharding past the KV heads buys no KV room.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class TensorParallelLayout:
 
     column: tuple[str, ...]
     row: tuple[str, ...]
+    # the column projections whose rows are KV heads (replicated past num_kv_heads ranks)
+    kv: tuple[str, ...] = (".k_proj.", ".v_proj.")
 
 
 LLAMA_LAYOUT = TensorParallelLayout(
@@ -47,12 +54,19 @@ LLAMA_LAYOUT = TensorParallelLayout(
 
 
 def check_shardable(config: ModelConfig, num_shard: int) -> None:
-    """Raises ValueError (one line) when ``num_shard`` does not divide the heads or the MLP."""
+    """Raises ValueError (one line) when ``num_shard`` does not divide the attention heads
+    or the MLP, or neither divides nor is a multiple of the KV heads."""
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    if heads % num_shard or kv_heads % num_shard:
+    if heads % num_shard:
         raise ValueError(
-            f"--num-shard {num_shard} must divide the model's attention heads ({heads}) and "
-            f"KV heads ({kv_heads}): pick a num_shard that divides both"
+            f"--num-shard {num_shard} must divide the model's attention heads ({heads}): "
+            f"pick a num_shard that divides {heads}"
+        )
+    if kv_heads % num_shard and num_shard % kv_heads:
+        raise ValueError(
+            f"--num-shard {num_shard} must divide the model's KV heads ({kv_heads}) or be a "
+            f"multiple of them (each KV head is then replicated): pick such a num_shard "
+            f"that also divides the attention heads ({heads})"
         )
     if config.intermediate_size % num_shard:
         raise ValueError(
@@ -62,12 +76,13 @@ def check_shardable(config: ModelConfig, num_shard: int) -> None:
 
 
 def shard_config(config: ModelConfig, num_shard: int) -> ModelConfig:
-    """The shape of one rank's model: ``1/num_shard`` of the heads and MLP width."""
+    """The shape of one rank's model: ``1/num_shard`` of the heads and MLP width, and at
+    least one KV head (replicated when the model has fewer than ``num_shard``)."""
     check_shardable(config, num_shard)
     return replace(
         config,
         num_attention_heads=config.num_attention_heads // num_shard,
-        num_key_value_heads=config.num_key_value_heads // num_shard,
+        num_key_value_heads=max(config.num_key_value_heads // num_shard, 1),
         intermediate_size=config.intermediate_size // num_shard,
     )
 
@@ -78,9 +93,20 @@ def _slice(tensor: Tensor, dim: int, rank: int, num_shard: int) -> Tensor:
 
 
 def _shard_tensor(
-    name: str, tensor: Tensor, rank: int, num_shard: int, layout: TensorParallelLayout
+    name: str,
+    tensor: Tensor,
+    rank: int,
+    num_shard: int,
+    layout: TensorParallelLayout,
+    *,
+    num_kv_heads: int,
 ) -> Tensor:
     if any(part in name for part in layout.column):
+        if num_kv_heads < num_shard and any(part in name for part in layout.kv):
+            # replicated: the head_dim rows (weight or bias) of the one KV head this
+            # rank's query heads read; num_shard // num_kv_heads consecutive ranks share it
+            head = rank // (num_shard // num_kv_heads)
+            return _slice(tensor, 0, head, num_kv_heads)
         return _slice(tensor, 0, rank, num_shard)
     if any(part in name for part in layout.row):
         if name.endswith(".bias"):  # summed over ranks: only rank 0 adds it
@@ -94,11 +120,13 @@ def shard_weights(
     *,
     rank: int,
     num_shard: int,
+    num_kv_heads: int,
     layout: TensorParallelLayout = LLAMA_LAYOUT,
 ) -> Iterator[tuple[str, Tensor]]:
-    """Checkpoint tensors (HF names, full shapes) -> this rank's slices, lazily."""
+    """Checkpoint tensors (HF names, full shapes) -> this rank's slices, lazily.
+    ``num_kv_heads`` is the whole model's: fewer than ``num_shard`` replicates them."""
     for name, tensor in weights:
-        yield name, _shard_tensor(name, tensor, rank, num_shard, layout)
+        yield name, _shard_tensor(name, tensor, rank, num_shard, layout, num_kv_heads=num_kv_heads)
 
 
 def add_row_parallel_reduce(
