@@ -5,7 +5,8 @@ as JSON on stdin. Serving the rank is the kernels' ``serve_rank`` (join the grou
 runner, run each plan rank 0 sends until it says stop). What this process adds is the
 server's policy: only rank 0 acts on Ctrl-C; an orphan (its parent killed outright: nobody
 is left to send a stop) or a rank whose rank 0 stopped beating (on another node) exits at
-once with code 1; a group that does not form is one line and exit code 1.
+once with code 1; a group that does not form, or a collective that fails (a peer gone),
+is one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -47,10 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = msgspec.json.decode(sys.stdin.buffer.read(), type=RunnerSettings)
     from tgi_hpu_kernels.parallel import GroupJoinError, serve_rank
 
+    logger = logging.getLogger(__name__)
     try:
         serve_rank(settings, on_rank0_lost=_exit_on_rank0_lost)
     except GroupJoinError as error:
-        logging.getLogger(__name__).error("%s", error)
+        logger.error("%s", error)
+        return 1
+    except RuntimeError as error:  # a collective failed: rank 0 or a peer went away
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        logger.error("rank %d stops: %s", settings.rank, first_line)
+        logger.debug("the failure", exc_info=True)
         return 1
     return 0
 
