@@ -116,8 +116,9 @@ def test_a_peer_that_stops_beating_is_reported_one_that_left_is_not() -> None:
         reports.append((list(ranks), why, time.monotonic()))
         lost.set()
 
-    watch0 = PeerWatch(rank0, [1, 2], on_lost)
-    peers = [PeerWatch(replace(rank0, rank=r), [], on_lost) for r in (1, 2)]
+    watch0 = PeerWatch(rank0)
+    watch0.watch([1, 2], on_lost)
+    peers = [PeerWatch(replace(rank0, rank=r)) for r in (1, 2)]  # beating, watching nobody
     time.sleep(1.0)
     stores[1].set(left_key(1), "1")
     for peer in peers:
@@ -144,9 +145,8 @@ def test_a_lost_rank_0_is_reported_by_the_others() -> None:
         thread.join(10)
     reports: list[tuple[list[int], str]] = []
     lost = threading.Event()
-    watch = PeerWatch(
-        replace(rank0, rank=1), [0], lambda r, w: (reports.append((list(r), w)), lost.set())
-    )
+    watch = PeerWatch(replace(rank0, rank=1))
+    watch.watch([0], lambda r, w: (reports.append((list(r), w)), lost.set()))
     time.sleep(0.8)
     del stores[0]  # rank 0's store server goes with it
     assert lost.wait(SILENT_S + 3)

@@ -68,7 +68,7 @@ class TensorParallelGroup:
         self._settings = settings
         self._store = store
         self._plan_group = plan_group
-        self._watch: PeerWatch | None = None
+        self._watch = None if settings is None else PeerWatch(settings)  # beats from now
         self.out_of_step: str | None = None  # why, once a step failed after its plan went out
 
     @classmethod
@@ -108,11 +108,11 @@ class TensorParallelGroup:
         return self._settings
 
     def watch(self, peers: Sequence[int], on_lost: OnLost) -> None:
-        """Beats, and reports ``peers`` that stop beating (or rank 0's store gone) to
-        ``on_lost`` once, from a thread. Stopped by ``send_stop`` or ``leave``."""
-        if self._settings is None:
+        """Reports ``peers`` that stop beating (or rank 0's store gone) to ``on_lost`` once,
+        from the heartbeat's thread. Stopped by ``send_stop`` or ``leave``."""
+        if self._watch is None:
             raise RuntimeError("watch needs a group made by TensorParallelGroup.join")
-        self._watch = PeerWatch(self._settings, peers, on_lost)
+        self._watch.watch(peers, on_lost)
 
     def all_reduce(self, tensor: Tensor) -> None:
         """Sums ``tensor`` over the ranks, in place."""
