@@ -4,8 +4,10 @@
 ``master_addr:master_port`` with the device's collective backend (gloo on the CPU, nccl on
 CUDA, hccl on Gaudi: ``Device.prepare_collectives()`` names it, and registers hccl). Rank 0
 sends each ``StepPlan`` as msgpack bytes (its length, then a uint8 tensor); a length of 0
-tells the other ranks to stop. Whoever starts the shard processes joins the group and hands
-it to the runner (``shards.py`` has the mechanics; the server's engine, the supervision).
+tells the other ranks to stop. Within a step rank 0 also broadcasts what it alone computes
+(a VLM prefill's prompt embeddings: ``broadcast``); the plan tells the other ranks to expect
+it. Whoever starts the shard processes joins the group and hands it to the runner
+(``shards.py`` has the mechanics; the server's engine, the supervision).
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ class TensorParallelGroup:
     def all_reduce(self, tensor: Tensor) -> None:
         """Sums ``tensor`` over the ranks, in place."""
         dist.all_reduce(tensor)
+
+    def broadcast(self, tensor: Tensor) -> None:
+        """Rank 0's ``tensor`` on every rank, in place: the other ranks pass one of the same
+        shape and dtype, which it overwrites."""
+        if tensor.device == self._device:
+            dist.broadcast(tensor, src=0)
+            return
+        staged = tensor.to(self._device)  # gloo sends host tensors only
+        dist.broadcast(staged, src=0)
+        tensor.copy_(staged)
 
     def min_over_ranks(self, value: int) -> int:
         """The smallest ``value`` any rank holds (e.g. the KV blocks every rank can fit)."""

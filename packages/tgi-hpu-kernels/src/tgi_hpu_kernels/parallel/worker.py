@@ -2,10 +2,12 @@
 
 ``serve_rank`` joins the group, builds its ``TorchModelRunner`` (loading its slice of the
 weights, agreeing on the KV block count), runs each plan rank 0 sends until rank 0 says
-stop, then closes the runner and leaves the group. The module's ``main`` is a bare rank
-process (its ``RunnerSettings`` as JSON on stdin) for ``ShardProcesses.start`` in tests and
-embedders; it has no process policy. The server's engine runs ``tgi_server.engine.shard``
-instead, which adds its own (signals, leaving when its parent dies).
+stop, then closes the runner and leaves the group. A rank > 0 of a vision-language model
+serves its text model alone (``nested_model``): rank 0 runs the vision side and sends the
+prompt embeddings. The module's ``main`` is a bare rank process (its ``RunnerSettings`` as
+JSON on stdin, text models only) for ``ShardProcesses.start`` in tests and embedders; it has
+no process policy. The server's engine runs ``tgi_server.engine.shard`` instead, which adds
+its own (signals, leaving when its parent dies) and finds a VLM's text model.
 """
 
 from __future__ import annotations
@@ -14,21 +16,23 @@ import sys
 
 import msgspec
 
+from tgi_core.nested_model import NestedTextModel
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.parallel.group import TensorParallelGroup
 
 __all__ = ["main", "serve_rank"]
 
 
-def serve_rank(settings: RunnerSettings) -> None:
-    """Serves rank ``settings.rank`` (> 0) until rank 0 says stop."""
+def serve_rank(settings: RunnerSettings, *, nested_model: NestedTextModel | None = None) -> None:
+    """Serves rank ``settings.rank`` (> 0) until rank 0 says stop; ``nested_model``: where
+    the text model sits in a multimodal checkpoint (``tgi_vlm.runner_parts`` knows)."""
     from tgi_hpu_kernels.device import select_device  # these import this package
     from tgi_hpu_kernels.runner import TorchModelRunner
 
     device = select_device(settings.device, settings)
     group = TensorParallelGroup.join(settings, device.prepare_collectives(), device.torch_device)
     try:
-        runner = TorchModelRunner(settings, device=device, group=group)
+        runner = TorchModelRunner(settings, device=device, group=group, nested_model=nested_model)
         try:
             runner.serve_shard()
         finally:
