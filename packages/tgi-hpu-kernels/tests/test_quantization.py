@@ -1,7 +1,8 @@
 """FP8 through Intel Neural Compressor (``QUANT_CONFIG``) on a tiny random Llama: MEASURE over
 a few prompts writes statistics at ``close()``, QUANTIZE loads them and stays close to the
-unquantized model; the config's errors. On the CPU INC runs its quantize-dequantize path
-(``use_qdq``), the same patching as on Gaudi."""
+unquantized model, on one rank and on two shards (each rank its own statistics); the
+config's errors. On the CPU INC runs its quantize-dequantize path (``use_qdq``), the same
+patching as on Gaudi."""
 
 from __future__ import annotations
 
@@ -83,6 +84,70 @@ def test_measure_then_quantize_stays_close_to_the_model(
     # a random model's top logits lie close: FP8 may swap the first two, never more
     top2 = expected.topk(2, dim=-1).indices
     assert (top2 == logits.argmax(-1, keepdim=True)).any(-1).all()
+
+
+@pytest.fixture
+def forget_inc_rank(monkeypatch):
+    """INC reads this process's rank from torch.distributed once and keeps it: ``forget()``
+    makes it read again (a single rank then names its files without a rank suffix), and the
+    test's end restores its state from before (later tests see no rank either)."""
+    from neural_compressor.torch.algorithms.fp8_quant.prepare_quant import prepare_model
+
+    names = ("_local_rank", "_world_size", "_local_rank_initialized", "_world_size_initialized")
+    for name in names:  # the state to restore at the end
+        monkeypatch.setattr(prepare_model, name, getattr(prepare_model, name))
+
+    def forget() -> None:
+        for name in ("_local_rank", "_world_size"):
+            monkeypatch.setattr(prepare_model, name, -1)
+            monkeypatch.setattr(prepare_model, f"{name}_initialized", False)
+
+    return forget
+
+
+@pytest.mark.slow  # a shard process per runner
+def test_two_shards_measure_and_quantize_their_own_slices(
+    tiny_checkpoint, make_runner, sharded_runner, tmp_path, forget_inc_rank
+):
+    """Each rank (rank 1 a child process) measures its slice into its own files, INC's
+    ``_<rank>_<num_shard>`` suffix, and quantizes from them; the logits stay as close to the
+    unquantized model's as one rank's do (2 unquantized shards give 1 rank's logits:
+    test_parallel.py)."""
+    folder = tiny_checkpoint("llama")[0]
+    expected = make_runner(folder).compute_logits(_plan())
+    with sharded_runner(folder, quant_config=str(_write_config(tmp_path, "MEASURE"))) as (
+        runner,
+        _,
+    ):
+        runner.compute_logits(_plan())
+    stats = tmp_path / "hqt_output"
+    measured = {}
+    for rank in (0, 1):
+        names = json.loads((stats / f"measure_hooks_maxabs_{rank}_2_mod_list.json").read_text())
+        assert set(names) == {f"model.layers.{i}.{p}" for i in range(2) for p in PROJECTIONS}
+        measured[rank] = json.loads((stats / f"measure_hooks_maxabs_{rank}_2.json").read_text())
+        assert measured[rank]["LocalRank"] == rank
+    assert not list(stats.glob("measure_hooks_maxabs.*"))  # no unsuffixed, single-rank file
+    # each rank observed its own slice (weights' max-abs differ: not one rank's copy)
+    assert measured[0]["Nodes"] != measured[1]["Nodes"]
+
+    quantize = str(_write_config(tmp_path, "QUANTIZE"))
+    with sharded_runner(folder, quant_config=quantize) as (runner, _):
+        assert runner.weights == "FP8 projections, dense LM head (QUANT_CONFIG)"
+        logits = runner.compute_logits(_plan())
+    # INC writes the scales each rank computed from its statistics while converting
+    for rank in (0, 1):
+        assert (stats / f"measure_hooks_maxabs_MAXABS_ARBITRARY_{rank}_2.npz").is_file()
+    # the single-rank test's bounds (float32)
+    assert torch.nn.functional.cosine_similarity(logits, expected).min() > 0.99
+    error = (logits - expected).abs().max()
+    assert 0 < error < 0.1 * expected.abs().max()
+    top2 = expected.topk(2, dim=-1).indices
+    assert (top2 == logits.argmax(-1, keepdim=True)).any(-1).all()
+    # statistics measured on 2 shards are no single rank's
+    forget_inc_rank()
+    with pytest.raises(ValueError, match=r"with the same --num-shard"):
+        make_runner(folder, quant_config=quantize)
 
 
 def test_a_missing_config_file_is_named(tmp_path):

@@ -1,11 +1,15 @@
 """LLaVA-NeXT served by our runner and scheduler: greedy tokens equal transformers'
 ``generate`` on the tiny random model (one image, two images of different sizes, batched
-with a text-only prompt), and prompts with different images never share prefix-cache KV."""
+with a text-only prompt), prompts with different images never share prefix-cache KV, and
+2 shards (rank 1 the server's shard process) serve images as one does."""
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +17,21 @@ import pytest
 import torch
 from PIL import Image
 
-from tgi_core.contract import GenerationRequest, ImageInput, TokenEvent
+from tgi_core.contract import (
+    GenerationRequest,
+    ImageInput,
+    PrefillItem,
+    PrefillShape,
+    SamplingParams,
+    StepPlan,
+    TokenEvent,
+)
 from tgi_core.settings.slices import RunnerSettings, SchedulerSettings
 from tgi_hpu_kernels import TorchModelRunner
 from tgi_hpu_kernels.device.cpu import CpuDevice
+from tgi_hpu_kernels.parallel import ShardProcesses, TensorParallelGroup, stop_shards
 from tgi_scheduler import Engine
+from tgi_server.testing import free_port
 from tgi_vlm.llava_next import LlavaNextConfig, num_image_tokens
 from tgi_vlm.llava_next.embedder import LlavaNextEmbedder
 from tgi_vlm.llava_next.family import LLAVA_NEXT
@@ -29,6 +43,14 @@ from .conftest import TINY_IMAGE_TOKEN_ID, TINY_PROCESSOR, random_image
 NUM_NEW = 6
 BLOCK_SIZE = 4
 TEXT_PROMPT = (1, 2, 2, 1)  # hello world world hello
+SETTINGS: dict[str, Any] = {
+    "dtype": "float32",
+    "device": "cpu",
+    "block_size": BLOCK_SIZE,
+    "max_input_tokens": 400,
+    "max_total_tokens": 512,
+    "base_image_tokens": 256,
+}
 
 
 def encoded(height: int, width: int, seed: int) -> tuple[Image.Image, ImageInput]:
@@ -39,15 +61,7 @@ def encoded(height: int, width: int, seed: int) -> tuple[Image.Image, ImageInput
 
 @pytest.fixture(scope="module")
 def runner(llava_folder: Path) -> TorchModelRunner:
-    settings = RunnerSettings(
-        model_id=str(llava_folder),
-        dtype="float32",
-        device="cpu",
-        block_size=BLOCK_SIZE,
-        max_input_tokens=400,
-        max_total_tokens=512,
-        base_image_tokens=256,
-    )
+    settings = RunnerSettings(model_id=str(llava_folder), **SETTINGS)
     parts = runner_parts_for(settings)
     assert parts is not None
     assert isinstance(parts.prompt_embedder, LlavaNextEmbedder)
@@ -215,14 +229,7 @@ def test_recompute_after_preemption_uses_the_images_again(
 ) -> None:
     """A prefill of prompt + generated tokens (what a preempted sequence sends; one of them
     an ``<image>`` id, a plain token there) continues as the uninterrupted sequence."""
-    from tgi_core.contract import (
-        DecodeItem,
-        DecodeShape,
-        PrefillItem,
-        PrefillShape,
-        SamplingParams,
-        StepPlan,
-    )
+    from tgi_core.contract import DecodeItem, DecodeShape
 
     _, image_input = encoded(40, 24, 1)
     num_tokens = num_image_tokens(LlavaNextConfig.from_folder(llava_folder), 40, 24)
@@ -253,7 +260,89 @@ def test_recompute_after_preemption_uses_the_images_again(
     runner.execute(StepPlan(step_id=2, shape=None, released=(7, 8)))
 
 
-def test_sharded_llava_is_refused(llava_folder: Path) -> None:
-    settings = RunnerSettings(model_id=str(llava_folder), num_shard=2, base_image_tokens=64)
-    with pytest.raises(ValueError, match="one shard only"):
-        runner_parts_for(settings)
+def image_tokens(folder: Path, height: int, width: int) -> tuple[int, ...]:
+    """The ``<image>`` ids an image of that size expands into."""
+    config = LlavaNextConfig.from_folder(folder)
+    return (TINY_IMAGE_TOKEN_ID,) * num_image_tokens(config, height, width)
+
+
+@contextmanager
+def two_shards(folder: Path) -> Iterator[TorchModelRunner]:
+    """Rank 0's runner here; rank 1 the server's own shard process (``tgi_server.engine.
+    shard``, which builds its runner as the engine's shards do), over gloo on 127.0.0.1."""
+    settings = RunnerSettings(
+        model_id=str(folder), **SETTINGS, num_kv_blocks=256, num_shard=2,
+        master_addr="127.0.0.1", master_port=free_port(),
+    )  # fmt: skip
+    parts = runner_parts_for(settings)
+    assert parts is not None and parts.prompt_embedder is not None
+    command = (sys.executable, "-m", "tgi_server.engine.shard", str(os.getpid()))
+    processes = ShardProcesses.start(settings, command, nested_model=parts.nested_model)
+    try:
+        group = TensorParallelGroup.join(settings, "gloo", torch.device("cpu"))
+    except BaseException:
+        processes.kill()
+        raise
+    try:
+        runner = TorchModelRunner(
+            settings,
+            device=CpuDevice(),
+            prompt_embedder=parts.prompt_embedder,
+            nested_model=parts.nested_model,
+            group=group,
+        )
+    except BaseException:
+        processes.kill()
+        group.leave()
+        raise
+    try:
+        yield runner
+    finally:
+        runner.close()
+        stop_shards(group, processes)
+
+
+def teacher_forced(runner: TorchModelRunner, llava_folder: Path) -> list[torch.Tensor]:
+    """Every prompt token's logits of three prefills, one step each: an image prompt, a
+    text-only prompt, a prompt of two images (KV blocks apart); then all are released."""
+    small, large = encoded(40, 24, 1)[1], encoded(64, 64, 3)[1]
+    small_ids, large_ids = image_tokens(llava_folder, 40, 24), image_tokens(llava_folder, 64, 64)
+    prompts = [
+        ((1, *small_ids, 2), (small,)),
+        (TEXT_PROMPT, ()),
+        ((*large_ids, 2, *small_ids, 1), (large, small)),
+    ]
+    logits = []
+    for request_id, (token_ids, images) in enumerate(prompts):
+        first_block = 40 * request_id
+        item = PrefillItem(
+            request_id=request_id,
+            token_ids=token_ids,
+            num_prompt_tokens=len(token_ids),
+            num_cached_tokens=0,
+            block_table=tuple(range(first_block, first_block + 40)),
+            sampling=SamplingParams(),
+            images=images,
+        )
+        shape = PrefillShape(1, len(token_ids))
+        plan = StepPlan(step_id=request_id, shape=shape, prefill=(item,))
+        logits.append(runner.compute_logits(plan, every_token=True))
+    runner.execute(StepPlan(step_id=3, shape=None, released=(0, 1, 2)))
+    return logits
+
+
+@pytest.mark.slow  # a shard process per runner
+def test_two_shards_serve_images_as_one(runner: TorchModelRunner, llava_folder: Path) -> None:
+    """Rank 0 alone runs the vision side and broadcasts the prompt embeddings: the logits
+    of image prefills (a text-only one between them) and the greedy tokens of an image
+    prompt batched with a text prompt are one shard's."""
+    expected = teacher_forced(runner, llava_folder)
+    prompt_ids = (2, *image_tokens(llava_folder, 40, 24), 1)
+    requests = [request(1, TEXT_PROMPT), request(2, prompt_ids, [encoded(40, 24, 1)[1]])]
+    expected_tokens = run(runner, requests)
+    with two_shards(llava_folder) as sharded:
+        logits = teacher_forced(sharded, llava_folder)
+        tokens = run(sharded, requests)
+    for got, want in zip(logits, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert tokens == expected_tokens

@@ -1,7 +1,8 @@
 """Mllama (Llama 3.2 Vision) served through transformers, recomputed every step, with its
 images: greedy tokens equal transformers' ``generate`` on a tiny random model (one image;
 two images of different sizes; batched with a text-only prompt), the prompt holds one
-``<|image|>`` token per image, and the family needs no ``BASE_IMAGE_TOKENS`` room."""
+``<|image|>`` token per image, the family needs no ``BASE_IMAGE_TOKENS`` room, and more
+than one shard is refused."""
 
 from __future__ import annotations
 
@@ -214,6 +215,15 @@ def test_greedy_tokens_equal_transformers(
     assert batched == {1: text_expected, 2: expected}
     # the image changes the answer: the test sees whether the pixels reach the model
     assert expected != _expected(mllama, prompt, [_png(*size[:2], 9)[0] for size in sizes])
+
+
+def test_sharded_mllama_is_refused(mllama: tuple[Path, Any, Any]) -> None:
+    """Its text model cross-attends to the image: transformers serves it whole, unsharded."""
+    settings = RunnerSettings(model_id=str(mllama[0]), num_shard=2)
+    with pytest.raises(
+        ValueError, match=r"^Mllama is served on one shard only .*transformers serves it whole"
+    ):
+        runner_parts_for(settings)
 
 
 def test_prompt_holds_one_image_token_per_image(mllama: tuple[Path, Any, Any]) -> None:

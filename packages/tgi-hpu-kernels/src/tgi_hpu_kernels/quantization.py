@@ -8,6 +8,8 @@ decoder layers' ``Linear`` projections (q/k/v, o, gate/up, down) become ``Patche
 LM head (``LMHead``), embeddings and norms stay in the model's dtype.
 
 ``--quantize fp8`` (``apply_fp8_dynamic``) converts the same layers at load with no statistics.
+With ``--num-shard`` > 1 every rank quantizes its own slice: INC reads the rank from
+torch.distributed and suffixes that rank's files with ``_<rank>_<num_shard>``.
 
 ``neural_compressor`` is imported only when one of the two asks for it. What the layers run on
 (Gaudi FP8 matmuls, or quantize-dequantize in the model's dtype with ``use_qdq``) is the
@@ -226,8 +228,8 @@ def _convert(model: nn.Module, fp8_config: Any, convert: Any, where: str) -> Non
         convert(model, fp8_config)
     except FileNotFoundError as exc:
         raise ValueError(
-            f"{where}: QUANTIZE needs the statistics of a MEASURE run ({exc}); "
-            "serve traffic with a MEASURE config first"
+            f"{where}: QUANTIZE needs the statistics of a MEASURE run ({exc}); serve traffic "
+            "with a MEASURE config first, with the same --num-shard (each rank has its own)"
         ) from None
     unmeasured = [
         name

@@ -79,7 +79,8 @@ class TorchModelRunner:
         eos_token_ids: ids that end generation besides the model config's (the tokenizer's,
             generation_config's); a grammar allows all of them where its text is complete.
         prompt_embedder: writes image features over placeholder rows on prefills that carry
-            images (``tgi_vlm``); without it images are refused.
+            images (``tgi_vlm``); without it images are refused. Rank 0's alone: the other
+            ranks of a sharded VLM receive rank 0's prompt embeddings instead.
         nested_model: where the text model sits in a multimodal checkpoint (``tgi_vlm``'s
             registry gives each family's); the runner serves that text model.
         history_inputs: a multimodal checkpoint transformers serves whole (``tgi_vlm``'s
@@ -422,10 +423,18 @@ class TorchModelRunner:
         return logits, hidden, inputs
 
     def _prompt_embeds(self, items: Sequence[PrefillItem], inputs: StepInputs) -> Tensor:
-        if self._prompt_embedder is None or not isinstance(self._model, LlamaForCausalLM):
+        # The vision side runs on rank 0 alone: every rank embeds the step's tokens, rank 0
+        # writes the image features in, the others receive its rows (the plan has images).
+        receives = self._group is not None and self._group.rank > 0
+        if not isinstance(self._model, LlamaForCausalLM) or not (
+            receives or self._prompt_embedder is not None
+        ):
             raise ValueError("this model does not take images")
         embeds: Tensor = self._model.model.embed_tokens(inputs.input_ids)
-        self._prompt_embedder(items, inputs.token_offsets, embeds)
+        if self._prompt_embedder is not None and not receives:
+            self._prompt_embedder(items, inputs.token_offsets, embeds)
+        if self._group is not None:
+            self._group.broadcast(embeds)
         return embeds
 
     def _execute(self, plan: StepPlan, *, record_shape: bool) -> StepOutput:

@@ -43,11 +43,15 @@ class ShardNode:
 
     def run(self) -> int:
         from tgi_hpu_kernels.parallel import ShardProcesses, node_ranks  # torch: only here
+        from tgi_vlm.runner_parts import runner_parts_for
 
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
         try:
-            runner = self.settings.runner(rank=0)
             node = self.settings.node_rank
+            # this node's first rank: not rank 0, so no VLM vision side loads here
+            runner = self.settings.runner(
+                rank=node * self.settings.num_shard // self.settings.nnodes
+            )
             ranks = node_ranks(runner, node)
             logger.info(
                 "Node %d of %d: starting shard ranks %d-%d, rank 0 at %s:%d",
@@ -60,7 +64,9 @@ class ShardNode:
             )
             command = [sys.executable, "-m", "tgi_server.engine.shard", str(os.getpid())]
             try:
-                shards = ShardProcesses.start(runner, command, node_rank=node)
+                vlm = runner_parts_for(runner)  # a VLM's text model is the part sharded
+                nested = None if vlm is None else vlm.nested_model
+                shards = ShardProcesses.start(runner, command, node_rank=node, nested_model=nested)
             except ValueError as error:  # the model does not split this way
                 logger.error("%s", error)
                 return 1

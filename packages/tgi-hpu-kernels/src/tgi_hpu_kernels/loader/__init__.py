@@ -147,10 +147,13 @@ def _native_class(
         return None
 
 
-def read_model_config(settings: RunnerSettings) -> tuple[ModelSource, ModelConfig]:
-    """Resolves the checkpoint and parses its config, without reading weights."""
+def read_model_config(
+    settings: RunnerSettings, nested_model: NestedTextModel | None = None
+) -> tuple[ModelSource, ModelConfig]:
+    """Resolves the checkpoint and parses its config (``nested_model``'s, in a multimodal
+    checkpoint), without reading weights."""
     source = resolve_source(settings)
-    raw = _raw_config(source)
+    raw = _raw_config(source, nested_model)
     cls = _native_class(raw, source, settings)
     if cls is None:
         from transformers import AutoConfig

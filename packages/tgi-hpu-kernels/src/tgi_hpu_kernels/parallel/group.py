@@ -8,7 +8,9 @@ names it, and registers hccl). The model's collectives time out after
 ``ENGINE_STEP_TIMEOUT`` (``collective_timeout``): a peer that far behind is hung. Plans go
 through a second group of the same ranks with no practical timeout, because shards wait
 there while the engine is idle. Rank 0 sends each ``StepPlan`` as msgpack bytes (its
-length, then a uint8 tensor); a length of 0 tells the other ranks to stop.
+length, then a uint8 tensor); a length of 0 tells the other ranks to stop. Within a step
+rank 0 also broadcasts what it alone computes (a VLM prefill's prompt embeddings:
+``broadcast``); the plan tells the other ranks to expect it.
 
 Out of step: once a plan is sent, every rank runs the same collectives. A rank 0 that fails
 after sending (``abandon``) cannot bring the shards back in step: it destroys its process
@@ -117,6 +119,16 @@ class TensorParallelGroup:
     def all_reduce(self, tensor: Tensor) -> None:
         """Sums ``tensor`` over the ranks, in place."""
         dist.all_reduce(tensor)
+
+    def broadcast(self, tensor: Tensor) -> None:
+        """Rank 0's ``tensor`` on every rank, in place: the other ranks pass one of the same
+        shape and dtype, which it overwrites."""
+        if tensor.device == self._device:
+            dist.broadcast(tensor, src=0)
+            return
+        staged = tensor.to(self._device)  # gloo sends host tensors only
+        dist.broadcast(staged, src=0)
+        tensor.copy_(staged)
 
     def min_over_ranks(self, value: int) -> int:
         """The smallest ``value`` any rank holds (e.g. the KV blocks every rank can fit)."""

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import msgspec
 
+from tgi_core.nested_model import NestedTextModel
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.parallel.group import TensorParallelGroup
 from tgi_hpu_kernels.parallel.sharding import check_shardable
@@ -53,16 +54,22 @@ class ShardProcesses:
 
     @classmethod
     def start(
-        cls, settings: RunnerSettings, command: Sequence[str], *, node_rank: int = 0
+        cls,
+        settings: RunnerSettings,
+        command: Sequence[str],
+        *,
+        node_rank: int = 0,
+        nested_model: NestedTextModel | None = None,
     ) -> ShardProcesses:
         """Checks the model splits ``settings.num_shard`` ways, then starts ``command`` for
         each rank > 0 of node ``node_rank`` (its settings on stdin). On any failure those
-        started are killed."""
+        started are killed. ``nested_model``: where the text model, the part that is
+        sharded, sits in a multimodal checkpoint."""
         from tgi_hpu_kernels.loader import read_model_config  # the loader imports this package
         from tgi_hpu_kernels.medusa import with_medusa
 
         base, _ = with_medusa(settings)  # a Medusa model splits as its base model does
-        check_shardable(read_model_config(base)[1], settings.num_shard)
+        check_shardable(read_model_config(base, nested_model)[1], settings.num_shard)
         shards = cls({})
         try:
             for rank in node_ranks(settings, node_rank):

@@ -4,10 +4,12 @@
 weights, agreeing on the KV block count), runs each plan rank 0 sends until rank 0 says
 stop, then closes the runner and leaves the group. Given ``on_rank0_lost``, it watches rank
 0's heartbeat and reports its loss there (a lost rank 0 sends no stop: the rank would wait
-for a plan forever). The module's ``main`` is a bare rank process (its ``RunnerSettings``
-as JSON on stdin) for ``ShardProcesses.start`` in tests and embedders: it exits 1 when rank
-0 is lost. The server's engine runs ``tgi_server.engine.shard`` instead, with its own policy
-(signals, leaving when its parent dies).
+for a plan forever). A rank > 0 of a vision-language model serves its text model alone
+(``nested_model``): rank 0 runs the vision side and sends the prompt embeddings. The
+module's ``main`` is a bare rank process (its ``RunnerSettings`` as JSON on stdin, text
+models only) for ``ShardProcesses.start`` in tests and embedders: it exits 1 when rank 0 is
+lost. The server's engine runs ``tgi_server.engine.shard`` instead, with its own policy
+(signals, leaving when its parent dies) and a VLM's text model found.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from tgi_core.nested_model import NestedTextModel
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.parallel.group import TensorParallelGroup
 from tgi_hpu_kernels.parallel.liveness import OnLost
@@ -26,8 +29,14 @@ from tgi_hpu_kernels.parallel.liveness import OnLost
 __all__ = ["main", "serve_rank"]
 
 
-def serve_rank(settings: RunnerSettings, on_rank0_lost: OnLost | None = None) -> None:
-    """Serves rank ``settings.rank`` (> 0) until rank 0 says stop."""
+def serve_rank(
+    settings: RunnerSettings,
+    on_rank0_lost: OnLost | None = None,
+    *,
+    nested_model: NestedTextModel | None = None,
+) -> None:
+    """Serves rank ``settings.rank`` (> 0) until rank 0 says stop; ``nested_model``: where
+    the text model sits in a multimodal checkpoint (``tgi_vlm.runner_parts`` knows)."""
     from tgi_hpu_kernels.device import select_device  # these import this package
     from tgi_hpu_kernels.runner import TorchModelRunner
 
@@ -36,7 +45,7 @@ def serve_rank(settings: RunnerSettings, on_rank0_lost: OnLost | None = None) ->
     if on_rank0_lost is not None:
         group.watch([0], on_rank0_lost)
     try:
-        runner = TorchModelRunner(settings, device=device, group=group)
+        runner = TorchModelRunner(settings, device=device, group=group, nested_model=nested_model)
         try:
             runner.serve_shard()
         finally:

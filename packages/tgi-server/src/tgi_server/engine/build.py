@@ -149,7 +149,8 @@ def build_engine(
             if runner_settings.num_shard > 1:  # started, watched, and their group joined
                 from tgi_server.engine.shard_supervision import EngineShards
 
-                shards = EngineShards.start(runner_settings, device)
+                nested = None if vlm is None else vlm.nested_model
+                shards = EngineShards.start(runner_settings, device, nested)
             torch_runner = TorchModelRunner(
                 runner_settings,
                 device=device,

@@ -2,7 +2,8 @@
 
 The engine (rank 0) starts these (``shard_supervision.py``), each with its ``RunnerSettings``
 as JSON on stdin. Serving the rank is the kernels' ``serve_rank`` (join the group, build the
-runner, run each plan rank 0 sends until it says stop). What this process adds is the
+runner, run each plan rank 0 sends until it says stop), told where a VLM's text model sits
+(``tgi_vlm.runner_parts``: rank 0 alone runs the vision side). What this process adds is the
 server's policy: only rank 0 acts on Ctrl-C; an orphan (its parent killed outright: nobody
 is left to send a stop) or a rank whose rank 0 stopped beating (on another node) exits at
 once with code 1; a group that does not form, or a collective that fails (a peer gone),
@@ -47,10 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     settings = msgspec.json.decode(sys.stdin.buffer.read(), type=RunnerSettings)
     from tgi_hpu_kernels.parallel import GroupJoinError, serve_rank
+    from tgi_vlm.runner_parts import runner_parts_for
 
     logger = logging.getLogger(__name__)
+    vlm = runner_parts_for(settings)
     try:
-        serve_rank(settings, on_rank0_lost=_exit_on_rank0_lost)
+        serve_rank(
+            settings,
+            on_rank0_lost=_exit_on_rank0_lost,
+            nested_model=None if vlm is None else vlm.nested_model,
+        )
     except GroupJoinError as error:
         logger.error("%s", error)
         return 1

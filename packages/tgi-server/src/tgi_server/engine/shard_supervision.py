@@ -26,6 +26,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from tgi_core.nested_model import NestedTextModel
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device import Device
 from tgi_hpu_kernels.parallel import (
@@ -65,10 +66,13 @@ class EngineShards:
         self._watcher.start()
 
     @classmethod
-    def start(cls, settings: RunnerSettings, device: Device) -> EngineShards:
-        """Starts and watches the shards, then joins their group (blocks until all have)."""
+    def start(
+        cls, settings: RunnerSettings, device: Device, nested_model: NestedTextModel | None = None
+    ) -> EngineShards:
+        """Starts and watches the shards, then joins their group (blocks until all have).
+        ``nested_model``: a VLM's text model (``tgi_vlm.runner_parts``), the part sharded."""
         command = [sys.executable, "-m", "tgi_server.engine.shard", str(os.getpid())]
-        shards = cls(ShardProcesses.start(settings, command))
+        shards = cls(ShardProcesses.start(settings, command, nested_model=nested_model))
         try:
             backend = device.prepare_collectives()
             shards._group = TensorParallelGroup.join(settings, backend, device.torch_device)
