@@ -34,10 +34,14 @@ _PLAN_DECODER = msgspec.msgpack.Decoder(StepPlan)
 class TensorParallelGroup:
     """This process's place among ``num_shard`` ranks (one per device)."""
 
-    def __init__(self, rank: int, num_shard: int, device: torch.device) -> None:
+    def __init__(
+        self, rank: int, num_shard: int, device: torch.device, backend: str = "gloo"
+    ) -> None:
         self.rank = rank
         self.num_shard = num_shard
         self._device = device  # where collective tensors live (the CPU for gloo)
+        # hccl has no gather (Habana's HCCL: all-gather, reduce, broadcast and the like)
+        self._gathers = backend != "hccl"
 
     @classmethod
     def join(
@@ -55,11 +59,27 @@ class TensorParallelGroup:
         )
         logger.info("rank %d of %d joined (%s)", settings.rank, settings.num_shard, backend)
         comm_device = torch.device("cpu") if backend == "gloo" else device
-        return cls(settings.rank, settings.num_shard, comm_device)
+        return cls(settings.rank, settings.num_shard, comm_device, backend)
 
     def all_reduce(self, tensor: Tensor) -> None:
         """Sums ``tensor`` over the ranks, in place."""
         dist.all_reduce(tensor)
+
+    def gather_to_first(self, tensor: Tensor) -> Tensor | None:
+        """Rank 0: every rank's ``tensor`` (all of one shape) stacked, ``[num_shard, *shape]``;
+        the other ranks: None. Every rank calls it, in the same order as every collective.
+
+        A backend without gather (hccl) all-gathers instead; ranks > 0 drop the result."""
+        tensor = tensor.contiguous()
+        if self.rank and self._gathers:
+            dist.gather(tensor, dst=0)
+            return None
+        stacked = tensor.new_empty((self.num_shard, *tensor.shape))
+        if self._gathers:
+            dist.gather(tensor, list(stacked.unbind(0)), dst=0)  # written in place
+        else:
+            dist.all_gather_into_tensor(stacked, tensor)
+        return stacked if self.rank == 0 else None
 
     def min_over_ranks(self, value: int) -> int:
         """The smallest ``value`` any rank holds (e.g. the KV blocks every rank can fit)."""
