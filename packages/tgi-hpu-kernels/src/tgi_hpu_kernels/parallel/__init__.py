@@ -1,7 +1,10 @@
 """Tensor parallelism (TGI's ``--num-shard``): Megatron-style sharding of the Llama family.
 
 - ``sharding.py``: what each rank holds (heads, MLP columns, weight slices, all-reduces).
-- ``group.py``: the torch.distributed group and the step plans rank 0 sends through it.
+- ``vocab.py``: the vocab-parallel embedding and LM head (each rank ``ceil(vocab / N)`` rows;
+  embeddings summed over the ranks, logits gathered to rank 0, which alone samples).
+- ``group.py``: the torch.distributed group (all-reduce, gather to rank 0) and the step plans
+  rank 0 sends through it.
 - ``shards.py``: ranks 1..N-1 as child processes, started and stopped by PID (no watcher:
   what a dead shard means is the caller's policy; the server's engine supervises its own).
 - ``worker.py``: one rank > 0 serving rank 0's plans (``serve_rank``).
@@ -20,12 +23,14 @@ from tgi_hpu_kernels.parallel.sharding import (
     shard_weights,
 )
 from tgi_hpu_kernels.parallel.shards import ShardProcesses, stop_shards
+from tgi_hpu_kernels.parallel.vocab import add_vocab_parallel
 from tgi_hpu_kernels.parallel.worker import serve_rank
 
 __all__ = [
     "ShardProcesses",
     "TensorParallelGroup",
     "add_row_parallel_reduce",
+    "add_vocab_parallel",
     "check_group",
     "check_shardable",
     "serve_rank",

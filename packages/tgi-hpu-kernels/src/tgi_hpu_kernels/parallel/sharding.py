@@ -3,11 +3,13 @@
 Each of ``N`` ranks holds ``1/N`` of the attention heads, KV heads and MLP columns:
 q/k/v and gate/up are split by output rows (column-parallel), o_proj and down_proj by input
 columns (row-parallel, followed by a sum over ranks). A row-parallel bias is kept by rank 0
-only, so the sum adds it once. Embeddings, norms and the LM head are replicated. The rank's
-model is simply the family's model built from ``shard_config``: nothing in the model code
-knows about ranks besides the all-reduce hooks ``add_row_parallel_reduce`` installs. Which
-checkpoint projections are which is the family's ``TensorParallelLayout`` (Llama's names by
-default). The process group itself lives in ``group.py``.
+only, so the sum adds it once. The token embedding and the LM head are vocab-parallel: each
+rank holds ``ceil(vocab / N)`` of their rows (``vocab.py``); norms (and GPT-BigCode's learned
+position table) are replicated. The rank's model is simply the family's model built from
+``shard_config``: nothing in the model code knows about ranks besides the hooks
+``add_row_parallel_reduce`` and ``vocab.add_vocab_parallel`` install. Which checkpoint
+projections are which is the family's ``TensorParallelLayout`` (Llama's names by default).
+The process group itself lives in ``group.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from tgi_hpu_kernels.models.config import ModelConfig
+from tgi_hpu_kernels.parallel.vocab import VOCAB_PARALLEL, vocab_block, vocab_rows
 
 __all__ = [
     "LLAMA_LAYOUT",
@@ -62,13 +65,16 @@ def check_shardable(config: ModelConfig, num_shard: int) -> None:
 
 
 def shard_config(config: ModelConfig, num_shard: int) -> ModelConfig:
-    """The shape of one rank's model: ``1/num_shard`` of the heads and MLP width."""
+    """The shape of one rank's model: ``1/num_shard`` of the heads and MLP width, and its
+    block of the vocabulary's rows (``vocab_block``: its logits are gathered to the full
+    vocabulary)."""
     check_shardable(config, num_shard)
     return replace(
         config,
         num_attention_heads=config.num_attention_heads // num_shard,
         num_key_value_heads=config.num_key_value_heads // num_shard,
         intermediate_size=config.intermediate_size // num_shard,
+        vocab_size=vocab_block(config.vocab_size, num_shard),
     )
 
 
@@ -80,13 +86,15 @@ def _slice(tensor: Tensor, dim: int, rank: int, num_shard: int) -> Tensor:
 def _shard_tensor(
     name: str, tensor: Tensor, rank: int, num_shard: int, layout: TensorParallelLayout
 ) -> Tensor:
+    if name in VOCAB_PARALLEL:
+        return vocab_rows(tensor, rank, num_shard)
     if any(part in name for part in layout.column):
         return _slice(tensor, 0, rank, num_shard)
     if any(part in name for part in layout.row):
         if name.endswith(".bias"):  # summed over ranks: only rank 0 adds it
             return tensor if rank == 0 else torch.zeros_like(tensor)
         return _slice(tensor, 1, rank, num_shard)
-    return tensor  # embeddings, norms, LM head: replicated
+    return tensor  # norms, position tables: replicated
 
 
 def shard_weights(
