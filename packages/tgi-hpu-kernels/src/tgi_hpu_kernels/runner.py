@@ -18,6 +18,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
 import torch
 from torch import Tensor
 
@@ -282,7 +283,8 @@ class TorchModelRunner:
         while (plan := self._group.receive_plan()) is not None:
             if plan.num_sequences:
                 with self._profiler.step():  # PROF_RANKS names shard ranks too
-                    self._forward(plan)
+                    _, hidden, inputs = self._forward(plan)
+                    self._prompt_logits(plan, hidden, inputs)  # rank 0 gathers these too
 
     @property
     def config(self) -> ModelConfig:
@@ -352,12 +354,12 @@ class TorchModelRunner:
         """Runs ``plan``'s forward pass (writing its KV) and returns float32 logits
         ``[num_sequences, vocab]`` of each sequence's last token, without sampling; with
         ``every_token``, those of every new prefill token, in plan order (teacher forcing)."""
+        if every_token:  # the rows of prompt logprobs: what every rank's head computes
+            items = tuple(msgspec.structs.replace(i, prompt_logprobs=True) for i in plan.prefill)
+            plan = msgspec.structs.replace(plan, prefill=items)
         logits, hidden, inputs = self._forward(plan)
-        if not every_token:
-            return logits
-        items = zip(inputs.token_offsets, plan.prefill, strict=True)
-        rows = [hidden[o : o + len(i.token_ids) - i.num_cached_tokens] for o, i in items]
-        return self._model.compute_logits(torch.cat(rows))
+        rows = self._prompt_logits(plan, hidden, inputs)
+        return rows if every_token and rows is not None else logits  # a decode: both alike
 
     # -- internals --------------------------------------------------------------------
 
@@ -448,6 +450,7 @@ class TorchModelRunner:
         # grammar masks are written on the host before the forward pass, to overlap the device
         step = self._sequences.prepare(plan)
         logits, hidden, inputs = self._forward(plan)
+        prompt_logits = self._prompt_logits(plan, hidden, inputs)
         if _is_speculative(plan):
             verified = choose_verified(
                 self._sequences, step, plan.decode, logits, inputs.token_offsets
@@ -459,7 +462,7 @@ class TorchModelRunner:
             drafted = with_drafts(self._medusa, verified, hidden, last_rows, self.speculate)
             return StepOutput(step_id=plan.step_id, outputs=drafted)
         result = self._sequences.sample(step, logits)
-        prompt_logprobs = self._prompt_logprobs(plan, hidden, inputs)
+        prompt_logprobs = self._prompt_logprobs(plan, prompt_logits)
         failed = step.failed  # sequences failed alone: only their own request hears why
         outputs = tuple(
             SequenceOutput(request_id, 0, 0.0, error=failed[request_id])
@@ -477,19 +480,36 @@ class TorchModelRunner:
         drafted = with_drafts(self._medusa, outputs, hidden, last_rows, self.speculate)
         return StepOutput(step_id=plan.step_id, outputs=drafted)
 
+    def _prompt_logits(self, plan: StepPlan, hidden: Tensor, inputs: StepInputs) -> Tensor | None:
+        """The logits of every new token of the prefill items asking for prompt logprobs, in
+        plan order (None: no item asks). Every rank makes this head call, in step with
+        ``_forward``'s: a vocab-parallel head gathers its logits to rank 0."""
+        if not any(item.prompt_logprobs for item in plan.prefill):
+            return None
+        items = zip(inputs.token_offsets, plan.prefill, strict=True)
+        rows = [
+            hidden[o : o + len(i.token_ids) - i.num_cached_tokens]
+            for o, i in items
+            if i.prompt_logprobs
+        ]
+        return self._model.compute_logits(torch.cat(rows))
+
     def _prompt_logprobs(
-        self, plan: StepPlan, hidden: Tensor, inputs: StepInputs
+        self, plan: StepPlan, logits: Tensor | None
     ) -> list[tuple[float | None, ...] | None]:
         """Per item: None, or one logprob per prompt token (None where no logits exist:
-        the first token, and tokens whose predecessor came from the prefix cache)."""
+        the first token, and tokens whose predecessor came from the prefix cache), from
+        ``_prompt_logits``'s rows."""
         out: list[tuple[float | None, ...] | None] = [None] * plan.num_sequences
+        start = 0
         for i, item in enumerate(plan.prefill):
-            if not item.prompt_logprobs:
+            if not item.prompt_logprobs or logits is None:
                 continue
-            start, cached = inputs.token_offsets[i], item.num_cached_tokens
+            cached = item.num_cached_tokens
             new_tokens = item.token_ids[cached:]
-            logits = self._model.compute_logits(hidden[start : start + len(new_tokens)])
-            values = self._sequences.sampler.prompt_logprobs(logits, new_tokens)
+            rows = logits[start : start + len(new_tokens)]
+            start += len(new_tokens)
+            values = self._sequences.sampler.prompt_logprobs(rows, new_tokens)
             out[i] = ((None,) * cached + tuple(values))[: item.num_prompt_tokens]
         return out
 

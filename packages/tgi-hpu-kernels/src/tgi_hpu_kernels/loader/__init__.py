@@ -11,7 +11,7 @@ the caller says where it sits (``nested_model``: a ``NestedTextModel``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -50,6 +50,7 @@ from tgi_hpu_kernels.models.transformers_fallback import (
 )
 from tgi_hpu_kernels.models.transformers_recompute import HistoryInputs, RecomputingCausalLM
 from tgi_hpu_kernels.parallel.sharding import add_row_parallel_reduce, shard_config, shard_weights
+from tgi_hpu_kernels.parallel.vocab import add_vocab_parallel
 
 if TYPE_CHECKING:
     from tgi_hpu_kernels.parallel.group import TensorParallelGroup
@@ -185,7 +186,8 @@ def load_model(
         backend: the device's attention and elementwise kernels.
         device: where the weights live.
         group: this rank's tensor-parallel group: the model is built with its share of the
-            heads and MLP (``LoadedModel.config`` is that share) and loads its weight slices.
+            heads, MLP and vocabulary rows and loads its weight slices (``LoadedModel.config``
+            is that share but for ``vocab_size``, the full width of the gathered logits).
         gguf_quantized: serve a quantized GGUF's layers quantized (else dequantized).
         nested_model: the checkpoint is multimodal: serve the text model it describes.
         history_inputs: the checkpoint is multimodal and transformers serves it whole, with
@@ -214,6 +216,7 @@ def load_model(
         )
     config = _rope_override(cls.parse_config(raw), settings)
     num_kv_heads = config.num_key_value_heads  # the whole model's, for shard_weights
+    vocab_size = config.vocab_size  # the logits' width, gathered from the ranks' blocks
     if group is not None:
         config = shard_config(config, group.num_shard)
     rotary = RotaryEmbedding(
@@ -243,6 +246,7 @@ def load_model(
         model.model.fuse_layers = False  # the fused stack reads dense weights
     if group is not None:
         add_row_parallel_reduce(model, group.all_reduce, cls.tp_layout)
+        add_vocab_parallel(model, group, vocab_size)
         model.model.fuse_layers = False  # a fused stack would skip the all-reduces
     model = model.to_empty(device=device)
     model.tie_weights()
@@ -268,5 +272,10 @@ def load_model(
         model.load_weights(weights)
     model.eval()
     return LoadedModel(
-        model=model, config=config, source=source, dtype=dtype, quantization=plan, raw_config=raw
+        model=model,
+        config=replace(config, vocab_size=vocab_size),
+        source=source,
+        dtype=dtype,
+        quantization=plan,
+        raw_config=raw,
     )

@@ -63,6 +63,7 @@ class TensorParallelGroup:
         settings: RunnerSettings | None = None,
         store: Store | None = None,
         plan_group: dist.ProcessGroup | None = None,
+        backend: str = "gloo",
     ) -> None:
         self.rank = rank
         self.num_shard = num_shard
@@ -72,6 +73,8 @@ class TensorParallelGroup:
         self._plan_group = plan_group
         self._watch = None if settings is None else PeerWatch(settings)  # beats from now
         self.out_of_step: str | None = None  # why, once a step failed after its plan went out
+        # hccl has no gather (Habana's HCCL: all-gather, reduce, broadcast and the like)
+        self._gathers = backend != "hccl"
 
     @classmethod
     def join(
@@ -102,6 +105,7 @@ class TensorParallelGroup:
             settings=settings,
             store=store,
             plan_group=plan_group,
+            backend=backend,
         )
 
     @property
@@ -129,6 +133,22 @@ class TensorParallelGroup:
         staged = tensor.to(self._device)  # gloo sends host tensors only
         dist.broadcast(staged, src=0)
         tensor.copy_(staged)
+
+    def gather_to_first(self, tensor: Tensor) -> Tensor | None:
+        """Rank 0: every rank's ``tensor`` (all of one shape) stacked, ``[num_shard, *shape]``;
+        the other ranks: None. Every rank calls it, in the same order as every collective.
+
+        A backend without gather (hccl) all-gathers instead; ranks > 0 drop the result."""
+        tensor = tensor.contiguous()
+        if self.rank and self._gathers:
+            dist.gather(tensor, dst=0)
+            return None
+        stacked = tensor.new_empty((self.num_shard, *tensor.shape))
+        if self._gathers:
+            dist.gather(tensor, list(stacked.unbind(0)), dst=0)  # written in place
+        else:
+            dist.all_gather_into_tensor(stacked, tensor)
+        return stacked if self.rank == 0 else None
 
     def min_over_ranks(self, value: int) -> int:
         """The smallest ``value`` any rank holds (e.g. the KV blocks every rank can fit)."""

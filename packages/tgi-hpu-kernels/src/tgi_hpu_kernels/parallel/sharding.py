@@ -3,11 +3,13 @@
 Each of ``N`` ranks holds ``1/N`` of the attention heads, KV heads and MLP columns:
 q/k/v and gate/up are split by output rows (column-parallel), o_proj and down_proj by input
 columns (row-parallel, followed by a sum over ranks). A row-parallel bias is kept by rank 0
-only, so the sum adds it once. Embeddings, norms and the LM head are replicated. The rank's
-model is simply the family's model built from ``shard_config``: nothing in the model code
-knows about ranks besides the all-reduce hooks ``add_row_parallel_reduce`` installs. Which
-checkpoint projections are which is the family's ``TensorParallelLayout`` (Llama's names by
-default). The process group itself lives in ``group.py``.
+only, so the sum adds it once. The token embedding and the LM head are vocab-parallel: each
+rank holds ``ceil(vocab / N)`` of their rows (``vocab.py``); norms (and GPT-BigCode's learned
+position table) are replicated. The rank's model is simply the family's model built from
+``shard_config``: nothing in the model code knows about ranks besides the hooks
+``add_row_parallel_reduce`` and ``vocab.add_vocab_parallel`` install. Which checkpoint
+projections are which is the family's ``TensorParallelLayout`` (Llama's names by default).
+The process group itself lives in ``group.py``.
 
 Fewer KV heads than ranks (multi-query Falcon and GPT-BigCode, GQA with few KV heads) are
 replicated, as TGI does: ``N`` must then be a multiple of them, and rank ``r`` holds the one
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from tgi_hpu_kernels.models.config import ModelConfig
+from tgi_hpu_kernels.parallel.vocab import VOCAB_PARALLEL, vocab_block, vocab_rows
 
 __all__ = [
     "LLAMA_LAYOUT",
@@ -76,14 +79,16 @@ def check_shardable(config: ModelConfig, num_shard: int) -> None:
 
 
 def shard_config(config: ModelConfig, num_shard: int) -> ModelConfig:
-    """The shape of one rank's model: ``1/num_shard`` of the heads and MLP width, and at
-    least one KV head (replicated when the model has fewer than ``num_shard``)."""
+    """The shape of one rank's model: ``1/num_shard`` of the heads and MLP width, at least
+    one KV head (replicated when the model has fewer than ``num_shard``), and its block of
+    the vocabulary's rows (``vocab_block``: its logits are gathered to the full vocabulary)."""
     check_shardable(config, num_shard)
     return replace(
         config,
         num_attention_heads=config.num_attention_heads // num_shard,
         num_key_value_heads=max(config.num_key_value_heads // num_shard, 1),
         intermediate_size=config.intermediate_size // num_shard,
+        vocab_size=vocab_block(config.vocab_size, num_shard),
     )
 
 
@@ -101,6 +106,8 @@ def _shard_tensor(
     *,
     num_kv_heads: int,
 ) -> Tensor:
+    if name in VOCAB_PARALLEL:
+        return vocab_rows(tensor, rank, num_shard)
     if any(part in name for part in layout.column):
         if num_kv_heads < num_shard and any(part in name for part in layout.kv):
             # replicated: the head_dim rows (weight or bias) of the one KV head this
@@ -112,7 +119,7 @@ def _shard_tensor(
         if name.endswith(".bias"):  # summed over ranks: only rank 0 adds it
             return tensor if rank == 0 else torch.zeros_like(tensor)
         return _slice(tensor, 1, rank, num_shard)
-    return tensor  # embeddings, norms, LM head: replicated
+    return tensor  # norms, position tables: replicated
 
 
 def shard_weights(
