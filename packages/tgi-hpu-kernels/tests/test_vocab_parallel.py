@@ -27,7 +27,8 @@ def test_each_rank_loads_its_block_of_the_vocabulary(vocab, num_shard):
         "model.norm.weight": torch.randn(8),
     }
     ranks = [
-        dict(shard_weights(full.items(), rank=r, num_shard=num_shard)) for r in range(num_shard)
+        dict(shard_weights(full.items(), rank=r, num_shard=num_shard, num_kv_heads=num_shard))
+        for r in range(num_shard)
     ]
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         assert [rank[name].shape for rank in ranks] == [(block, 8)] * num_shard
