@@ -1,8 +1,9 @@
 """``TorchModelRunner``: the ModelRunner of tgi_core.contract, on HPU, CUDA or the CPU.
 
-One step: drop released sequences, register new prefills with the sampler, build the step's
-tensors (``step_inputs``), run the model through the device's step runner (graphs where the
-device has them), take the logits of each real sequence's last token, sample, and answer
+One step: drop released sequences, register new prefills with the sampler, run the plan's
+forward pass (``forward_pass.py``: the step's tensors, the model through the device's step
+runner, graphs where the device has them, in step with the other shards), take the logits of
+each real sequence's last token, sample, and answer
 one ``SequenceOutput`` per item in plan order (with ``error`` set for a sequence that failed
 alone: its grammar or parameters; the step goes on for the others). As a ``RequestPreparer``
 it compiles a constrained request's grammar index on a background thread, with a deadline,
@@ -16,17 +17,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import msgspec
 import torch
 from torch import Tensor
 
 from tgi_core.contract import (
-    DecodeShape,
     GenerationRequest,
-    PrefillItem,
-    PrefillShape,
     Preparation,
     SequenceOutput,
     Shape,
@@ -38,12 +35,12 @@ from tgi_core.contract import (
 from tgi_core.nested_model import NestedTextModel
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device import Device, resolve_dtype, select_device
+from tgi_hpu_kernels.forward_pass import ForwardPass, is_speculative
 from tgi_hpu_kernels.loader import load_model, torch_dtype
 from tgi_hpu_kernels.lora import load_lora_adapters
 from tgi_hpu_kernels.medusa import MedusaHeads, with_drafts, with_medusa
 from tgi_hpu_kernels.memory import allocate_kv_cache
 from tgi_hpu_kernels.models.config import ModelConfig
-from tgi_hpu_kernels.models.llama import LlamaForCausalLM
 from tgi_hpu_kernels.models.transformers_recompute import HistoryInputs, RecomputingCausalLM
 from tgi_hpu_kernels.parallel.group import TensorParallelGroup, check_group
 from tgi_hpu_kernels.profiling import StepProfiler
@@ -51,17 +48,13 @@ from tgi_hpu_kernels.prompt_embedding import PromptEmbedder
 from tgi_hpu_kernels.quantization import check_quantize, fp8_at_load
 from tgi_hpu_kernels.sequence_sampling import SequenceSampling
 from tgi_hpu_kernels.served_model import describe_implementation, step_runner_for
-from tgi_hpu_kernels.speculative import choose_verified, verify_items, verify_shape
-from tgi_hpu_kernels.step_inputs import KVLayout, StepInputs, build_decode, build_prefill
+from tgi_hpu_kernels.speculative import choose_verified
+from tgi_hpu_kernels.step_inputs import KVLayout
 from tgi_hpu_kernels.warmup import DummySize, dummy_plan, dummy_sizes, run_warmup, shapes_to_warm
 
 __all__ = ["TorchModelRunner"]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_speculative(plan: StepPlan) -> bool:
-    return any(item.draft for item in plan.decode)
 
 
 class TorchModelRunner:
@@ -106,7 +99,6 @@ class TorchModelRunner:
         history_inputs: HistoryInputs | None = None,
         group: TensorParallelGroup | None = None,
     ) -> None:
-        self._prompt_embedder = prompt_embedder
         self._device = device or select_device(settings.device, settings)
         settings, medusa = with_medusa(settings)
         self._settings = settings = resolve_dtype(settings, self._device)
@@ -176,6 +168,15 @@ class TorchModelRunner:
             paged=paged,
         )
         self._step = step_runner_for(self._device, self._model, self._kv)
+        self._forward = ForwardPass(
+            self._model,
+            self._device,
+            self._layout,
+            self._step,
+            group=group,
+            lora=self._lora,
+            prompt_embedder=prompt_embedder,
+        )
         self._profiler = StepProfiler(
             settings.profile, rank=settings.rank, activities=self._device.profiler_activities()
         )
@@ -283,8 +284,7 @@ class TorchModelRunner:
         while (plan := self._group.receive_plan()) is not None:
             if plan.num_sequences:
                 with self._profiler.step():  # PROF_RANKS names shard ranks too
-                    _, hidden, inputs = self._forward(plan)
-                    self._prompt_logits(plan, hidden, inputs)  # rank 0 gathers these too
+                    self._forward(plan)
 
     @property
     def config(self) -> ModelConfig:
@@ -357,9 +357,9 @@ class TorchModelRunner:
         if every_token:  # the rows of prompt logprobs: what every rank's head computes
             items = tuple(msgspec.structs.replace(i, prompt_logprobs=True) for i in plan.prefill)
             plan = msgspec.structs.replace(plan, prefill=items)
-        logits, hidden, inputs = self._forward(plan)
-        rows = self._prompt_logits(plan, hidden, inputs)
-        return rows if every_token and rows is not None else logits  # a decode: both alike
+        result = self._forward(plan)
+        rows = result.prompt_logits
+        return rows if every_token and rows is not None else result.logits  # decode: alike
 
     # -- internals --------------------------------------------------------------------
 
@@ -373,72 +373,6 @@ class TorchModelRunner:
             self._unwarmed.add(shape)
             logger.warning("shape %s was not warmed up (%d so far)", shape, len(self._unwarmed))
 
-    def _build(self, plan: StepPlan) -> StepInputs:
-        static = self._device.needs_static_shapes
-        device = self._device.torch_device
-        if plan.prefill:
-            if not isinstance(plan.shape, PrefillShape):
-                raise ValueError(f"a prefill plan needs a PrefillShape, got {plan.shape}")
-            return build_prefill(
-                plan.prefill, plan.shape, self._layout, static=static, device=device
-            )
-        if not isinstance(plan.shape, DecodeShape):
-            raise ValueError(f"a decode plan needs a DecodeShape, got {plan.shape}")
-        if any(item.draft for item in plan.decode):  # --speculate: verify the drafts
-            items, shape = verify_items(plan.decode), verify_shape(plan.decode)
-            return build_prefill(items, shape, self._layout, static=static, device=device)
-        return build_decode(plan.decode, plan.shape, self._layout, static=static, device=device)
-
-    def _forward(self, plan: StepPlan) -> tuple[Tensor, Tensor, StepInputs]:
-        if plan.prefill and plan.decode:
-            raise ValueError("a plan holds prefills or decodes, never both")
-        inputs = self._build(plan)  # first: a plan that fails here never reaches the shards
-        sender = self._group if self._group is not None and self._group.rank == 0 else None
-        if sender is not None:
-            sender.send_plan(plan)  # every shard runs the same forward pass
-        try:
-            return self._run_forward(plan, inputs)
-        except BaseException as error:
-            if sender is not None:  # the shards wait in collectives this rank will not join
-                sender.abandon(f"step {plan.step_id} failed on rank 0: {error!r}")
-            raise
-
-    def _run_forward(self, plan: StepPlan, inputs: StepInputs) -> tuple[Tensor, Tensor, StepInputs]:
-        if isinstance(self._model, RecomputingCausalLM):
-            self._model.begin_step(plan, inputs.token_offsets)
-        if self._lora is not None:
-            num_rows = inputs.input_ids.shape[0]
-            self._lora.begin_step(plan, inputs.token_offsets, num_rows, self._device.torch_device)
-        self._model.ensure_positions(inputs.max_seq_len)
-        args: tuple[Any, ...] = (inputs.input_ids, inputs.positions, inputs.attn)
-        # a recomputed model takes its images itself (begin_step)
-        recomputed = isinstance(self._model, RecomputingCausalLM)
-        if not recomputed and any(item.images for item in plan.prefill):
-            args += (self._prompt_embeds(plan.prefill, inputs),)
-        with self._device.matmul_context(inputs.input_ids.shape[0]):
-            hidden = self._step(args, is_prefill=plan.is_prefill)
-        # a speculative step samples every row (packed: no padding), others the last ones
-        rows = hidden if _is_speculative(plan) else hidden.index_select(0, inputs.logits_index)
-        with self._device.matmul_context(rows.shape[0]):
-            logits = self._model.compute_logits(rows)
-        self._device.mark_step()
-        return logits, hidden, inputs
-
-    def _prompt_embeds(self, items: Sequence[PrefillItem], inputs: StepInputs) -> Tensor:
-        # The vision side runs on rank 0 alone: every rank embeds the step's tokens, rank 0
-        # writes the image features in, the others receive its rows (the plan has images).
-        receives = self._group is not None and self._group.rank > 0
-        if not isinstance(self._model, LlamaForCausalLM) or not (
-            receives or self._prompt_embedder is not None
-        ):
-            raise ValueError("this model does not take images")
-        embeds: Tensor = self._model.model.embed_tokens(inputs.input_ids)
-        if self._prompt_embedder is not None and not receives:
-            self._prompt_embedder(items, inputs.token_offsets, embeds)
-        if self._group is not None:
-            self._group.broadcast(embeds)
-        return embeds
-
     def _execute(self, plan: StepPlan, *, record_shape: bool) -> StepOutput:
         self._release(plan.released)
         if not plan.num_sequences:
@@ -449,9 +383,8 @@ class TorchModelRunner:
             self._record_shape(plan.shape)
         # grammar masks are written on the host before the forward pass, to overlap the device
         step = self._sequences.prepare(plan)
-        logits, hidden, inputs = self._forward(plan)
-        prompt_logits = self._prompt_logits(plan, hidden, inputs)
-        if _is_speculative(plan):
+        logits, hidden, inputs, prompt_logits = self._forward(plan)
+        if is_speculative(plan):
             verified = choose_verified(
                 self._sequences, step, plan.decode, logits, inputs.token_offsets
             )
@@ -479,20 +412,6 @@ class TorchModelRunner:
         last_rows = [int(row) for row in inputs.logits_index[: len(outputs)]]
         drafted = with_drafts(self._medusa, outputs, hidden, last_rows, self.speculate)
         return StepOutput(step_id=plan.step_id, outputs=drafted)
-
-    def _prompt_logits(self, plan: StepPlan, hidden: Tensor, inputs: StepInputs) -> Tensor | None:
-        """The logits of every new token of the prefill items asking for prompt logprobs, in
-        plan order (None: no item asks). Every rank makes this head call, in step with
-        ``_forward``'s: a vocab-parallel head gathers its logits to rank 0."""
-        if not any(item.prompt_logprobs for item in plan.prefill):
-            return None
-        items = zip(inputs.token_offsets, plan.prefill, strict=True)
-        rows = [
-            hidden[o : o + len(i.token_ids) - i.num_cached_tokens]
-            for o, i in items
-            if i.prompt_logprobs
-        ]
-        return self._model.compute_logits(torch.cat(rows))
 
     def _prompt_logprobs(
         self, plan: StepPlan, logits: Tensor | None
