@@ -146,9 +146,6 @@ def _sharded_runner(settings: RunnerSettings) -> Iterator[tuple[TorchModelRunner
     processes = ShardProcesses.start(settings, SHARD_COMMAND)
     try:
         group = TensorParallelGroup.join(settings, "gloo", torch.device("cpu"))
-        # Rank 0 must beat: a bare worker takes 4 s without rank 0's heartbeat for its loss
-        # and exits. No peers watched: a dead shard fails the next collective anyway.
-        group.watch([], lambda ranks, why: None)
     except BaseException:
         processes.kill()
         raise
