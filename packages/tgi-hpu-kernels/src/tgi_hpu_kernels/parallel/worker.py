@@ -7,17 +7,16 @@ stop, then closes the runner and leaves the group. Given ``on_rank0_lost``, it w
 for a plan forever). A rank > 0 of a vision-language model serves its text model alone
 (``nested_model``): rank 0 runs the vision side and sends the prompt embeddings. The
 module's ``main`` is a bare rank process (its ``RunnerSettings`` as JSON on stdin, text
-models only) for ``ShardProcesses.start`` in tests and embedders: it exits 1 when rank 0 is
-lost. The server's engine runs ``tgi_server.engine.shard`` instead, with its own policy
-(signals, leaving when its parent dies) and a VLM's text model found.
+models only) for ``ShardProcesses.start`` in tests and embedders, with no process policy: a
+rank 0 that dies closes its connections, which fails the bare rank's next collective (a
+host that vanishes without closing them is what the heartbeat is for). The server's engine
+runs ``tgi_server.engine.shard`` instead, with its own policy (signals, leaving when its
+parent or rank 0 is lost) and a VLM's text model found.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
-from collections.abc import Sequence
 
 import msgspec
 
@@ -54,13 +53,8 @@ def serve_rank(
         group.leave()
 
 
-def _exit_1(ranks: Sequence[int], why: str) -> None:
-    logging.shutdown()
-    os._exit(1)  # the main thread may be blocked in a collective: nothing else ends it
-
-
 def main() -> int:
-    serve_rank(msgspec.json.decode(sys.stdin.buffer.read(), type=RunnerSettings), _exit_1)
+    serve_rank(msgspec.json.decode(sys.stdin.buffer.read(), type=RunnerSettings))
     return 0
 
 
