@@ -60,12 +60,7 @@ from tgi_core.contract import (
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device import select_device
 from tgi_hpu_kernels.device.cpu_features import host_cpu_features
-from tgi_hpu_kernels.parallel import (
-    ShardProcesses,
-    TensorParallelGroup,
-    shard_weights,
-    stop_shards,
-)
+from tgi_hpu_kernels.parallel import local_shards, shard_weights
 from tgi_hpu_kernels.runner import TorchModelRunner
 
 VOCAB, KV_HEADS = 49152, 6
@@ -143,23 +138,12 @@ def _sharded_runner(settings: RunnerSettings) -> Iterator[tuple[TorchModelRunner
             runner.close()
         return
     settings = replace(settings, master_addr="127.0.0.1", master_port=_free_port())
-    processes = ShardProcesses.start(settings, SHARD_COMMAND)
-    try:
-        group = TensorParallelGroup.join(settings, "gloo", torch.device("cpu"))
-    except BaseException:
-        processes.kill()
-        raise
-    try:
+    with local_shards(settings, SHARD_COMMAND) as (group, processes):
         runner = TorchModelRunner(settings, device=device, group=group)
-    except BaseException:
-        processes.kill()
-        group.leave()
-        raise
-    try:
-        yield runner, processes.pids
-    finally:
-        runner.close()
-        stop_shards(group, processes)
+        try:
+            yield runner, processes.pids
+        finally:
+            runner.close()
 
 
 def _rss_mib(pids: list[int]) -> list[float]:

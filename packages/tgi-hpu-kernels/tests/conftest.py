@@ -13,7 +13,7 @@ import torch
 
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device.cpu import CpuDevice
-from tgi_hpu_kernels.parallel import ShardProcesses, TensorParallelGroup, stop_shards
+from tgi_hpu_kernels.parallel import TensorParallelGroup, local_shards
 from tgi_hpu_kernels.runner import TorchModelRunner
 from tgi_hpu_kernels.testing import Family, save_tiny_checkpoint
 
@@ -96,23 +96,11 @@ def sharded_runner(make_runner: MakeRunner) -> ShardedRunner:
     ) -> Iterator[tuple[TorchModelRunner, list[int]]]:
         values = {"num_shard": num_shard, "master_addr": "127.0.0.1", **settings}
         values["master_port"] = free_port()
-        rank0 = runner_settings(folder, **values)
-        processes = ShardProcesses.start(rank0, SHARD_COMMAND)
-        try:
-            group = TensorParallelGroup.join(rank0, "gloo", torch.device("cpu"))
-        except BaseException:
-            processes.kill()
-            raise
-        try:
+        with local_shards(runner_settings(folder, **values), SHARD_COMMAND) as (group, shards):
             runner = make_runner(folder, group=group, **values)
-        except BaseException:
-            processes.kill()
-            group.leave()
-            raise
-        try:
-            yield runner, processes.pids
-        finally:
-            runner.close()
-            stop_shards(group, processes)
+            try:
+                yield runner, shards.pids
+            finally:
+                runner.close()
 
     return run

@@ -29,7 +29,7 @@ from tgi_core.contract import (
 from tgi_core.settings.slices import RunnerSettings, SchedulerSettings
 from tgi_hpu_kernels import TorchModelRunner
 from tgi_hpu_kernels.device.cpu import CpuDevice
-from tgi_hpu_kernels.parallel import ShardProcesses, TensorParallelGroup, stop_shards
+from tgi_hpu_kernels.parallel import local_shards
 from tgi_scheduler import Engine
 from tgi_server.testing import free_port
 from tgi_vlm.llava_next import LlavaNextConfig, num_image_tokens
@@ -277,13 +277,7 @@ def two_shards(folder: Path) -> Iterator[TorchModelRunner]:
     parts = runner_parts_for(settings)
     assert parts is not None and parts.prompt_embedder is not None
     command = (sys.executable, "-m", "tgi_server.engine.shard", str(os.getpid()))
-    processes = ShardProcesses.start(settings, command, nested_model=parts.nested_model)
-    try:
-        group = TensorParallelGroup.join(settings, "gloo", torch.device("cpu"))
-    except BaseException:
-        processes.kill()
-        raise
-    try:
+    with local_shards(settings, command, nested_model=parts.nested_model) as (group, _):
         runner = TorchModelRunner(
             settings,
             device=CpuDevice(),
@@ -291,15 +285,10 @@ def two_shards(folder: Path) -> Iterator[TorchModelRunner]:
             nested_model=parts.nested_model,
             group=group,
         )
-    except BaseException:
-        processes.kill()
-        group.leave()
-        raise
-    try:
-        yield runner
-    finally:
-        runner.close()
-        stop_shards(group, processes)
+        try:
+            yield runner
+        finally:
+            runner.close()
 
 
 def teacher_forced(runner: TorchModelRunner, llava_folder: Path) -> list[torch.Tensor]:

@@ -29,6 +29,7 @@ from tgi_hpu_kernels.parallel.sharding import (
 )
 from tgi_hpu_kernels.parallel.shards import (
     ShardProcesses,
+    local_shards,
     node_ranks,
     remote_ranks,
     stop_shards,
@@ -44,6 +45,7 @@ __all__ = [
     "add_vocab_parallel",
     "check_group",
     "check_shardable",
+    "local_shards",
     "node_ranks",
     "remote_ranks",
     "serve_rank",

@@ -17,17 +17,19 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 
 import msgspec
+import torch
 
 from tgi_core.nested_model import NestedTextModel
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.parallel.group import TensorParallelGroup
 from tgi_hpu_kernels.parallel.sharding import check_shardable
 
-__all__ = ["ShardProcesses", "node_ranks", "remote_ranks", "stop_shards"]
+__all__ = ["ShardProcesses", "local_shards", "node_ranks", "remote_ranks", "stop_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +142,31 @@ def stop_shards(
         if pending:
             logger.warning("rank(s) %s did not leave in time", ", ".join(map(str, pending)))
     group.leave()
+
+
+@contextmanager
+def local_shards(
+    settings: RunnerSettings,
+    command: Sequence[str],
+    *,
+    backend: str = "gloo",
+    device: torch.device | None = None,
+    nested_model: NestedTextModel | None = None,
+) -> Iterator[tuple[TensorParallelGroup, ShardProcesses]]:
+    """Rank 0's side of a group on this host (``device``: its own, the CPU by default):
+    starts node 0's other ranks (``command``), joins the group and yields it with the
+    processes. Leaving the block stops them in order (``stop_shards``); an exception kills
+    them instead (they may wait in a collective rank 0 will not join)."""
+    processes = ShardProcesses.start(settings, command, nested_model=nested_model)
+    try:
+        group = TensorParallelGroup.join(settings, backend, device or torch.device("cpu"))
+    except BaseException:
+        processes.kill()
+        raise
+    try:
+        yield group, processes
+    except BaseException:
+        processes.kill()
+        group.leave()
+        raise
+    stop_shards(group, processes)
