@@ -153,6 +153,7 @@ class Plan:
     logs: Path
     ready_s: float
     quiet_s: float  # longest wait for a quiet machine before each level
+    llama_args: tuple[str, ...] = ()  # appended to every llama-server command line
 
 
 def run_peer(outcome: Outcome, peer: Peer, plan: Plan, round_: int, gguf: Path) -> None:
@@ -172,6 +173,8 @@ def run_peer(outcome: Outcome, peer: Peer, plan: Plan, round_: int, gguf: Path) 
                   "spare_port": str(free_port()), "slots": str(slots),
                   "ctx": str(slots * plan.ctx_per_slot), "python": sys.executable}  # fmt: skip
         command = [program] + [part.format(**values) for part in peer.command[1:]]
+        if peer.command[0] == str(LLAMA_SERVER):
+            command += plan.llama_args
         label = f"{name} np={slots}" if peer.slots_per_level else name
         # The ports change every round; the first round's command line stands for all.
         outcome.commands.setdefault(label, shlex.join(command))
@@ -228,6 +231,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ctx-per-slot", type=int, default=None, help="default: fits prompts")
     parser.add_argument("--gguf", type=Path, default=None, help="default: the embedded model")
     parser.add_argument("--threads", type=int, default=2, help="per server, and for the limits")
+    parser.add_argument(
+        "--llama-args", default="", help='more llama-server flags, e.g. "-fa off -ub 256"'
+    )
     parser.add_argument("--skip-limits", action="store_true")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
@@ -259,8 +265,9 @@ def _plan(args: argparse.Namespace, gguf: Path, stamp: str) -> Plan:
     logs.mkdir(parents=True, exist_ok=True)
     fill = {"gguf": str(gguf), "model_dir": str(gguf.parent), "gguf_name": gguf.name,
             "threads": str(args.threads)}  # fmt: skip
+    llama_args = tuple(shlex.split(args.llama_args))
     return Plan(requests, levels, args.num_requests, args.duration, ctx, fill, logs,
-                args.ready_timeout, args.wait_quiet)  # fmt: skip
+                args.ready_timeout, args.wait_quiet, llama_args)  # fmt: skip
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -107,7 +107,8 @@ def test_compare_writes_reports_and_stops_its_children(
     compare: ModuleType, tmp_path: Path, llama_server: Path
 ) -> None:
     argv = ["--peers", "llama.cpp-q4_1", "--concurrency", "2", "--num-requests", "2",
-            "--max-tokens", "4", "--repeats", "2", "--skip-limits", "--out", str(tmp_path)]  # fmt: skip
+            "--max-tokens", "4", "--repeats", "2", "--skip-limits",
+            "--out", str(tmp_path)]  # fmt: skip
     assert compare.main(argv) == 0
     [report] = tmp_path.glob("compare-*.json")
     document = json.loads(report.read_text())
