@@ -92,16 +92,18 @@ LLAMA_SERVER_ARGS = ("-m", "{gguf}", "--host", "127.0.0.1", "--port", "{port}", 
                      "--no-webui")  # fmt: skip
 
 
-def _llama(precision: str | None, cpu_flags: tuple[str, ...] = ()) -> Peer:
-    command = (str(LLAMA_SERVER), *LLAMA_SERVER_ARGS)
+def _llama(precision: str | None, *extra: str, cpu_flags: tuple[str, ...] = ()) -> Peer:
+    command = (str(LLAMA_SERVER), *LLAMA_SERVER_ARGS, *extra)
     return Peer(command, slots_per_level=True, precision=precision, cpu_flags=cpu_flags)
 
 
 PEERS: dict[str, Peer] = {
-    "llama.cpp-q4_1": _llama(None),
+    # llama.cpp@0c1e57098 segfaults at load repacking Q4_1 weights for AMX; without AMX
+    # nothing repacks Q4_1, so --no-repack costs nothing there.
+    "llama.cpp-q4_1": _llama(None, "--no-repack"),
     "llama.cpp-f16": _llama("f16"),
     # llama.cpp's BF16 kernels are emulated (slow) without native bf16: not a fair peer there.
-    "llama.cpp-bf16": _llama("bf16", BF16_FLAGS),
+    "llama.cpp-bf16": _llama("bf16", cpu_flags=BF16_FLAGS),
     "transformers": Peer(
         ("{python}", str(ROOT / "benchmarks" / "peers" / "transformers_server.py"),
          "--port", "{port}", "--model-dir", "{model_dir}", "--gguf-file", "{gguf_name}",
@@ -284,7 +286,7 @@ def _weights(peer: Peer, gguf: Path, cpu_flags: set[str]) -> Path | str:
 
 
 def _versions(names: Sequence[str]) -> dict[str, str]:
-    """llama-server's own version line (its build number and llama.cpp commit)."""
+    """llama-server's own version lines (build number, commit) and where its source came from."""
     if not any(PEERS[name].command[0] == str(LLAMA_SERVER) for name in names):
         return {}
     if not LLAMA_SERVER.exists():
@@ -292,7 +294,11 @@ def _versions(names: Sequence[str]) -> dict[str, str]:
     done = subprocess.run([str(LLAMA_SERVER), "--version"], capture_output=True, text=True,
                           timeout=60, check=False)  # fmt: skip
     lines = (done.stdout + done.stderr).splitlines()
-    return {"llama.cpp": "; ".join(line for line in lines if "version" in line or "built" in line)}
+    # build_llama_server.sh notes the commit a vendored copy (no git metadata) comes from.
+    source = Path(f"{LLAMA_SERVER}.source")
+    lines += source.read_text().splitlines() if source.exists() else []
+    return {"llama.cpp": "; ".join(line for line in lines if "version" in line or "built" in line
+                                   or "vendoring" in line)}  # fmt: skip
 
 
 def _limits(args: argparse.Namespace, plan: Plan, gguf: Path) -> dict[str, float]:
