@@ -72,9 +72,10 @@ def test_llama_server_streams_exactly_max_tokens(
     compare: ModuleType, gguf: Path, tmp_path: Path, llama_server: Path
 ) -> None:
     port = compare.free_port()
+    # --no-repack as compare.py's Q4_1 peer: llama.cpp crashes repacking Q4_1 for AMX
     command = [str(llama_server), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                "-t", "2", "-np", "2", "-c", "2048", "--cont-batching", "--no-webui",
-               "--no-repack"]  # fmt: skip  (compare.py's Q4_1 peer: repacking crashes on AMX)
+               "--no-repack"]  # fmt: skip
     with compare.child_server(command, port, tmp_path / "llama.log", 120.0) as (url, _):
         records = _generate(url, "chat", 16, 2) + _generate(url, "completions", 16, 2)
     assert len(records) == 8
