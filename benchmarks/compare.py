@@ -350,9 +350,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, reason in weights.items():
         if isinstance(reason, str):
             outcomes[name].skipped = reason
+    base = args.out / f"compare-{stamp}"
     for round_, name in schedule(names, args.repeats):
         if isinstance(path := weights[name], Path):
             run_peer(outcomes[name], PEERS[name], plan, round_, path)
+        if name == names[-1]:  # after every round: an interrupted run keeps what it measured
+            text = _write(document, list(outcomes.values()), weights, base)
+    if args.plot:
+        series = {o.name: representative(o) for o in outcomes.values()}
+        report.plot_throughput(series, base.with_suffix(".png"))
+    print(text)
+    print(f"written: {base}.md and .json", flush=True)
+    return 0 if any(o.summaries for o in outcomes.values()) else 1
+
+
+def _write(
+    document: dict[str, Any], outcomes: list[Outcome], weights: dict[str, Path | str], base: Path
+) -> str:
+    """The JSON and Markdown reports of the rounds so far; returns the Markdown."""
     document["peers"] = {
         o.name: {
             "skipped": o.skipped,
@@ -362,17 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs": [{**s.to_json(), "round": r + 1, "cpu": c}
                      for s, c, r in zip(o.summaries, o.cpu, o.rounds, strict=True)],
         }
-        for o in outcomes.values()
+        for o in outcomes
     }  # fmt: skip
-    text = markdown(document, list(outcomes.values()))
-    (args.out / f"compare-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
-    (args.out / f"compare-{stamp}.md").write_text(text)
-    if args.plot:
-        series = {o.name: representative(o) for o in outcomes.values()}
-        report.plot_throughput(series, args.out / f"compare-{stamp}.png")
-    print(text)
-    print(f"written: {args.out / f'compare-{stamp}.md'} and .json", flush=True)
-    return 0 if any(o.summaries for o in outcomes.values()) else 1
+    text = markdown(document, outcomes)
+    base.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    base.with_suffix(".md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
