@@ -321,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     args = _parser().parse_args(argv)
     names = [name.strip() for name in args.peers.split(",") if name.strip()]
+    if not names:
+        raise SystemExit(f"--peers names none; choose from {', '.join(PEERS)}")
     if unknown := [name for name in names if name not in PEERS]:
         raise SystemExit(f"unknown peers {unknown}; choose from {', '.join(PEERS)}")
     if args.repeats < 1:

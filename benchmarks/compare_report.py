@@ -138,10 +138,15 @@ def _ratios(outcomes: Sequence[Outcome], ours: str) -> list[str]:
             lines.append(
                 f"| {level} | {row.label} | {own.tok_s.median / row.tok_s.median:.2f}x | "
                 f"{own.itl_p50.median / row.itl_p50.median:.2f}x | "
-                f"{'yes' if own.tok_s.apart_from(row.tok_s) else 'no (overlap)'} | "
-                f"{'yes' if own.itl_p50.apart_from(row.itl_p50) else 'no (overlap)'} |"
+                f"{_apart(own, row, 'tok_s')} | {_apart(own, row, 'itl_p50')} |"
             )
     return lines if len(lines) > 2 else []
+
+
+def _apart(own: Row, peer: Row, figure: str) -> str:
+    if min(own.runs, peer.runs) < 2:
+        return "n/a (one run)"  # a single run has no spread to judge by
+    return "yes" if getattr(own, figure).apart_from(getattr(peer, figure)) else "no (overlap)"
 
 
 def markdown(document: dict[str, Any], outcomes: Sequence[Outcome], ours: str = "ours") -> str:
