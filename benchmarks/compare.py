@@ -87,9 +87,12 @@ class Peer:
     describe: bool = False  # record the server's /info
 
 
+# Flash attention off: at 32 clients on 2 cores it gave llama.cpp@0c1e57098 +25% (BF16) and
+# +15% (Q4_1) over its default "auto" (packages/tgi-server/README.md, 2026-12-07). -b/-ub stay
+# at their defaults: -ub 128 did not help. --llama-args overrides either.
 LLAMA_SERVER_ARGS = ("-m", "{gguf}", "--host", "127.0.0.1", "--port", "{port}", "-t",
                      "{threads}", "-np", "{slots}", "-c", "{ctx}", "--cont-batching",
-                     "--no-webui")  # fmt: skip
+                     "--no-webui", "-fa", "off")  # fmt: skip
 
 
 def _llama(precision: str | None, *extra: str, cpu_flags: tuple[str, ...] = ()) -> Peer:
