@@ -2,32 +2,35 @@
 
 Starts each selected peer on a free 127.0.0.1 port as a child process, waits for its /health,
 runs the same profile (same prompts, same max tokens) at each concurrency level, stops the child
-by its PID, and writes a Markdown table and JSON under results/. The same run measures the
-machine's ceilings (``machine.py``: bf16 matmul GFLOPS at a decode-like shape, memory read
-bandwidth) so the report can say how far each server is from them, and where the cores went.
+by its PID, and writes a Markdown table and JSON under results/. Every configuration runs
+``--repeats`` times, interleaved (round 1: every peer, round 2: every peer, ...), so that a
+slow minute on a shared machine hits every peer alike; the report gives medians and min-max
+(``compare_report.py``). The same run measures the machine's ceilings (``machine.py``: bf16
+matmul GFLOPS at a decode-like shape, memory read bandwidth) so the report can say how far each
+server is from them, and where the cores went.
 
-    python benchmarks/compare.py --peers llama.cpp,transformers --num-requests 32 --max-tokens 64
+    python benchmarks/compare.py --peers ours,llama.cpp-q4_1,llama.cpp-f16 --repeats 3
 
-Peers and their command lines are the PEERS table below; llama.cpp runs with 32 slots and with
-as many slots as clients, and its best figure per level is the one to beat. Run
-benchmarks/peers/build_llama_server.sh first. The load generator is tgi_server.benchmark.
+Peers and their command lines are the PEERS table below. Like for like: every peer serves the
+same weights (llama.cpp also in F16 and BF16, converted from the GGUF by ``precisions.py``),
+on the same route (OpenAI chat, the GGUF's own chat template), with EOS ignored. llama.cpp
+runs with 32 slots and with as many slots as clients, and its best configuration per level is
+the one to beat. Run benchmarks/peers/build_llama_server.sh first. The load generator is
+tgi_server.benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,6 @@ from tgi_core.settings.resolve import embedded_model_file
 from tgi_server.benchmark import report
 from tgi_server.benchmark.client import Api
 from tgi_server.benchmark.profiles import PROFILES, BenchRequest, make_requests
-from tgi_server.benchmark.report import Summary
 from tgi_server.benchmark.runner import LoadSpec, run_load_sync
 
 HERE = Path(__file__).resolve().parent
@@ -48,8 +50,9 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from children import child_server, executable, free_port  # noqa: E402
+from compare_report import Outcome, markdown, representative  # noqa: E402
 from machine import (  # noqa: E402
-    CLEAN_OTHER_CORES,
     NO_SESSION,
     cpu_seconds,
     cpu_share,
@@ -57,6 +60,7 @@ from machine import (  # noqa: E402
     machine_limits,
     wait_until_quiet,
 )
+from precisions import BF16_FLAGS, cached_precision  # noqa: E402
 
 # Where build_llama_server.sh puts its build: the user's cache, shared by every clone.
 PEERS_CACHE = Path(
@@ -70,95 +74,58 @@ FIXED_SLOTS = 32
 @dataclass(frozen=True)
 class Peer:
     """How to start one server and load it. ``{port}``, ``{spare_port}`` (a second free
-    port), ``{gguf}``, ``{model_dir}``, ``{gguf_name}``, ``{slots}``, ``{ctx}``, ``{threads}``
-    and ``{python}`` are filled in."""
+    port), ``{gguf}`` (the weights in ``precision``), ``{model_dir}``, ``{gguf_name}``,
+    ``{slots}``, ``{ctx}``, ``{threads}`` and ``{python}`` are filled in."""
 
     command: tuple[str, ...]
-    api: Api
-    extra_body: dict[str, Any] = field(default_factory=dict)
+    api: Api = "chat"
+    extra_body: dict[str, Any] = field(default_factory=lambda: {"ignore_eos": True})
     slots_per_level: bool = False  # also start one server per level with slots = clients
     env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
+    precision: str | None = None  # the GGUF as given, or converted to "f16" / "bf16"
+    cpu_flags: tuple[str, ...] = ()  # runs only where the CPU has one of these
+    describe: bool = False  # record the server's /info
+
+
+# Flash attention off: at 32 clients on 2 cores it gave llama.cpp@0c1e57098 +25% (BF16) and
+# +15% (Q4_1) over its default "auto" (packages/tgi-server/README.md, 2026-12-07). -b/-ub stay
+# at their defaults: -ub 128 did not help. --llama-args overrides either.
+LLAMA_SERVER_ARGS = ("-m", "{gguf}", "--host", "127.0.0.1", "--port", "{port}", "-t",
+                     "{threads}", "-np", "{slots}", "-c", "{ctx}", "--cont-batching",
+                     "--no-webui", "-fa", "off")  # fmt: skip
+
+
+def _llama(precision: str | None, *extra: str, cpu_flags: tuple[str, ...] = ()) -> Peer:
+    command = (str(LLAMA_SERVER), *LLAMA_SERVER_ARGS, *extra)
+    return Peer(command, slots_per_level=True, precision=precision, cpu_flags=cpu_flags)
 
 
 PEERS: dict[str, Peer] = {
-    "llama.cpp": Peer(
-        (str(LLAMA_SERVER), "-m", "{gguf}", "--host", "127.0.0.1", "--port", "{port}",
-         "-t", "{threads}", "-np", "{slots}", "-c", "{ctx}", "--cont-batching", "--no-webui"),
-        api="chat", extra_body={"ignore_eos": True}, slots_per_level=True,
-    ),
+    # llama.cpp@0c1e57098 segfaults at load repacking Q4_1 weights for AMX; without AMX
+    # nothing repacks Q4_1, so --no-repack costs nothing there.
+    "llama.cpp-q4_1": _llama(None, "--no-repack"),
+    "llama.cpp-f16": _llama("f16"),
+    # llama.cpp's BF16 kernels are emulated (slow) without native bf16: not a fair peer there.
+    "llama.cpp-bf16": _llama("bf16", cpu_flags=BF16_FLAGS),
     "transformers": Peer(
         ("{python}", str(ROOT / "benchmarks" / "peers" / "transformers_server.py"),
          "--port", "{port}", "--model-dir", "{model_dir}", "--gguf-file", "{gguf_name}",
          "--threads", "{threads}"),
-        api="chat", extra_body={"ignore_eos": True},
     ),
-    # TGI's /generate_stream has no ignore_eos field; TGI's benchmark mode is this variable.
+    # The chat route like the peers; the variable is TGI's benchmark mode (EOS ignored), as
+    # the peers' ignore_eos. Our dtype is the server's default for this CPU: /info records it.
     "ours": Peer(
-        ("text-generation-launcher", "--hostname", "127.0.0.1", "--port", "{port}",
-         "--prometheus-port", "{spare_port}", "--max-batch-size", "{slots}"),
-        api="tgi", env={"TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN": "true"},
+        ("text-generation-launcher", "--model-id", "{gguf}", "--hostname", "127.0.0.1",
+         "--port", "{port}", "--prometheus-port", "{spare_port}", "--max-batch-size", "{slots}"),
+        env={"TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN": "true"}, describe=True,
     ),
 }  # fmt: skip
+INFO_KEYS = ("model_dtype", "model_device_type", "compute_path")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _executable(name: str) -> str | None:
-    """``name`` on PATH, or beside this interpreter (a virtualenv's scripts)."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name)
-
-
-@contextlib.contextmanager
-def child_server(
-    command: list[str], port: int, log: Path, ready_s: float, env: dict[str, str] | None = None
-) -> Iterator[tuple[str, int]]:
-    """Runs ``command`` until the block ends; yields its base URL, once /health answers 200,
-    and its PID (which is also its session id: every process it starts shares it)."""
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **env} if env else None,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_ready(url, process, log, ready_s)
-            yield url, process.pid
-        finally:
-            _stop(process)
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, ready_s: float) -> None:
-    deadline = time.monotonic() + ready_s
-    with httpx.Client(trust_env=False, timeout=5.0) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"exited with {process.returncode} before ready:\n{tail}")
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{url}/health").status_code == httpx.codes.OK:
-                    return
-            time.sleep(0.5)
-    raise RuntimeError(f"not ready after {ready_s:.0f} s (log: {log})")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to our child's PID; then SIGKILL to the session it leads (only its own
-    descendants: a launcher's shards) if it lingers or left any behind."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+def schedule(names: Sequence[str], repeats: int) -> list[tuple[int, str]]:
+    """(round, peer) in run order: every peer once per round, rounds one after another."""
+    return [(round_, name) for round_ in range(repeats) for name in names]
 
 
 class Tokenizer:
@@ -178,29 +145,6 @@ class Tokenizer:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
 
-@dataclass
-class Outcome:
-    """What one peer gave: a row per (configuration, level), or why it could not run."""
-
-    name: str
-    summaries: list[Summary] = field(default_factory=list)
-    cpu: list[dict[str, float]] = field(default_factory=list)  # where the cores went, per row
-    skipped: str | None = None
-
-    def best(self) -> list[Summary]:
-        """Per concurrency level, the configuration with the most output tokens/s."""
-        by_level: dict[int, Summary] = {}
-        for summary in self.summaries:
-            level = summary.concurrency or 0
-            if level not in by_level or _tok_s(summary) > _tok_s(by_level[level]):
-                by_level[level] = summary
-        return [by_level[level] for level in sorted(by_level)]
-
-
-def _tok_s(summary: Summary) -> float:
-    return summary.output_tokens_per_s if summary.num_ok else -1.0
-
-
 @dataclass(frozen=True)
 class Plan:
     """Everything a peer run needs besides the peer itself."""
@@ -214,39 +158,52 @@ class Plan:
     logs: Path
     ready_s: float
     quiet_s: float  # longest wait for a quiet machine before each level
+    llama_args: tuple[str, ...] = ()  # appended to every llama-server command line
 
 
-def run_peer(name: str, peer: Peer, plan: Plan) -> Outcome:
-    """All configurations of ``peer``: slots fixed at 32, plus one per level if asked."""
-    outcome = Outcome(name)
-    executable = _executable(peer.command[0]) if peer.command[0] != "{python}" else sys.executable
-    if executable is None or not Path(executable).exists():
+def run_peer(outcome: Outcome, peer: Peer, plan: Plan, round_: int, gguf: Path) -> None:
+    """One round of ``peer``'s configurations (slots fixed at 32, plus one per level if
+    asked) on the weights ``gguf``; its runs are added to ``outcome``."""
+    name = outcome.name
+    program = executable(peer.command[0]) if peer.command[0] != "{python}" else sys.executable
+    if program is None or not Path(program).exists():
         outcome.skipped = f"{peer.command[0]} not found"
-        return outcome
+        return
     configs = [(FIXED_SLOTS, plan.levels)]
     if peer.slots_per_level:
         configs += [(level, [level]) for level in plan.levels if level != FIXED_SLOTS]
     for slots, levels in configs:
         port = free_port()
-        values = {**plan.fill, "port": str(port), "spare_port": str(free_port()),
-                  "slots": str(slots), "ctx": str(slots * plan.ctx_per_slot),
-                  "python": sys.executable}  # fmt: skip
-        command = [executable] + [part.format(**values) for part in peer.command[1:]]
+        values = {**plan.fill, "gguf": str(gguf), "port": str(port),
+                  "spare_port": str(free_port()), "slots": str(slots),
+                  "ctx": str(slots * plan.ctx_per_slot), "python": sys.executable}  # fmt: skip
+        command = [program] + [part.format(**values) for part in peer.command[1:]]
+        if peer.command[0] == str(LLAMA_SERVER):
+            command += plan.llama_args
         label = f"{name} np={slots}" if peer.slots_per_level else name
-        print(f"== {label}: {shlex.join(command)}", flush=True)
-        log = plan.logs / f"{label.replace(' ', '_').replace('=', '')}.log"
+        # The ports change every round; the first round's command line stands for all.
+        outcome.commands.setdefault(label, shlex.join(command))
+        print(f"== round {round_ + 1}, {label}: {shlex.join(command)}", flush=True)
+        log = plan.logs / f"{label.replace(' ', '_').replace('=', '')}.r{round_ + 1}.log"
         try:
             with child_server(command, port, log, plan.ready_s, peer.env) as server:
-                _run_levels(server, peer, plan, levels, label, outcome=outcome)
+                if peer.describe and outcome.info is None:
+                    outcome.info = _describe(server[0])
+                _run_levels(server, peer, plan, levels, label, outcome=outcome, round_=round_)
         except RuntimeError as error:
             print(f"   {label} failed: {error}", flush=True)
             outcome.skipped = f"{label}: {str(error).splitlines()[0]}"
-    return outcome
+
+
+def _describe(url: str) -> dict[str, Any]:
+    with httpx.Client(trust_env=False, timeout=10.0) as client:
+        info = client.get(f"{url}/info").json()
+    return {key: info.get(key) for key in INFO_KEYS}
 
 
 def _run_levels(
     server: tuple[str, int], peer: Peer, plan: Plan, levels: list[int], label: str,
-    *, outcome: Outcome,
+    *, outcome: Outcome, round_: int,
 ) -> None:  # fmt: skip
     url, pid = server
     for level in levels:
@@ -261,6 +218,7 @@ def _run_levels(
         elapsed = time.perf_counter() - started
         outcome.summaries.append(report.summarize(result, label))
         outcome.cpu.append(cpu_share(before, cpu_seconds(pid), elapsed))
+        outcome.rounds.append(round_)
         print(report.format_table(outcome.summaries[-1:]).splitlines()[-1], flush=True)
 
 
@@ -273,10 +231,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=180.0, help="max seconds per level")
     parser.add_argument("--max-tokens", type=int, default=None, help="default: the profile's")
     parser.add_argument("--input-tokens", type=int, default=None, help="fixed-length input")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, interleaved")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ctx-per-slot", type=int, default=None, help="default: fits prompts")
     parser.add_argument("--gguf", type=Path, default=None, help="default: the embedded model")
     parser.add_argument("--threads", type=int, default=2, help="per server, and for the limits")
+    parser.add_argument(
+        "--llama-args", default="", help='more llama-server flags, e.g. "-fa off -ub 256"'
+    )
     parser.add_argument("--skip-limits", action="store_true")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
@@ -308,48 +270,51 @@ def _plan(args: argparse.Namespace, gguf: Path, stamp: str) -> Plan:
     logs.mkdir(parents=True, exist_ok=True)
     fill = {"gguf": str(gguf), "model_dir": str(gguf.parent), "gguf_name": gguf.name,
             "threads": str(args.threads)}  # fmt: skip
+    llama_args = tuple(shlex.split(args.llama_args))
     return Plan(requests, levels, args.num_requests, args.duration, ctx, fill, logs,
-                args.ready_timeout, args.wait_quiet)  # fmt: skip
-
-
-def _markdown(document: dict[str, Any], outcomes: list[Outcome]) -> str:
-    machine, limits = document["machine"], document.get("limits") or {}
-    lines = [
-        f"# Serving comparison, {document['date']}",
-        "",
-        f"- machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores "
-        f"({machine['logical_cores']} logical), {machine['memory_gib']} GiB",
-        f"- command: `{document['command']}`",
-        f"- model: `{document['model']}`; profile `{document['profile']}`, "
-        f"max tokens {document['max_new_tokens']}, {document['num_requests']} requests per level, "
-        f"slot context {document['ctx_per_slot']}",
-    ]
-    if limits:
-        lines += ["", "## Machine limits", "", "| measure | value |", "|---|---|"]
-        lines += [f"| {key} | {value} |" for key, value in limits.items()]
-    lines += ["", "## Best configuration per server and level", ""]
-    lines.append(report.format_table([s for o in outcomes for s in o.best()], markdown=True))
-    lines += ["", "## Every configuration", ""]
-    lines.append(report.format_table([s for o in outcomes for s in o.summaries], markdown=True))
-    lines += ["", "## Where the cores went (other work on the machine skews the figures)", "",
-              "| run | load | server cores | client cores | other work cores | load avg 1 min "
-              "| clean |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for outcome in outcomes:
-        for summary, cpu in zip(outcome.summaries, outcome.cpu, strict=True):
-            lines.append(
-                f"| {summary.label} | c={summary.concurrency} | {cpu['server_cores']} | "
-                f"{cpu['client_cores']} | {cpu['other_cores']} | {cpu['loadavg_1m_after']} | "
-                f"{'yes' if cpu['other_cores'] < CLEAN_OTHER_CORES else 'NO'} |"
-            )
-    notes = [report.format_errors(o.summaries) for o in outcomes]
-    notes += [f"{o.name} skipped: {o.skipped}" for o in outcomes if o.skipped]
-    if any(notes):
-        lines += ["", "## Notes", "", *(f"- {n}" for note in notes for n in note.splitlines())]
-    return "\n".join(lines) + "\n"
+                args.ready_timeout, args.wait_quiet, llama_args)  # fmt: skip
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _weights(peer: Peer, gguf: Path, cpu_flags: set[str]) -> Path | str:
+    """The GGUF ``peer`` serves, or why it cannot run on this CPU."""
+    if peer.cpu_flags and not cpu_flags.intersection(peer.cpu_flags):
+        return f"the CPU has none of {', '.join(peer.cpu_flags)}"
+    if peer.precision is None:
+        return gguf
+    return cached_precision(gguf, peer.precision, PEERS_CACHE / "gguf")
+
+
+def _versions(names: Sequence[str]) -> dict[str, str]:
+    """llama-server's own version lines (build number, commit) and where its source came from."""
+    if not any(PEERS[name].command[0] == str(LLAMA_SERVER) for name in names):
+        return {}
+    if not LLAMA_SERVER.exists():
+        return {"llama.cpp": "not built"}
+    done = subprocess.run([str(LLAMA_SERVER), "--version"], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    lines = (done.stdout + done.stderr).splitlines()
+    # build_llama_server.sh notes the commit a vendored copy (no git metadata) comes from.
+    source = Path(f"{LLAMA_SERVER}.source")
+    lines += source.read_text().splitlines() if source.exists() else []
+    return {"llama.cpp": "; ".join(line for line in lines if "version" in line or "built" in line
+                                   or "vendoring" in line)}  # fmt: skip
+
+
+def _limits(args: argparse.Namespace, plan: Plan, gguf: Path) -> dict[str, float]:
+    import gguf as gguf_format
+
+    if plan.quiet_s:
+        wait_until_quiet(NO_SESSION, plan.quiet_s)
+    num_params = sum(int(t.n_elements) for t in gguf_format.GGUFReader(gguf).tensors)
+    before, started = cpu_seconds(NO_SESSION), time.perf_counter()
+    limits = machine_limits(args.threads, num_params, gguf.stat().st_size)
+    elapsed = time.perf_counter() - started
+    other = cpu_share(before, cpu_seconds(NO_SESSION), elapsed)["other_cores"]
+    return {**limits, "other_work_cores_meanwhile": other}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -359,52 +324,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     args = _parser().parse_args(argv)
     names = [name.strip() for name in args.peers.split(",") if name.strip()]
+    if not names:
+        raise SystemExit(f"--peers names none; choose from {', '.join(PEERS)}")
     if unknown := [name for name in names if name not in PEERS]:
         raise SystemExit(f"unknown peers {unknown}; choose from {', '.join(PEERS)}")
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
     gguf = args.gguf or _default_gguf()
     now = datetime.datetime.now(datetime.timezone.utc)
     stamp = now.strftime("%Y%m%d-%H%M%S")
     plan = _plan(args, gguf, stamp)
+    machine = machine_info()
     document: dict[str, Any] = {
         "date": now.isoformat(timespec="seconds"),
         "command": shlex.join(["python", "benchmarks/compare.py", *(argv or sys.argv[1:])]),
-        "machine": machine_info(),
+        "machine": machine,
+        "versions": _versions(names),
         "model": gguf.name,
         "profile": args.profile,
         "max_new_tokens": plan.requests[0].max_new_tokens,
         "num_requests": args.num_requests,
         "ctx_per_slot": plan.ctx_per_slot,
+        "repeats": args.repeats,
     }
     if not args.skip_limits:
-        import gguf as gguf_format
-
-        if plan.quiet_s:
-            wait_until_quiet(NO_SESSION, plan.quiet_s)
-        num_params = sum(int(t.n_elements) for t in gguf_format.GGUFReader(gguf).tensors)
-        before, started = cpu_seconds(NO_SESSION), time.perf_counter()
-        limits = machine_limits(args.threads, num_params, gguf.stat().st_size)
-        elapsed = time.perf_counter() - started
-        other = cpu_share(before, cpu_seconds(NO_SESSION), elapsed)["other_cores"]
-        document["limits"] = {**limits, "other_work_cores_meanwhile": other}
+        document["limits"] = _limits(args, plan, gguf)
         print(json.dumps(document["limits"]), flush=True)
-    outcomes = [run_peer(name, PEERS[name], plan) for name in names]
+    outcomes = {name: Outcome(name) for name in names}
+    weights = {name: _weights(PEERS[name], gguf, set(machine["cpu_flags"])) for name in names}
+    for name, reason in weights.items():
+        if isinstance(reason, str):
+            outcomes[name].skipped = reason
+    base = args.out / f"compare-{stamp}"
+    for round_, name in schedule(names, args.repeats):
+        if isinstance(path := weights[name], Path):
+            run_peer(outcomes[name], PEERS[name], plan, round_, path)
+        if name == names[-1]:  # after every round: an interrupted run keeps what it measured
+            text = _write(document, list(outcomes.values()), weights, base)
+    if args.plot:
+        series = {o.name: representative(o) for o in outcomes.values()}
+        report.plot_throughput(series, base.with_suffix(".png"))
+    print(text)
+    print(f"written: {base}.md and .json", flush=True)
+    return 0 if any(o.summaries for o in outcomes.values()) else 1
+
+
+def _write(
+    document: dict[str, Any], outcomes: list[Outcome], weights: dict[str, Path | str], base: Path
+) -> str:
+    """The JSON and Markdown reports of the rounds so far; returns the Markdown."""
     document["peers"] = {
         o.name: {
             "skipped": o.skipped,
-            "runs": [{**s.to_json(), "cpu": c} for s, c in zip(o.summaries, o.cpu, strict=True)],
+            "weights": str(weights[o.name]),
+            "commands": o.commands,
+            "info": o.info,
+            "runs": [{**s.to_json(), "round": r + 1, "cpu": c}
+                     for s, c, r in zip(o.summaries, o.cpu, o.rounds, strict=True)],
         }
         for o in outcomes
-    }
-    markdown = _markdown(document, outcomes)
-    (args.out / f"compare-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
-    (args.out / f"compare-{stamp}.md").write_text(markdown)
-    if args.plot:
-        report.plot_throughput(
-            {o.name: o.best() for o in outcomes}, args.out / f"compare-{stamp}.png"
-        )
-    print(markdown)
-    print(f"written: {args.out / f'compare-{stamp}.md'} and .json", flush=True)
-    return 0 if any(o.summaries for o in outcomes) else 1
+    }  # fmt: skip
+    text = markdown(document, outcomes)
+    base.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    base.with_suffix(".md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -34,9 +34,13 @@ CLEAN_OTHER_CORES = 0.25  # a row is trusted while other work took less than thi
 def machine_info() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     models = [line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line]
+    flags = next(
+        (line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []
+    )
     meminfo = Path("/proc/meminfo").read_text().split()
     return {
         "cpu_model": models[0] if models else platform.processor(),
+        "cpu_flags": sorted(flags),  # the kernels each server can use (avx512_bf16, amx_*)
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(int(meminfo[1]) / 2**20, 1),

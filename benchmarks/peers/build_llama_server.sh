@@ -16,7 +16,20 @@ BIN="$CACHE/bin/llama-server"
 PYTHON="${PYTHON:-python3}"
 JOBS="${JOBS:-2}"
 
+# The vendored copy has no git metadata (`--version` says "commit unknown"): the llama.cpp
+# commit is the one llama-cpp-python's changelog names for its release, kept beside the binary
+# for compare.py's reports.
+note_source() {
+  local sdist="$1" name
+  name="$(basename "$sdist" .tar.gz)"
+  local commit
+  commit="$(tar -xzOf "$sdist" "$name/CHANGELOG.md" | grep -m1 -o 'llama\.cpp@[0-9a-f]*' || true)"
+  echo "${name//_/-} vendoring ggml-org/${commit:-llama.cpp@unknown}" >"$BIN.source"
+}
+
 if [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1; then
+  LATEST="$(ls -t "$CACHE"/sdist/llama_cpp_python-*.tar.gz 2>/dev/null | head -n 1 || true)"
+  if [[ ! -f "$BIN.source" && -n "$LATEST" ]]; then note_source "$LATEST"; fi
   echo "llama-server already built: $BIN"
   exit 0
 fi
@@ -56,5 +69,6 @@ nice -n 19 cmake --build "$BUILD" --config Release --target llama-server -j "$JO
 
 cp "$BUILD/bin/llama-server" "$BIN.tmp"
 mv "$BIN.tmp" "$BIN"
+note_source "$SDIST"
 "$BIN" --version
 echo "built: $BIN"

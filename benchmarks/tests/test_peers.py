@@ -22,6 +22,7 @@ import pytest
 
 from tgi_server.benchmark.client import Api, RequestRecord
 from tgi_server.benchmark.profiles import make_requests, render_chatml
+from tgi_server.benchmark.report import Distribution, Summary
 from tgi_server.benchmark.runner import LoadSpec, run_load_sync
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +72,10 @@ def test_llama_server_streams_exactly_max_tokens(
     compare: ModuleType, gguf: Path, tmp_path: Path, llama_server: Path
 ) -> None:
     port = compare.free_port()
+    # --no-repack as compare.py's Q4_1 peer: llama.cpp crashes repacking Q4_1 for AMX
     command = [str(llama_server), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-               "-t", "2", "-np", "2", "-c", "2048", "--cont-batching", "--no-webui"]  # fmt: skip
+               "-t", "2", "-np", "2", "-c", "2048", "--cont-batching", "--no-webui",
+               "--no-repack"]  # fmt: skip
     with compare.child_server(command, port, tmp_path / "llama.log", 120.0) as (url, _):
         records = _generate(url, "chat", 16, 2) + _generate(url, "completions", 16, 2)
     assert len(records) == 8
@@ -105,21 +108,27 @@ def test_transformers_baseline_streams_one_request_at_a_time(
 def test_compare_writes_reports_and_stops_its_children(
     compare: ModuleType, tmp_path: Path, llama_server: Path
 ) -> None:
-    argv = ["--peers", "llama.cpp", "--concurrency", "2", "--num-requests", "2",
-            "--max-tokens", "4", "--skip-limits", "--out", str(tmp_path)]  # fmt: skip
+    argv = ["--peers", "llama.cpp-q4_1", "--concurrency", "2", "--num-requests", "2",
+            "--max-tokens", "4", "--repeats", "2", "--skip-limits",
+            "--out", str(tmp_path)]  # fmt: skip
     assert compare.main(argv) == 0
     [report] = tmp_path.glob("compare-*.json")
     document = json.loads(report.read_text())
-    runs = document["peers"]["llama.cpp"]["runs"]
-    # 32 slots, then as many slots as clients
-    assert [(run["label"], run["concurrency"]) for run in runs] == [
-        ("llama.cpp np=32", 2), ("llama.cpp np=2", 2),
+    peer = document["peers"]["llama.cpp-q4_1"]
+    # Per round: 32 slots, then as many slots as clients
+    assert [(run["round"], run["label"], run["concurrency"]) for run in peer["runs"]] == [
+        (1, "llama.cpp-q4_1 np=32", 2), (1, "llama.cpp-q4_1 np=2", 2),
+        (2, "llama.cpp-q4_1 np=32", 2), (2, "llama.cpp-q4_1 np=2", 2),
     ]  # fmt: skip
-    assert all(run["cpu"]["server_cores"] > 0 for run in runs)  # its session was measured
-    assert all(run["num_ok"] == 2 and run["mean_output_tokens"] == 4 for run in runs)
+    assert all(run["cpu"]["server_cores"] > 0 for run in peer["runs"])  # its session measured
+    assert all(run["num_ok"] == 2 and run["mean_output_tokens"] == 4 for run in peer["runs"])
+    assert "-np 2 " in peer["commands"]["llama.cpp-q4_1 np=2"]
+    assert document["versions"]["llama.cpp"].startswith("version: ")  # with its commit
     markdown = report.with_suffix(".md").read_text()
     assert "## Best configuration per server and level" in markdown
+    assert "| llama.cpp-q4_1 np=2 | 2 | 2 |" in markdown  # two runs, median and spread
     assert document["machine"]["usable_cores"] >= 1
+    assert document["machine"]["cpu_flags"]
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, check=False)
     assert leftover.stdout == b""  # every child was stopped (their logs live under tmp_path)
 
@@ -130,3 +139,75 @@ def test_chatml_rendering_matches_the_models_template(compare: ModuleType, gguf:
     tokenizer = compare.Tokenizer(str(gguf.parent), gguf.name)
     messages = (("system", "Be brief."), ("user", "Hi there"))
     assert render_chatml(messages) == tokenizer.render(messages)
+
+
+def test_repeats_run_every_peer_once_per_round(compare: ModuleType) -> None:
+    assert compare.schedule(["ours", "llama.cpp-f16"], 3) == [
+        (0, "ours"), (0, "llama.cpp-f16"), (1, "ours"), (1, "llama.cpp-f16"),
+        (2, "ours"), (2, "llama.cpp-f16"),
+    ]  # fmt: skip
+
+
+def _summary(label: str, tok_s: float, itl_p50: float) -> Summary:
+    latency = Distribution(itl_p50, itl_p50, itl_p50, itl_p50)
+    return Summary(label, 32, None, 8, 8, 0, 0, 1.0, 8.0, tok_s, 100.0, 64.0, latency, latency,
+                   latency, None)  # fmt: skip
+
+
+def test_best_configuration_is_the_highest_median_with_its_spread(compare: ModuleType) -> None:
+    from compare_report import Outcome, Spread, best_rows
+
+    outcome = Outcome("llama.cpp-f16")
+    # np=32 has the best single run (300) but the lower median (100 against 150)
+    for tok_s_32, tok_s_8 in ((100.0, 150.0), (300.0, 140.0), (90.0, 160.0)):
+        outcome.summaries += [_summary("np=32", tok_s_32, 0.1), _summary("np=8", tok_s_8, 0.2)]
+    [(level, row)] = best_rows(outcome).items()
+    assert (level, row.label, row.runs) == (32, "np=8", 3)
+    assert (row.tok_s.median, row.tok_s.low, row.tok_s.high) == (150.0, 140.0, 160.0)
+    assert row.tok_s.apart_from(Spread.of([170.0, 180.0]))
+    assert not row.tok_s.apart_from(Spread.of([155.0, 400.0]))  # overlap: no claim holds
+
+
+@pytest.mark.parametrize("precision", ["f16", "bf16"])
+def test_precision_conversion_keeps_metadata_and_dequantized_weights(
+    compare: ModuleType, tmp_path: Path, precision: str
+) -> None:
+    import gguf
+    import numpy as np
+    from precisions import convert
+
+    rng = np.random.default_rng(0)
+    weight, norm = rng.standard_normal((4, 64), dtype=np.float32), rng.random(64, np.float32)
+    source = tmp_path / "tiny.Q4_1.gguf"
+    writer = gguf.GGUFWriter(source, arch="llama")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_1)
+    writer.add_block_count(1)
+    writer.add_token_list(["<s>", "hi"])
+    writer.add_chat_template("{{ messages }}")
+    quantized = gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q4_1)
+    writer.add_tensor("blk.0.ffn_up.weight", quantized, raw_shape=quantized.shape,
+                      raw_dtype=gguf.GGMLQuantizationType.Q4_1)  # fmt: skip
+    writer.add_tensor("blk.0.attn_norm.weight", norm)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    convert(source, target := tmp_path / "tiny.out.gguf", precision)
+    before, after = gguf.GGUFReader(source), gguf.GGUFReader(target)
+    changed = {key for key, field in after.fields.items()
+               if key.startswith(("general.", "tokenizer.", "llama."))
+               and field.contents() != before.fields[key].contents()}  # fmt: skip
+    assert changed == {"general.file_type"}
+    assert after.fields["general.file_type"].contents() == (1 if precision == "f16" else 32)
+    [up, attn_norm] = after.tensors
+    assert up.tensor_type.name == precision.upper()
+    assert attn_norm.tensor_type == gguf.GGMLQuantizationType.F32
+    assert np.array_equal(attn_norm.data, norm)
+    original = gguf.quants.dequantize(quantized, gguf.GGMLQuantizationType.Q4_1)
+    converted = gguf.quants.dequantize(up.data, up.tensor_type)
+    assert converted.shape == original.shape == (4, 64)
+    # the Q4_1 values, rounded once to 11 (f16) or 8 (bf16) significant bits
+    tolerance = 2.0**-11 if precision == "f16" else 2.0**-8
+    assert np.allclose(converted, original, rtol=tolerance, atol=0)
+    assert not np.array_equal(converted, weight)  # the quantized weights, not the originals
