@@ -33,7 +33,7 @@ from tgi_hpu_kernels.device.cpu_features import (
     dtype_warning,
     host_cpu_features,
 )
-from tgi_hpu_kernels.device.cpu_fused import FUSED_MAX_ROWS, FusedStack
+from tgi_hpu_kernels.device.cpu_fused import FusedStack
 from tgi_hpu_kernels.device.cpu_native import (
     NATIVE_DTYPES,
     NATIVE_MAX_HIDDEN,
@@ -47,7 +47,12 @@ from tgi_hpu_kernels.layers.quantized import QuantizedWeight
 __all__ = ["CpuDevice"]
 
 _MEMINFO = Path("/proc/meminfo")
+# Rows up to which the native bf16 linear kernel (and so the fused decode layer, which calls
+# it) beats oneDNN: it streams the weights once for up to 4 rows, then adds a pass per 4 rows.
+# With AVX512-BF16 alone oneDNN only catches up at 32 rows; with AMX tiles its GEMM is 1.3x
+# faster at 6-8 rows and 3x at 32 (README: "Kernels by CPU").
 NATIVE_LINEAR_MAX_ROWS = 32
+NATIVE_LINEAR_MAX_ROWS_AMX = 4
 # Rows up to which the quantized kernel beats dequantize-then-GEMM (measured: README).
 QUANTIZED_NATIVE_MAX_ROWS = 32
 _BMM_PREFILL_CELLS = 512 * 512
@@ -100,6 +105,9 @@ class CpuDevice(Device):
             torch.set_num_threads(num_threads)
         self._native: NativeKernels | None = native_kernels() if use_native else None
         native = self._native
+        self.native_linear_max_rows = (
+            NATIVE_LINEAR_MAX_ROWS_AMX if self.features.amx else NATIVE_LINEAR_MAX_ROWS
+        )
         self._fused = (
             FusedStack(native.library.decoder_layer_bf16)
             if native is not None and native.fast_bf16 and use_fused
@@ -223,7 +231,7 @@ class CpuDevice(Device):
             fused is None
             or attn.paged is None
             or hidden.dtype != torch.bfloat16
-            or hidden.shape[0] > FUSED_MAX_ROWS
+            or hidden.shape[0] > self.native_linear_max_rows
             or kv.keys[0].dtype != torch.bfloat16
             or not fused.supports(layers, hidden)
         ):
@@ -255,7 +263,7 @@ class CpuDevice(Device):
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         native = self._native
-        if native is None or not _native_linear(native, x, weight):
+        if native is None or not _native_linear(native, x, weight, self.native_linear_max_rows):
             return super().linear(x, weight, bias)
         return native.linear(x, weight, bias)
 
@@ -311,7 +319,11 @@ class CpuDevice(Device):
             return "torch ops"
         if not native.fast_bf16:
             return "native kernels (portable C; bf16 matmuls on torch)"
-        return "native kernels (avx512_bf16 matmuls" + (", fused decode)" if self._fused else ")")
+        rows = self.native_linear_max_rows
+        matmuls = f"avx512_bf16 matmuls up to {rows} rows, oneDNN above"
+        if self.features.amx:
+            matmuls += " (AMX)"
+        return f"native kernels ({matmuls}" + (", fused decode)" if self._fused else ")")
 
     def describe(self) -> str:
         mode = "static shapes" if self.needs_static_shapes else "packed prefill"
@@ -332,16 +344,16 @@ def _norm_rows(x: Tensor, weight: Tensor) -> bool:
     )
 
 
-def _native_linear(native: NativeKernels, x: Tensor, weight: Tensor) -> bool:
-    """Decode-sized bf16 matmuls: up to 32 rows the native kernel streams the weights at the
-    memory bandwidth (2x oneDNN at 1-8 rows, 1.4x at 16, even at 32); beyond, oneDNN's GEMM
-    is as fast or faster."""
+def _native_linear(native: NativeKernels, x: Tensor, weight: Tensor, max_rows: int) -> bool:
+    """Decode-sized bf16 matmuls, up to ``max_rows`` (see ``NATIVE_LINEAR_MAX_ROWS``): there
+    the native kernel streams the weights at the memory bandwidth; beyond, oneDNN's GEMM is
+    as fast or faster."""
     return (
         native.fast_bf16
         and x.dtype == torch.bfloat16
         and weight.dtype == torch.bfloat16
         and x.dim() == 2
-        and x.shape[0] <= NATIVE_LINEAR_MAX_ROWS
+        and x.shape[0] <= max_rows
         and x.stride(1) == 1
         and x.shape[1] % 32 == 0
         and weight.is_contiguous()

@@ -49,6 +49,11 @@ class CpuFeatures:
         """bf16 matmuls in hardware (AVX-512 BF16 or AMX), not emulated through float32."""
         return bool(self.flags & _NATIVE_BF16)
 
+    @property
+    def amx(self) -> bool:
+        """AMX bf16 tiles, which oneDNN's matmuls use (its ``brg_matmul:..._amx`` kernels)."""
+        return {"amx_bf16", "amx_tile"} <= self.flags
+
     def describe(self) -> str:
         """``model [flag flag ...]`` in ``KNOWN_FLAGS`` order (the log line's and /info's)."""
         flags = " ".join(flag for flag in KNOWN_FLAGS if flag in self.flags) or "none"

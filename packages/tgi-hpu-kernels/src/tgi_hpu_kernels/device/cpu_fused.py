@@ -25,9 +25,8 @@ from tgi_hpu_kernels.device.cpu_native import profiled
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.layers.kernels import DecoderLayerSpec
 
-__all__ = ["FUSED_MAX_ROWS", "FusedStack"]
+__all__ = ["FusedStack"]
 
-FUSED_MAX_ROWS = 32  # the native linear kernel's range (see cpu.NATIVE_LINEAR_MAX_ROWS)
 _P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
 
 
