@@ -112,6 +112,13 @@ PEERS: dict[str, Peer] = {
          "--port", "{port}", "--model-dir", "{model_dir}", "--gguf-file", "{gguf_name}",
          "--threads", "{threads}"),
     ),
+    # transformers' own continuous batching: as many requests per step as llama.cpp has
+    # slots, with as much paged KV cache as llama.cpp's context.
+    "transformers-batched": Peer(
+        ("{python}", str(ROOT / "benchmarks" / "peers" / "transformers_batched_server.py"),
+         "--port", "{port}", "--model-dir", "{model_dir}", "--gguf-file", "{gguf_name}",
+         "--threads", "{threads}", "--max-batch", "{slots}", "--kv-cache-tokens", "{ctx}"),
+    ),
     # The chat route like the peers; the variable is TGI's benchmark mode (EOS ignored), as
     # the peers' ignore_eos. Our dtype is the server's default for this CPU: /info records it.
     "ours": Peer(
