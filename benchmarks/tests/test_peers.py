@@ -1,4 +1,4 @@
-"""The benchmark against real peers: llama.cpp's llama-server and the transformers baseline.
+"""The benchmark against real peers: llama.cpp's llama-server and the transformers baselines.
 
 Slow: each test starts a real server on the embedded SmolLM2 GGUF. The llama.cpp tests build
 ``llama-server`` with ``benchmarks/peers/build_llama_server.sh`` when it is not built yet
