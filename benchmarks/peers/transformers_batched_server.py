@@ -86,14 +86,16 @@ class BatchedGenerator(Backend):
         state = _Stream(TextIteratorStreamer(self.tokenizer, skip_special_tokens=True))
         with self._lock:
             self._streams[request_id] = state
-        self.manager.add_request(
-            request.input_ids,
-            request_id=request_id,
-            max_new_tokens=request.max_tokens,
-            streaming=True,
-            eos_token_id=-1 if request.ignore_eos else None,  # -1: no EOS for this request
-        )
         try:
+            accepted = self.manager.add_request(
+                request.input_ids,
+                request_id=request_id,
+                max_new_tokens=request.max_tokens,
+                streaming=True,
+                eos_token_id=-1 if request.ignore_eos else None,  # -1: no EOS for this request
+            )
+            if accepted is None:  # the manager drops what it gets once its loop has stopped
+                raise RuntimeError("the continuous batching loop is not running")
             yield from state.streamer
         finally:
             if not state.finished.is_set():  # the client left: free its slot in the batch

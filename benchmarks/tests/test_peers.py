@@ -141,15 +141,25 @@ def _chat(url: str, content: str, max_tokens: int, ignore_eos: bool = True) -> A
     return Answer("".join(pieces), usage, finish, first_s, time.perf_counter())
 
 
+def _leave_early(url: str) -> None:
+    """Starts a long stream and hangs up after its first events."""
+    body = {"messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": 200, "temperature": 0, "ignore_eos": True, "stream": True}  # fmt: skip
+    route = f"{url}/v1/chat/completions"
+    with httpx.stream("POST", route, json=body, timeout=120.0, trust_env=False) as response:
+        events = (line for line in response.iter_lines() if line.startswith("data: "))
+        next(events), next(events)
+
+
 @contextlib.contextmanager
 def _transformers_peer(
     compare: ModuleType, gguf: Path, log: Path, script: str, *options: str
-) -> Iterator[str]:
+) -> Iterator[tuple[str, int]]:
     port = compare.free_port()
     command = [sys.executable, str(ROOT / "benchmarks" / "peers" / script), "--port", str(port),
                "--model-dir", str(gguf.parent), "--gguf-file", gguf.name, *options]  # fmt: skip
-    with compare.child_server(command, port, log, 300.0) as (url, _):
-        yield url
+    with compare.child_server(command, port, log, 300.0) as server:
+        yield server
 
 
 # Prompts whose greedy answers run past these lengths, so that ignore_eos changes nothing...
@@ -168,14 +178,20 @@ def test_batched_transformers_batches_and_answers_as_the_serial_peer(
     # One thread: both peers run beside other work on a shared machine.
     options = ("--dtype", "float32", "--threads", "1")
     with _transformers_peer(compare, gguf, tmp_path / "batched.log",
-                            "transformers_batched_server.py", *options) as url:  # fmt: skip
+                            "transformers_batched_server.py", *options) as (url, pid):  # fmt: skip
         with ThreadPoolExecutor(len(LONG_ANSWERS)) as pool:
             batched = list(pool.map(lambda prompt: _chat(url, *prompt), LONG_ANSWERS))
+        _leave_early(url)
+        time.sleep(1.0)  # the server notices at its next writes
+        before = compare.cpu_seconds(pid)[1]
+        time.sleep(2.0)
+        # its 200 tokens would keep the server busy for seconds: generation stopped with it
+        assert compare.cpu_seconds(pid)[1] - before < 0.5
         short = _chat(url, *SHORT_ANSWER, ignore_eos=False)
         body = {"messages": [{"role": "user", "content": "Hi"}], "temperature": 0.7}
         refused = httpx.post(f"{url}/v1/chat/completions", json=body, trust_env=False)
     with _transformers_peer(compare, gguf, tmp_path / "serial.log",
-                            "transformers_server.py", *options) as url:  # fmt: skip
+                            "transformers_server.py", *options) as (url, _):  # fmt: skip
         serial = [_chat(url, *prompt) for prompt in LONG_ANSWERS]
         serial_short = _chat(url, *SHORT_ANSWER, ignore_eos=False)
     for (_, max_tokens), answer, reference in zip(LONG_ANSWERS, batched, serial, strict=True):
