@@ -15,8 +15,9 @@ Peers and their command lines are the PEERS table below. Like for like: every pe
 same weights (llama.cpp also in F16 and BF16, converted from the GGUF by ``precisions.py``),
 on the same route (OpenAI chat, the GGUF's own chat template), with EOS ignored. llama.cpp
 runs with 32 slots and with as many slots as clients, and its best configuration per level is
-the one to beat. Run benchmarks/peers/build_llama_server.sh first. The load generator is
-tgi_server.benchmark.
+the one to beat. transformers runs one ``generate`` at a time (``transformers``) and with its
+own continuous batching (``transformers-batched``, 32 requests per step). Run
+benchmarks/peers/build_llama_server.sh first. The load generator is tgi_server.benchmark.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ PEERS: dict[str, Peer] = {
         ("{python}", str(ROOT / "benchmarks" / "peers" / "transformers_server.py"),
          "--port", "{port}", "--model-dir", "{model_dir}", "--gguf-file", "{gguf_name}",
          "--threads", "{threads}"),
+    ),
+    # Continuous batching: llama.cpp's slots as requests per step, its context as KV cache.
+    "transformers-batched": Peer(
+        ("{python}", str(ROOT / "benchmarks" / "peers" / "transformers_batched_server.py"),
+         "--port", "{port}", "--model-dir", "{model_dir}", "--gguf-file", "{gguf_name}",
+         "--threads", "{threads}", "--max-batch", "{slots}", "--kv-cache-tokens", "{ctx}"),
     ),
     # The chat route like the peers; the variable is TGI's benchmark mode (EOS ignored), as
     # the peers' ignore_eos. Our dtype is the server's default for this CPU: /info records it.

@@ -1,4 +1,4 @@
-"""The benchmark against real peers: llama.cpp's llama-server and the transformers baseline.
+"""The benchmark against real peers: llama.cpp's llama-server and the transformers baselines.
 
 Slow: each test starts a real server on the embedded SmolLM2 GGUF. The llama.cpp tests build
 ``llama-server`` with ``benchmarks/peers/build_llama_server.sh`` when it is not built yet
@@ -9,15 +9,20 @@ These tests belong to the benchmark environment (``hatch run bench:test``), not 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import httpx
 import pytest
 
 from tgi_server.benchmark.client import Api, RequestRecord
@@ -102,6 +107,103 @@ def test_transformers_baseline_streams_one_request_at_a_time(
     spans = sorted((record.token_times[0], record.end) for record in records)
     # The lock serialises generation: no request streams while another one does.
     assert all(later[0] >= earlier[1] - 0.05 for earlier, later in itertools.pairwise(spans))
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    usage: dict[str, int]
+    finish: str
+    first_s: float  # when its first text arrived (perf_counter)
+    end_s: float
+
+
+def _chat(url: str, content: str, max_tokens: int, ignore_eos: bool = True) -> Answer:
+    """One streamed greedy chat completion, read event by event."""
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "temperature": 0, "ignore_eos": ignore_eos, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    pieces: list[str] = []
+    first_s, usage, finish = 0.0, {}, ""
+    route = f"{url}/v1/chat/completions"
+    with httpx.stream("POST", route, json=body, timeout=120.0, trust_env=False) as response:
+        assert response.status_code == httpx.codes.OK
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line.removeprefix("data: "))
+            usage = event.get("usage") or usage
+            for choice in event["choices"]:
+                if piece := choice["delta"].get("content"):
+                    first_s = first_s or time.perf_counter()
+                    pieces.append(piece)
+                finish = choice["finish_reason"] or finish
+    return Answer("".join(pieces), usage, finish, first_s, time.perf_counter())
+
+
+def _leave_early(url: str) -> None:
+    """Starts a long stream and hangs up after its first events."""
+    body = {"messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": 200, "temperature": 0, "ignore_eos": True, "stream": True}  # fmt: skip
+    route = f"{url}/v1/chat/completions"
+    with httpx.stream("POST", route, json=body, timeout=120.0, trust_env=False) as response:
+        events = (line for line in response.iter_lines() if line.startswith("data: "))
+        next(events), next(events)
+
+
+@contextlib.contextmanager
+def _transformers_peer(
+    compare: ModuleType, gguf: Path, log: Path, script: str, *options: str
+) -> Iterator[tuple[str, int]]:
+    port = compare.free_port()
+    command = [sys.executable, str(ROOT / "benchmarks" / "peers" / script), "--port", str(port),
+               "--model-dir", str(gguf.parent), "--gguf-file", gguf.name, *options]  # fmt: skip
+    with compare.child_server(command, port, log, 300.0) as server:
+        yield server
+
+
+# Prompts whose greedy answers run past these lengths, so that ignore_eos changes nothing...
+LONG_ANSWERS = [("Tell me a story about a cat.", 12), ("Explain how rain forms.", 7),
+                ("Describe the sea in detail.", 15), ("Write a poem about trees.", 10)]  # fmt: skip
+# ... and one that ends on EOS after 10 tokens: without ignore_eos it stops there.
+SHORT_ANSWER = ("Hi there", 24)
+
+
+@pytest.mark.slow
+def test_batched_transformers_batches_and_answers_as_the_serial_peer(
+    compare: ModuleType, gguf: Path, tmp_path: Path
+) -> None:
+    # float32 on both sides: in bf16 a batch rounds its sums differently from one request
+    # alone, and greedy answers drift apart after a few tokens (seen here from the 9th).
+    # One thread: both peers run beside other work on a shared machine.
+    options = ("--dtype", "float32", "--threads", "1")
+    with _transformers_peer(compare, gguf, tmp_path / "batched.log",
+                            "transformers_batched_server.py", *options) as (url, pid):  # fmt: skip
+        with ThreadPoolExecutor(len(LONG_ANSWERS)) as pool:
+            batched = list(pool.map(lambda prompt: _chat(url, *prompt), LONG_ANSWERS))
+        _leave_early(url)
+        time.sleep(1.0)  # the server notices at its next writes
+        before = compare.cpu_seconds(pid)[1]
+        time.sleep(2.0)
+        # its 200 tokens would keep the server busy for seconds: generation stopped with it
+        assert compare.cpu_seconds(pid)[1] - before < 0.5
+        short = _chat(url, *SHORT_ANSWER, ignore_eos=False)
+        body = {"messages": [{"role": "user", "content": "Hi"}], "temperature": 0.7}
+        refused = httpx.post(f"{url}/v1/chat/completions", json=body, trust_env=False)
+    with _transformers_peer(compare, gguf, tmp_path / "serial.log",
+                            "transformers_server.py", *options) as (url, _):  # fmt: skip
+        serial = [_chat(url, *prompt) for prompt in LONG_ANSWERS]
+        serial_short = _chat(url, *SHORT_ANSWER, ignore_eos=False)
+    for (_, max_tokens), answer, reference in zip(LONG_ANSWERS, batched, serial, strict=True):
+        assert answer.usage["completion_tokens"] == max_tokens
+        assert (answer.finish, answer.text) == ("length", reference.text)
+    assert short.usage["completion_tokens"] == serial_short.usage["completion_tokens"] < 24
+    assert (short.finish, short.text) == ("stop", serial_short.text)
+    # One batch: every request streamed its first text before any of them ended.
+    assert max(answer.first_s for answer in batched) < min(answer.end_s for answer in batched)
+    assert (refused.status_code, refused.json()["error"]) == (
+        422, "this peer decodes greedily: `temperature` must be 0"
+    )  # fmt: skip
 
 
 @pytest.mark.slow
