@@ -122,16 +122,18 @@ def test_runner_on_an_avx2_cpu(tiny_checkpoint, caplog: pytest.LogCaptureFixture
     assert any("expect ~2.5x slower" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize(("flags", "limit"), [(ZEN4, 32), (SAPPHIRE_RAPIDS, 4)])
-def test_amx_hands_matmuls_over_4_rows_to_onednn(flags: str, limit: int) -> None:
+@pytest.mark.parametrize(("flags", "limit", "fused"), [(ZEN4, 32, 32), (SAPPHIRE_RAPIDS, 4, 12)])
+def test_amx_hands_matmuls_over_4_rows_to_onednn(flags: str, limit: int, fused: int) -> None:
     """With AMX, oneDNN's tile GEMM beats the native bf16 kernel from 5 rows on (3x at 32):
-    the native kernel, and the fused decode that calls it, take only what they win."""
+    the native kernel takes only what it wins, the fused decode (which saves Python) a bit
+    more."""
     device = CpuDevice(features=features(flags))
     if device.native is None or not device.native.fast_bf16:
         pytest.skip("no AVX512-BF16 native kernels on this machine")
-    assert device.native_linear_max_rows == limit
-    assert f"matmuls up to {limit} rows, oneDNN above" in device.kernels
-    assert ("(AMX)" in device.kernels) == (limit == 4)
+    assert (device.native_linear_max_rows, device.fused_max_rows) == (limit, fused)
+    assert f"matmuls up to {limit} rows, oneDNN" in device.kernels
+    assert f"fused decode up to {fused} rows" in device.kernels
+    assert ("oneDNN (AMX) above" in device.kernels) == (limit == 4)
     weight = torch.randn(96, 64, dtype=torch.bfloat16)
     for rows in (limit, limit + 1):
         x = torch.randn(rows, 64, dtype=torch.bfloat16)

@@ -198,7 +198,7 @@ def test_bfloat16_native_kernels_agree_with_torch_ops(tiny_checkpoint, make_runn
 
 @pytest.mark.parametrize("family", ["qwen2", "phi3"])  # biases, windows; partial rotary
 def test_bfloat16_fused_stack_gives_the_per_op_bits(tiny_checkpoint, make_runner, family):
-    """Decode steps (and prefills within the native row limit: 4 rows with AMX, 32 without)
+    """Decode steps (and prefills within the fused row limit: 12 rows with AMX, 32 without)
     run one native call per layer; the bits are those of the native kernels called one by one."""
     folder, _ = tiny_checkpoint(family)
     gen = torch.Generator().manual_seed(5)
