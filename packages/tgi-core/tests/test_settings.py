@@ -263,9 +263,15 @@ def test_each_node_knows_its_block_of_ranks() -> None:
             "--node-rank 2 must be < --nnodes 2 "
             "(see --node-rank <NODE_RANK> and --nnodes <NNODES>)",
         ),
+        (
+            ["--gguf-weights", "quantized", "--quantize", "bitsandbytes"],
+            "--gguf-weights quantized keeps a GGUF's own codes; --quantize bitsandbytes "
+            "chooses others: pass one of them "
+            "(see --gguf-weights <GGUF_WEIGHTS> and --quantize <QUANTIZE>)",
+        ),
     ],
 )
-def test_nodes_that_cannot_hold_the_shards_are_refused(argv: list[str], message: str) -> None:
+def test_settings_that_contradict_each_other_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(SettingsError) as raised:
         build(*argv)
     assert str(raised.value) == message

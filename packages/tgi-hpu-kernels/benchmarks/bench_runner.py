@@ -220,7 +220,8 @@ def main() -> None:
         "--gguf-weights",
         default="auto",
         choices=["auto", "dense", "quantized"],
-        help="a quantized GGUF: the device's choice, dequantized, or kept quantized",
+        help="a quantized GGUF: the device's choice, dequantized, or kept quantized "
+        "(the server's --gguf-weights)",
     )
     args = parser.parse_args()
     batches = _ints(args.batches)
@@ -234,12 +235,10 @@ def main() -> None:
         max_batch_size=max(batches),
         max_total_tokens=max_total,
         quantize=args.quantize,
+        gguf_weights=args.gguf_weights,
     )
     blocks = max(*batches, max_prompts) * _blocks(max_total)
     device = select_device(args.device, settings)
-    if args.gguf_weights != "auto":  # overrides the device's measured choice, to compare
-        keep = args.gguf_weights == "quantized"
-        device.serves_gguf_quantized = lambda dtype: keep  # type: ignore[method-assign]
     runner = TorchModelRunner(settings, device=device, num_kv_blocks=blocks)
     theirs = None if args.no_transformers else _load_transformers(args.model, runner.dtype)
     load_before = os.getloadavg()[0]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.layers import WeightQuantization
 from tgi_hpu_kernels.loader.quantize import WEIGHT_ONLY, gguf_plan, plan_quantization
+from tgi_hpu_kernels.quantization import check_quantize
 
 INT4, INT8 = WeightQuantization(4, 32), WeightQuantization(8, 32)
 
@@ -44,3 +46,13 @@ def test_quantize_overrides_the_gguf_and_keeps_the_head_dense() -> None:
     assert plan_quantization(None, None) is None  # a dense checkpoint, no --quantize
     with pytest.raises(ValueError, match="not a weight-only method"):
         plan_quantization("fp8", None)
+
+
+def test_kept_gguf_codes_are_refused_where_no_int_kernels_run() -> None:
+    settings = RunnerSettings(gguf_weights="quantized")
+    with pytest.raises(
+        ValueError, match=r"^--gguf-weights quantized: no weight-only int8/int4 kernels on hpu$"
+    ):
+        check_quantize(settings, "hpu", quantized_kernels=False)
+    check_quantize(settings, "cpu", quantized_kernels=True)
+    check_quantize(RunnerSettings(gguf_weights="dense"), "hpu", quantized_kernels=False)

@@ -25,7 +25,6 @@ from tgi_core.contract import (
     SamplingParams,
     StepPlan,
 )
-from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device.cpu import QUANTIZED_NATIVE_MAX_ROWS, CpuDevice
 from tgi_hpu_kernels.device.cpu_native import NativeKernels
 from tgi_hpu_kernels.device.native_build import build_library, find_compiler, load_library
@@ -320,9 +319,9 @@ _GGUF_NAMES = {
 }
 
 
-def _write_quantized_gguf(path: Path, model: torch.nn.Module) -> None:
-    """Projections in Q4_1, the (tied) embedding in Q8_0, norms in F32; Q/K rows are left
-    unpermuted: both loads below read the same file the same way."""
+def _write_quantized_gguf(path: Path, model: torch.nn.Module, *, dense: bool = False) -> None:
+    """Projections in Q4_1, the (tied) embedding in Q8_0, norms in F32 (``dense``: all F32);
+    Q/K rows are left unpermuted: both loads below read the same file the same way."""
     config: Any = model.config
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(config.max_position_embeddings)
@@ -338,12 +337,13 @@ def _write_quantized_gguf(path: Path, model: torch.nn.Module) -> None:
         data = tensor.float().numpy()
         if name == "model.embed_tokens.weight":
             qtype, gguf_name = gguf.GGMLQuantizationType.Q8_0, "token_embd.weight"
+            qtype = gguf.GGMLQuantizationType.F32 if dense else qtype
         elif name == "model.norm.weight":
             qtype, gguf_name = gguf.GGMLQuantizationType.F32, "output_norm.weight"
         elif name.startswith("model.layers."):
             _, _, layer, rest = name.split(".", 3)
             module = rest.rsplit(".", 1)[0]
-            quantized = "norm" not in module
+            quantized = "norm" not in module and not dense
             qtype = gguf.GGMLQuantizationType.Q4_1 if quantized else gguf.GGMLQuantizationType.F32
             gguf_name = f"blk.{layer}.{_GGUF_NAMES[module]}.weight"
         else:
@@ -355,13 +355,6 @@ def _write_quantized_gguf(path: Path, model: torch.nn.Module) -> None:
     writer.close()
 
 
-class _DequantizingCpu(CpuDevice):
-    """This CPU with a quantized GGUF served dequantized (``gguf_quantized=False``)."""
-
-    def serves_gguf_quantized(self, dtype: torch.dtype) -> bool:
-        return False
-
-
 @needs_compiler  # the CPU serves a GGUF quantized with its native kernels only
 def test_a_q4_1_gguf_keeps_its_precision_and_its_logits(
     tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner, tmp_path: Path
@@ -369,8 +362,7 @@ def test_a_q4_1_gguf_keeps_its_precision_and_its_logits(
     path = tmp_path / "tiny-q4_1.gguf"
     _write_quantized_gguf(path, tiny_checkpoint("llama")[1])
     quantized = make_runner(path)  # float32 on this CPU: served quantized
-    settings = RunnerSettings(model_id=str(path), dtype="float32", block_size=4)
-    dense = TorchModelRunner(settings, device=_DequantizingCpu(), num_kv_blocks=64)
+    dense = make_runner(path, gguf_weights="dense")
     assert dense.weights == "dense" and quantized.weights.endswith(
         "(GGUF Q4_1 projections, Q8_0 head)"
     )
@@ -384,3 +376,25 @@ def test_a_q4_1_gguf_keeps_its_precision_and_its_logits(
     expected, logits = _logits(dense), _logits(quantized)
     relative = float((logits - expected).abs().max() / expected.abs().max())
     assert relative < 1e-4
+
+
+@needs_compiler
+def test_gguf_weights_overrides_the_devices_choice_and_refuses_where_there_is_none(
+    tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner, tmp_path: Path
+) -> None:
+    """``--gguf-weights quantized`` keeps the codes where the device would dequantize (bf16
+    on a CPU with native bf16), ``dense`` dequantizes where it would keep them (float32);
+    a checkpoint with nothing to choose is refused in one line."""
+    folder, model = tiny_checkpoint("llama")
+    path = tmp_path / "tiny-q4_1.gguf"
+    _write_quantized_gguf(path, model)
+    kept = make_runner(path, dtype="bfloat16", gguf_weights="quantized")
+    assert kept.weights.endswith("(GGUF Q4_1 projections, Q8_0 head)")
+    assert type(_modules(kept)["model.layers.0.mlp.down_proj"]) is QuantizedLinear
+    assert make_runner(path, gguf_weights="dense").weights == "dense"  # float32: auto keeps
+    with pytest.raises(ValueError, match=r"--gguf-weights dense: .* is not a GGUF checkpoint$"):
+        make_runner(folder, gguf_weights="dense")
+    dense_file = tmp_path / "tiny-f32.gguf"
+    _write_quantized_gguf(dense_file, model, dense=True)
+    with pytest.raises(ValueError, match=r"tiny-f32.gguf holds no quantized projections or head$"):
+        make_runner(dense_file, gguf_weights="quantized")

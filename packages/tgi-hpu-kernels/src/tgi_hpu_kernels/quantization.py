@@ -52,11 +52,16 @@ _FP8_DEVICES = ("hpu", "cpu")  # INC's FP8: Gaudi matmuls, or QDQ on the CPU
 
 
 def check_quantize(settings: RunnerSettings, device_name: str, quantized_kernels: bool) -> None:
-    """Refuses, before anything loads, a ``--quantize`` this device cannot serve.
+    """Refuses, before anything loads, a ``--quantize`` (or ``--gguf-weights quantized``) this
+    device cannot serve.
 
     Raises:
         ValueError: one line naming the method and the device.
     """
+    if settings.gguf_weights == "quantized" and not quantized_kernels:
+        raise ValueError(
+            f"--gguf-weights quantized: no weight-only int8/int4 kernels on {device_name}"
+        )
     method = settings.quantize
     if method is None:
         return

@@ -96,6 +96,13 @@ def check(settings: Settings) -> None:
             f"(it serves {', '.join(SERVED_QUANTIZE)})",
             "quantize",
         )
+    if settings.gguf_weights == "quantized" and settings.quantize is not None:
+        raise _error(
+            f"--gguf-weights quantized keeps a GGUF's own codes; --quantize "
+            f"{settings.quantize} chooses others: pass one of them",
+            "gguf_weights",
+            "quantize",
+        )
     if settings.ngrok and settings.ngrok_authtoken is None:
         raise _error("`ngrok-authtoken` must be set when using ngrok tunneling", "ngrok")
     if settings.ngrok and settings.ngrok_edge is None:

@@ -90,6 +90,18 @@ _MODEL_FIELDS = (
         to=("runner",),
     ),
     Spec(
+        "gguf_weights",
+        MODEL,
+        choice("auto", "dense", "quantized"),
+        "auto",
+        "How a quantized GGUF's weights are held (ours; TGI has no GGUF): quantized keeps "
+        "them in their stored int4/int8 codes (less memory traffic: the fastest single "
+        "stream), dense dequantizes them to --dtype at load (the fastest large batches and "
+        "prefill where bf16 is native), auto lets the device choose (the CPU: quantized "
+        "unless bf16 is native). Refused for a checkpoint that is not a quantized GGUF.",
+        to=("runner",),
+    ),
+    Spec(
         "kv_cache_dtype",
         MODEL,
         choice("fp8_e4m3fn", "fp8_e5m2"),

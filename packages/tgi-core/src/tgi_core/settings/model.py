@@ -59,6 +59,7 @@ class Settings:
     revision: str | None
     dtype: DType | None
     quantize: str | None
+    gguf_weights: str
     kv_cache_dtype: str | None
     trust_remote_code: bool
     speculate: int | None

@@ -94,6 +94,7 @@ class RunnerSettings:
     warmup_enabled: bool = default_of("warmup_enabled")
     quant_config: str | None = default_of("quant_config")
     quantize: str | None = default_of("quantize")
+    gguf_weights: str = default_of("gguf_weights")
     kv_cache_dtype: str | None = default_of("kv_cache_dtype")
     hf_token: str | None = default_of("hf_token")
     huggingface_hub_cache: str | None = default_of("huggingface_hub_cache")

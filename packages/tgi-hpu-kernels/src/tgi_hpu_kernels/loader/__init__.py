@@ -29,6 +29,7 @@ from tgi_hpu_kernels.loader.quantize import (
     WEIGHT_ONLY,
     QuantizationPlan,
     apply_plan,
+    gguf_plan,
     plan_quantization,
 )
 from tgi_hpu_kernels.loader.safetensors_weights import iter_safetensors, read_hf_config
@@ -166,6 +167,22 @@ def read_model_config(
     return source, _rope_override(cls.parse_config(raw), settings)
 
 
+def _check_gguf_weights(
+    settings: RunnerSettings, source: ModelSource, types: Mapping[str, str] | None
+) -> None:
+    """Refuses ``--gguf-weights dense|quantized`` where there is nothing to choose: a
+    checkpoint that is not a GGUF, or a GGUF whose projections and head are all dense."""
+    choice = settings.gguf_weights
+    if choice == "auto":
+        return
+    if source.kind != "gguf" or types is None:
+        raise ValueError(f"--gguf-weights {choice}: {source.path} is not a GGUF checkpoint")
+    if gguf_plan(types) is None:
+        raise ValueError(
+            f"--gguf-weights {choice}: {source.path.name} holds no quantized projections or head"
+        )
+
+
 def load_model(
     settings: RunnerSettings,
     *,
@@ -241,6 +258,7 @@ def load_model(
         if prequantized is None
         else prequantized_plan(prequantized)  # the checkpoint's own 4-bit codes
     )
+    _check_gguf_weights(settings, source, types)
     if plan is not None:
         apply_plan(model, plan)  # before the hooks below, which attach to the layers
         model.model.fuse_layers = False  # the fused stack reads dense weights
