@@ -10,6 +10,7 @@ matmul GFLOPS at a decode-like shape, memory read bandwidth) so the report can s
 server is from them, and where the cores went.
 
     python benchmarks/compare.py --peers ours,llama.cpp-q4_1,llama.cpp-f16 --repeats 3
+    python benchmarks/compare.py --peers ours,ours-no-prefix-cache --profile multi-turn
 
 Peers and their command lines are the PEERS table below. Like for like: every peer serves the
 same weights (llama.cpp also in F16 and BF16, converted from the GGUF by ``precisions.py``),
@@ -18,6 +19,7 @@ runs with 32 slots and with as many slots as clients, and its best configuration
 the one to beat. transformers runs one ``generate`` at a time (``transformers``) and with its
 own continuous batching (``transformers-batched``, 32 requests per step). Run
 benchmarks/peers/build_llama_server.sh first. The load generator is tgi_server.benchmark.
+Ours runs with its prefix cache and without; the report counts each run's cache hits.
 """
 
 from __future__ import annotations
@@ -32,16 +34,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from tgi_core.settings.resolve import embedded_model_file
 from tgi_server.benchmark import report
 from tgi_server.benchmark.client import Api
-from tgi_server.benchmark.profiles import PROFILES, BenchRequest, make_requests
+from tgi_server.benchmark.profiles import (
+    PROFILES,
+    BenchRequest,
+    conversations_per_wave,
+    make_requests,
+)
 from tgi_server.benchmark.runner import LoadSpec, run_load_sync
 
 HERE = Path(__file__).resolve().parent
@@ -62,6 +67,7 @@ from machine import (  # noqa: E402
     wait_until_quiet,
 )
 from precisions import BF16_FLAGS, cached_precision  # noqa: E402
+from server_metrics import PrefixCache, describe, read_prefix_cache  # noqa: E402
 
 # Where build_llama_server.sh puts its build: the user's cache, shared by every clone.
 PEERS_CACHE = Path(
@@ -86,6 +92,7 @@ class Peer:
     precision: str | None = None  # the GGUF as given, or converted to "f16" / "bf16"
     cpu_flags: tuple[str, ...] = ()  # runs only where the CPU has one of these
     describe: bool = False  # record the server's /info
+    prefix_metrics: bool = False  # record the prefix-cache counters of each level
 
 
 # Flash attention off: at 32 clients on 2 cores it gave llama.cpp@0c1e57098 +25% (BF16) and
@@ -125,9 +132,13 @@ PEERS: dict[str, Peer] = {
         ("text-generation-launcher", "--model-id", "{gguf}", "--hostname", "127.0.0.1",
          "--port", "{port}", "--prometheus-port", "{spare_port}", "--max-batch-size", "{slots}"),
         env={"TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN": "true"}, describe=True,
+        prefix_metrics=True,
     ),
 }  # fmt: skip
-INFO_KEYS = ("model_dtype", "model_device_type", "compute_path")
+# The same server without its prefix cache: what the cache gives (issue #13).
+PEERS["ours-no-prefix-cache"] = replace(
+    PEERS["ours"], env={**PEERS["ours"].env, "PREFIX_CACHING": "false"}
+)
 
 
 def schedule(names: Sequence[str], repeats: int) -> list[tuple[int, str]]:
@@ -189,23 +200,18 @@ def run_peer(outcome: Outcome, peer: Peer, plan: Plan, round_: int, gguf: Path) 
             command += plan.llama_args
         label = f"{name} np={slots}" if peer.slots_per_level else name
         # The ports change every round; the first round's command line stands for all.
-        outcome.commands.setdefault(label, shlex.join(command))
+        environment = [f"{key}={value}" for key, value in peer.env.items()]
+        outcome.commands.setdefault(label, shlex.join(environment + command))
         print(f"== round {round_ + 1}, {label}: {shlex.join(command)}", flush=True)
         log = plan.logs / f"{label.replace(' ', '_').replace('=', '')}.r{round_ + 1}.log"
         try:
             with child_server(command, port, log, plan.ready_s, peer.env) as server:
                 if peer.describe and outcome.info is None:
-                    outcome.info = _describe(server[0])
+                    outcome.info = describe(server[0])
                 _run_levels(server, peer, plan, levels, label, outcome=outcome, round_=round_)
         except RuntimeError as error:
             print(f"   {label} failed: {error}", flush=True)
             outcome.skipped = f"{label}: {str(error).splitlines()[0]}"
-
-
-def _describe(url: str) -> dict[str, Any]:
-    with httpx.Client(trust_env=False, timeout=10.0) as client:
-        info = client.get(f"{url}/info").json()
-    return {key: info.get(key) for key in INFO_KEYS}
 
 
 def _run_levels(
@@ -218,11 +224,14 @@ def _run_levels(
         first = plan.levels.index(level) * plan.num_requests  # same prompts on every server
         if plan.quiet_s:
             wait_until_quiet(pid, plan.quiet_s)
+        cache_before = read_prefix_cache(url) if peer.prefix_metrics else None
         before, started = cpu_seconds(pid), time.perf_counter()
         result = run_load_sync(
             url, peer.api, plan.requests, spec, extra_body=peer.extra_body, first_index=first
         )
         elapsed = time.perf_counter() - started
+        cache_after = read_prefix_cache(url) if peer.prefix_metrics else None
+        outcome.prefix_cache.append(PrefixCache.between(cache_before, cache_after))
         outcome.summaries.append(report.summarize(result, label))
         outcome.cpu.append(cpu_share(before, cpu_seconds(pid), elapsed))
         outcome.rounds.append(round_)
@@ -269,8 +278,14 @@ def _plan(args: argparse.Namespace, gguf: Path, stamp: str) -> Plan:
     requests = make_requests(
         args.profile, args.num_requests * len(levels), seed=args.seed,
         max_new_tokens=args.max_tokens, input_tokens=args.input_tokens,
-        render=tokenizer.render, count_tokens=tokenizer.count,
+        render=tokenizer.render, count_tokens=tokenizer.count, wave=args.num_requests,
     )  # fmt: skip
+    if PROFILES[args.profile].turns > 1 and max(levels) > conversations_per_wave(args.num_requests):
+        print(
+            f"warning: {args.num_requests} requests per level hold too few conversations for "
+            f"{max(levels)} clients: some turns start before the last one ends",
+            flush=True,
+        )
     longest = max(tokenizer.count(request.prompt) for request in requests)
     ctx = args.ctx_per_slot or -(-(longest + requests[0].max_new_tokens + 16) // 256) * 256
     logs = args.out / f"compare-{stamp}-logs"
@@ -386,8 +401,10 @@ def _write(
             "weights": str(weights[o.name]),
             "commands": o.commands,
             "info": o.info,
-            "runs": [{**s.to_json(), "round": r + 1, "cpu": c}
-                     for s, c, r in zip(o.summaries, o.cpu, o.rounds, strict=True)],
+            "runs": [{**s.to_json(), "round": r + 1, "cpu": c,
+                      "prefix_cache": p and p.to_json()}
+                     for s, c, r, p in zip(o.summaries, o.cpu, o.rounds, o.prefix_cache,
+                                           strict=True)],
         }
         for o in outcomes
     }  # fmt: skip

@@ -2,9 +2,10 @@
 
 Each configuration (a peer with its settings, e.g. ``llama.cpp-f16 np=32``) runs ``--repeats``
 times per concurrency level. Per configuration and level the report gives the median and the
-min-max of throughput, TTFT p99 and ITL p50; a peer's best configuration per level is the one
-with the highest median throughput. A claim "A beats B" holds only where their spreads do not
-overlap: the ratio tables say so in their last column.
+min-max of throughput, TTFT p50 and p99 and ITL p50; a peer's best configuration per level is
+the one with the highest median throughput. A claim "A beats B" holds only where their spreads
+do not overlap: the ratio tables say so in their last columns. Servers that count prefix-cache
+hits (ours) get a table of them per run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from machine import CLEAN_OTHER_CORES
+from server_metrics import PrefixCache
 
 from tgi_server.benchmark import report
 from tgi_server.benchmark.report import Summary
@@ -34,6 +36,7 @@ class Outcome:
     summaries: list[Summary] = field(default_factory=list)
     cpu: list[dict[str, float]] = field(default_factory=list)  # where the cores went, per run
     rounds: list[int] = field(default_factory=list)  # the round of each run
+    prefix_cache: list[PrefixCache | None] = field(default_factory=list)  # per run, if counted
     commands: dict[str, str] = field(default_factory=dict)  # configuration -> command line
     info: dict[str, Any] | None = None  # the server's own description (our /info)
     skipped: str | None = None
@@ -68,12 +71,14 @@ class Row:
     level: int
     runs: int
     tok_s: Spread
+    ttft_p50: Spread
     ttft_p99: Spread
     itl_p50: Spread
 
 
 FIGURES: dict[str, Callable[[Summary], float]] = {
     "tok_s": lambda s: s.output_tokens_per_s,
+    "ttft_p50": lambda s: s.ttft.p50,
     "ttft_p99": lambda s: s.ttft.p99,
     "itl_p50": lambda s: s.itl.p50,
 }
@@ -113,11 +118,12 @@ def representative(outcome: Outcome) -> list[Summary]:
 
 def _table(table_rows: Sequence[Row]) -> list[str]:
     lines = ["| configuration | clients | runs | out tok/s median (min-max) "
-             "| TTFT p99 ms median (min-max) | ITL p50 ms median (min-max) |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "| TTFT p50 ms median (min-max) | TTFT p99 ms median (min-max) "
+             "| ITL p50 ms median (min-max) |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     lines += [
         f"| {row.label} | {row.level} | {row.runs} | {row.tok_s.text()} | "
-        f"{row.ttft_p99.text(1000, 0)} | {row.itl_p50.text(1000, 1)} |"
+        f"{row.ttft_p50.text(1000, 0)} | {row.ttft_p99.text(1000, 0)} | "
+        f"{row.itl_p50.text(1000, 1)} |"
         for row in sorted(table_rows, key=lambda row: (row.level, -row.tok_s.median))
     ]
     return lines
@@ -127,8 +133,8 @@ def _ratios(outcomes: Sequence[Outcome], ours: str) -> list[str]:
     """Ours against each other peer's best configuration per level, with the separation."""
     mine = next((best_rows(o) for o in outcomes if o.name == ours), {})
     lines = ["| clients | peer (best configuration) | ours / peer tok/s | ours / peer ITL p50 "
-             "| throughput spreads apart | ITL spreads apart |",
-             "|---:|---|---:|---:|---|---|"]  # fmt: skip
+             "| ours / peer TTFT p50 | throughput spreads apart | ITL spreads apart "
+             "| TTFT spreads apart |", "|---:|---|---:|---:|---:|---|---|---|"]  # fmt: skip
     for outcome in outcomes:
         if outcome.name == ours:
             continue
@@ -138,7 +144,9 @@ def _ratios(outcomes: Sequence[Outcome], ours: str) -> list[str]:
             lines.append(
                 f"| {level} | {row.label} | {own.tok_s.median / row.tok_s.median:.2f}x | "
                 f"{own.itl_p50.median / row.itl_p50.median:.2f}x | "
-                f"{_apart(own, row, 'tok_s')} | {_apart(own, row, 'itl_p50')} |"
+                f"{own.ttft_p50.median / row.ttft_p50.median:.2f}x | "
+                f"{_apart(own, row, 'tok_s')} | {_apart(own, row, 'itl_p50')} | "
+                f"{_apart(own, row, 'ttft_p50')} |"
             )
     return lines if len(lines) > 2 else []
 
@@ -180,6 +188,7 @@ def markdown(document: dict[str, Any], outcomes: Sequence[Outcome], ours: str = 
         if outcome.info:
             lines += [f"- {outcome.name} /info: " + ", ".join(
                 f"{key} `{value}`" for key, value in outcome.info.items())]  # fmt: skip
+    lines += _prefix_cache(outcomes)
     lines += _cores(outcomes)
     notes = [report.format_errors(o.summaries) for o in outcomes]
     notes += [f"{o.name} skipped: {o.skipped}" for o in outcomes if o.skipped]
@@ -202,3 +211,22 @@ def _cores(outcomes: Sequence[Outcome]) -> list[str]:
                 f"{'yes' if cpu['other_cores'] < CLEAN_OTHER_CORES else 'NO'} |"
             )
     return lines
+
+
+def _prefix_cache(outcomes: Sequence[Outcome]) -> list[str]:
+    """Per run, the prompt tokens looked up in the prefix cache and found there."""
+    lines = ["", "## Prefix cache (prompt tokens per run, its warmup request included)", "",
+             "| round | run | load | hit tokens | query tokens | hit ratio | TTFT p50 ms |",
+             "|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    for outcome in outcomes:
+        for summary, cache, round_ in zip(outcome.summaries, outcome.prefix_cache,
+                                          outcome.rounds, strict=True):  # fmt: skip
+            if cache is None:
+                continue
+            ratio = "off (no lookups)" if cache.hit_ratio is None else f"{cache.hit_ratio:.1%}"
+            lines.append(
+                f"| {round_ + 1} | {summary.label} | c={summary.concurrency} | "
+                f"{cache.hit_tokens} | {cache.query_tokens} | {ratio} | "
+                f"{summary.ttft.p50 * 1000:.0f} |"
+            )
+    return lines if len(lines) > 5 else []

@@ -10,6 +10,7 @@ These tests belong to the benchmark environment (``hatch run bench:test``), not 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -233,6 +234,61 @@ def test_compare_writes_reports_and_stops_its_children(
     assert document["machine"]["cpu_flags"]
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, check=False)
     assert leftover.stdout == b""  # every child was stopped (their logs live under tmp_path)
+
+
+@pytest.mark.slow
+def test_compare_counts_prefix_cache_hits_with_the_cache_on_and_none_off(
+    compare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both peers as compare.py runs them, made quick to start: no warmup, short contexts.
+    quick = ("--max-input-tokens", "1024", "--max-total-tokens", "1100")
+    for name in ("ours", "ours-no-prefix-cache"):
+        peer = compare.PEERS[name]
+        monkeypatch.setitem(compare.PEERS, name, dataclasses.replace(
+            peer, command=(*peer.command, *quick), env={**peer.env, "WARMUP_ENABLED": "false"}
+        ))  # fmt: skip
+    argv = ["--peers", "ours,ours-no-prefix-cache", "--profile", "multi-turn",
+            "--concurrency", "2", "--num-requests", "8", "--max-tokens", "4", "--repeats", "1",
+            "--skip-limits", "--ready-timeout", "120", "--out", str(tmp_path)]  # fmt: skip
+    assert compare.main(argv) == 0
+    [report] = tmp_path.glob("compare-*.json")
+    peers = json.loads(report.read_text())["peers"]
+    [cached], [uncached] = peers["ours"]["runs"], peers["ours-no-prefix-cache"]["runs"]
+    assert cached["num_ok"] == uncached["num_ok"] == 8
+    # 2 conversations of 4 turns: turns 1-3 find at least the ~240-token system prompt
+    assert cached["prefix_cache"]["hit_tokens"] >= 6 * 224
+    assert cached["prefix_cache"]["query_tokens"] > cached["prefix_cache"]["hit_tokens"]
+    assert uncached["prefix_cache"] == {"hit_tokens": 0, "query_tokens": 0, "hit_ratio": None}
+    assert (
+        "PREFIX_CACHING=false " in peers["ours-no-prefix-cache"]["commands"]["ours-no-prefix-cache"]
+    )
+    markdown = report.with_suffix(".md").read_text()
+    assert "| 1 | ours-no-prefix-cache | c=2 | 0 | 0 | off (no lookups) |" in markdown
+    assert f"| 1 | ours | c=2 | {cached['prefix_cache']['hit_tokens']} |" in markdown
+
+
+def test_prefix_cache_counters_read_from_the_servers_metrics_text(compare: ModuleType) -> None:
+    import msgspec
+    from server_metrics import PrefixCache, parse_prefix_cache
+
+    from tgi_core.engine_stats import SchedulerStats
+    from tgi_server.ipc.messages import EngineStatus
+    from tgi_server.metrics import engine_families, render_text
+
+    def metrics(hit_tokens: int, query_tokens: int) -> str:
+        counters = {name: 0 for name in SchedulerStats.__struct_fields__ if name != "steps"}
+        counters |= {"prefix_cache_hit_tokens": hit_tokens,
+                     "prefix_cache_query_tokens": query_tokens}  # fmt: skip
+        status = EngineStatus(True, False, 0, 1, 0, msgspec.convert(counters, SchedulerStats))
+        return render_text(engine_families(status, None)).decode()
+
+    before, after = parse_prefix_cache(metrics(32, 100)), parse_prefix_cache(metrics(96, 300))
+    assert (before, after) == (PrefixCache(32, 100), PrefixCache(96, 300))
+    used = PrefixCache.between(before, after)
+    assert used == PrefixCache(64, 200) and used.hit_ratio == 0.32
+    assert PrefixCache(0, 0).hit_ratio is None  # the cache is off: nothing looked up
+    assert PrefixCache.between(None, after) is None
+    assert parse_prefix_cache(render_text(engine_families(None, None)).decode()) is None
 
 
 def test_chatml_rendering_matches_the_models_template(compare: ModuleType, gguf: Path) -> None:

@@ -138,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_new_tokens=args.max_tokens,
             input_tokens=args.input_tokens,
             render=render_chatml if args.template == "chatml" else render_raw,
+            wave=args.num_requests,  # multi-turn: each level sends conversations of its own
         )
     except (ValueError, argparse.ArgumentTypeError) as error:
         parser.error(str(error))

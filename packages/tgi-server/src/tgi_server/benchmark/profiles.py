@@ -7,7 +7,10 @@ same requests to every server and nothing is downloaded. Profiles:
 - ``chat``: short chat turns, ~50-200 input tokens, 128 output tokens;
 - ``code``: a code task over a generated snippet, ~100-300 input tokens, 256 output tokens;
 - ``classification``: a long review (~500 tokens) to label, 10 output tokens;
-- ``fixed-length``: given input and output token counts.
+- ``fixed-length``: given input and output token counts;
+- ``multi-turn``: chats of 4 turns sharing one ~240-token system prompt, each turn sent with
+  the whole history before it (system prompt, earlier user turns, fixed assistant answers), so
+  that a prefix cache can serve all but the newest turn (issue #13).
 
 Token counts are estimates unless a ``count_tokens`` callable (a real tokenizer) is passed, in
 which case ``fixed-length`` and ``classification`` are fitted to it exactly. How prompts travel
@@ -57,6 +60,12 @@ _CHAT_OPENERS = (
     "Please summarise the following notes and tell me what they say about {topic}.",
     "My friend asked me about {topic} and I was not sure. Can you help?",
 )
+_FOLLOW_UPS = (
+    "Thank you. What does that mean for the {noun}?",
+    "I see. Could you say more about the {noun}, with an example?",
+    "That helps. How would you explain the {noun} to a child?",
+    "Good. What is the most common mistake people make with the {noun}?",
+)
 _LABELS = ("positive", "negative", "neutral")
 
 # Every word above is one token (with its leading space) in SmolLM2's BPE vocabulary.
@@ -80,6 +89,9 @@ class Profile:
     description: str
     max_new_tokens: int
     build: Callable[[random.Random, int, TokenCounter | None], list[Message]]
+    # User turns per conversation: with more than one, ``build`` gives the whole conversation
+    # and each turn becomes one request carrying the history before it.
+    turns: int = 1
 
 
 def render_chatml(messages: Sequence[Message]) -> str:
@@ -180,11 +192,41 @@ def _fixed_length(
     return [("user", fit_text(rng, num_tokens, count_tokens))]
 
 
+MULTI_TURN_TURNS = 4
+
+
+def _system_prompt(rng: random.Random) -> Message:
+    company = f"{rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"
+    rules = _sentences(rng, 200)
+    return ("system", f"You are the helpful assistant of the {company} company. Answer "
+                      f"briefly and keep these notes in mind.\n\n{rules}")  # fmt: skip
+
+
+def _conversation(
+    rng: random.Random, _num_tokens: int, _count: TokenCounter | None
+) -> list[Message]:
+    """``MULTI_TURN_TURNS`` user turns with a fixed assistant answer between two of them."""
+    opener = rng.choice(_CHAT_OPENERS).format(topic=rng.choice(_TOPICS))
+    messages = [("user", f"{opener}\n\n{_sentences(rng, rng.randint(20, 60))}")]
+    for _ in range(MULTI_TURN_TURNS - 1):
+        follow_up = rng.choice(_FOLLOW_UPS).format(noun=rng.choice(_NOUNS))
+        messages.append(("assistant", _sentences(rng, rng.randint(30, 60))))
+        messages.append(("user", f"{follow_up} {_sentences(rng, rng.randint(10, 30))}"))
+    return messages
+
+
 PROFILES: dict[str, Profile] = {
     "chat": Profile("chat", "short chat turns, ~50-200 input tokens", 128, _chat),
     "code": Profile("code", "rewrite a generated function, ~100-300 input tokens", 256, _code),
     "classification": Profile("classification", "label a ~500-token review", 10, _classification),
     "fixed-length": Profile("fixed-length", "given input and output lengths", 128, _fixed_length),
+    "multi-turn": Profile(
+        "multi-turn",
+        f"{MULTI_TURN_TURNS}-turn chats, one shared system prompt, ~300-650 input tokens",
+        64,
+        _conversation,
+        turns=MULTI_TURN_TURNS,
+    ),
 }
 DEFAULT_INPUT_TOKENS = {"classification": 500, "fixed-length": 256}
 
@@ -198,27 +240,59 @@ def make_requests(
     input_tokens: int | None = None,
     render: Renderer = render_chatml,
     count_tokens: TokenCounter | None = None,
+    wave: int | None = None,
 ) -> list[BenchRequest]:
     """``num_prompts`` requests of ``profile``, identical for identical arguments.
 
     ``input_tokens`` sets the length of ``classification`` and ``fixed-length`` inputs;
     ``count_tokens`` (a real tokenizer's length) makes them exact on the rendered prompt.
+    ``wave`` matters to multi-turn profiles only (see ``_turns``): every ``wave`` requests
+    start new conversations; give a load level's request count, so that each level sends
+    whole conversations of its own (default: one wave of ``num_prompts``).
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    if num_prompts < 1:
-        raise ValueError("num_prompts must be at least 1")
+    if num_prompts < 1 or (wave is not None and wave < 1):
+        raise ValueError("num_prompts and wave must be at least 1")
     spec = PROFILES[profile]
     num_tokens = input_tokens or DEFAULT_INPUT_TOKENS.get(profile, 0)
     counter = None if count_tokens is None else _counter_on_rendered(count_tokens, render)
     rng = random.Random(seed)
-    requests = []
-    for _ in range(num_prompts):
-        messages = tuple(spec.build(rng, num_tokens, counter))
-        requests.append(
-            BenchRequest(messages, render(messages), max_new_tokens or spec.max_new_tokens)
-        )
-    return requests
+    if spec.turns > 1:
+        conversations = _turns(rng, spec, num_prompts, wave or num_prompts)
+    else:
+        conversations = [tuple(spec.build(rng, num_tokens, counter)) for _ in range(num_prompts)]
+    max_new = max_new_tokens or spec.max_new_tokens
+    return [BenchRequest(messages, render(messages), max_new) for messages in conversations]
+
+
+def conversations_per_wave(wave: int, turns: int = MULTI_TURN_TURNS) -> int:
+    """How many conversations a wave of ``wave`` multi-turn requests holds."""
+    return -(-wave // turns)
+
+
+def _turns(
+    rng: random.Random, spec: Profile, num_prompts: int, wave: int
+) -> list[tuple[Message, ...]]:
+    """Each turn of multi-turn conversations as the history it is sent with, in sending order.
+
+    One system prompt for the whole run. Each wave holds ``C = conversations_per_wave(wave)``
+    new conversations, turn-major: every conversation's turn 0, then every turn 1, ... so a
+    conversation's turn t + 1 comes exactly C requests after its turn t. With N <= C
+    closed-loop clients, the N - 1 clients other than turn t's can start those C requests
+    only if one of them ends a request started after turn t: unless a later request overtakes
+    it (equal output lengths, EOS ignored, make that rare), turn t has ended first.
+    """
+    system = _system_prompt(rng)
+    histories: list[tuple[Message, ...]] = []
+    for start in range(0, num_prompts, wave):
+        size = min(wave, num_prompts - start)
+        num_conversations = conversations_per_wave(size, spec.turns)
+        chats = [spec.build(rng, 0, None) for _ in range(num_conversations)]
+        for index in range(size):
+            turn, chat = divmod(index, num_conversations)
+            histories.append((system, *chats[chat][: 2 * turn + 1]))
+    return histories
 
 
 def _counter_on_rendered(count_tokens: TokenCounter, render: Renderer) -> TokenCounter:
