@@ -12,14 +12,16 @@ server is from them, and where the cores went.
     python benchmarks/compare.py --peers ours,llama.cpp-q4_1,llama.cpp-f16 --repeats 3
     python benchmarks/compare.py --peers ours,ours-no-prefix-cache --profile multi-turn
 
-Peers and their command lines are the PEERS table below. Like for like: every peer serves the
-same weights (llama.cpp also in F16 and BF16, converted from the GGUF by ``precisions.py``),
+Peers and their command lines are the PEERS table (peer_table.py). Like for like: every peer
+serves the same weights (llama.cpp also in F16 and BF16, converted from the GGUF by ``precisions.py``),
 on the same route (OpenAI chat, the GGUF's own chat template), with EOS ignored. llama.cpp
 runs with 32 slots and with as many slots as clients, and its best configuration per level is
 the one to beat. transformers runs one ``generate`` at a time (``transformers``) and with its
 own continuous batching (``transformers-batched``, 32 requests per step). Run
 benchmarks/peers/build_llama_server.sh first. The load generator is tgi_server.benchmark.
-Ours runs with its prefix cache and without; the report counts each run's cache hits.
+Ours runs with its prefix cache and without (``ours-no-prefix-cache``; the report counts each
+run's cache hits), and with the GGUF's int4/int8 codes kept (``ours-int4``) where this CPU
+would serve them dense.
 """
 
 from __future__ import annotations
@@ -27,20 +29,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tgi_core.settings.resolve import embedded_model_file
 from tgi_server.benchmark import report
-from tgi_server.benchmark.client import Api
 from tgi_server.benchmark.profiles import (
     PROFILES,
     BenchRequest,
@@ -66,79 +66,9 @@ from machine import (  # noqa: E402
     machine_limits,
     wait_until_quiet,
 )
-from precisions import BF16_FLAGS, cached_precision  # noqa: E402
+from peer_table import FIXED_SLOTS, LLAMA_SERVER, PEERS, PEERS_CACHE, Peer  # noqa: E402
+from precisions import cached_precision  # noqa: E402
 from server_metrics import PrefixCache, describe, read_prefix_cache  # noqa: E402
-
-# Where build_llama_server.sh puts its build: the user's cache, shared by every clone.
-PEERS_CACHE = Path(
-    os.environ.get("PEERS_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tgi-gaudi" / "peers"
-)
-LLAMA_SERVER = PEERS_CACHE / "bin" / "llama-server"
-FIXED_SLOTS = 32
-
-
-@dataclass(frozen=True)
-class Peer:
-    """How to start one server and load it. ``{port}``, ``{spare_port}`` (a second free
-    port), ``{gguf}`` (the weights in ``precision``), ``{model_dir}``, ``{gguf_name}``,
-    ``{slots}``, ``{ctx}``, ``{threads}`` and ``{python}`` are filled in."""
-
-    command: tuple[str, ...]
-    api: Api = "chat"
-    extra_body: dict[str, Any] = field(default_factory=lambda: {"ignore_eos": True})
-    slots_per_level: bool = False  # also start one server per level with slots = clients
-    env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
-    precision: str | None = None  # the GGUF as given, or converted to "f16" / "bf16"
-    cpu_flags: tuple[str, ...] = ()  # runs only where the CPU has one of these
-    describe: bool = False  # record the server's /info
-    prefix_metrics: bool = False  # record the prefix-cache counters of each level
-
-
-# Flash attention off: at 32 clients on 2 cores it gave llama.cpp@0c1e57098 +25% (BF16) and
-# +15% (Q4_1) over its default "auto" (packages/tgi-server/README.md, 2026-12-07). -b/-ub stay
-# at their defaults: -ub 128 did not help. --llama-args overrides either.
-LLAMA_SERVER_ARGS = ("-m", "{gguf}", "--host", "127.0.0.1", "--port", "{port}", "-t",
-                     "{threads}", "-np", "{slots}", "-c", "{ctx}", "--cont-batching",
-                     "--no-webui", "-fa", "off")  # fmt: skip
-
-
-def _llama(precision: str | None, *extra: str, cpu_flags: tuple[str, ...] = ()) -> Peer:
-    command = (str(LLAMA_SERVER), *LLAMA_SERVER_ARGS, *extra)
-    return Peer(command, slots_per_level=True, precision=precision, cpu_flags=cpu_flags)
-
-
-PEERS: dict[str, Peer] = {
-    # llama.cpp@0c1e57098 segfaults at load repacking Q4_1 weights for AMX; without AMX
-    # nothing repacks Q4_1, so --no-repack costs nothing there.
-    "llama.cpp-q4_1": _llama(None, "--no-repack"),
-    "llama.cpp-f16": _llama("f16"),
-    # llama.cpp's BF16 kernels are emulated (slow) without native bf16: not a fair peer there.
-    "llama.cpp-bf16": _llama("bf16", cpu_flags=BF16_FLAGS),
-    "transformers": Peer(
-        ("{python}", str(ROOT / "benchmarks" / "peers" / "transformers_server.py"),
-         "--port", "{port}", "--model-dir", "{model_dir}", "--gguf-file", "{gguf_name}",
-         "--threads", "{threads}"),
-    ),
-    # Continuous batching: llama.cpp's slots as requests per step, its context as KV cache.
-    "transformers-batched": Peer(
-        ("{python}", str(ROOT / "benchmarks" / "peers" / "transformers_batched_server.py"),
-         "--port", "{port}", "--model-dir", "{model_dir}", "--gguf-file", "{gguf_name}",
-         "--threads", "{threads}", "--max-batch", "{slots}", "--kv-cache-tokens", "{ctx}"),
-    ),
-    # The chat route like the peers; the variable is TGI's benchmark mode (EOS ignored), as
-    # the peers' ignore_eos. Our dtype is the server's default for this CPU: /info records it.
-    "ours": Peer(
-        ("text-generation-launcher", "--model-id", "{gguf}", "--hostname", "127.0.0.1",
-         "--port", "{port}", "--prometheus-port", "{spare_port}", "--max-batch-size", "{slots}"),
-        env={"TEXT_GENERATION_SERVER_IGNORE_EOS_TOKEN": "true"}, describe=True,
-        prefix_metrics=True,
-    ),
-}  # fmt: skip
-# The same server without its prefix cache: what the cache gives (issue #13).
-PEERS["ours-no-prefix-cache"] = replace(
-    PEERS["ours"], env={**PEERS["ours"].env, "PREFIX_CACHING": "false"}
-)
 
 
 def schedule(names: Sequence[str], repeats: int) -> list[tuple[int, str]]:
