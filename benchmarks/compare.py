@@ -13,15 +13,15 @@ server is from them, and where the cores went.
     python benchmarks/compare.py --peers ours,ours-no-prefix-cache --profile multi-turn
 
 Peers and their command lines are the PEERS table (peer_table.py). Like for like: every peer
-serves the same weights (llama.cpp also in F16 and BF16, converted from the GGUF by ``precisions.py``),
-on the same route (OpenAI chat, the GGUF's own chat template), with EOS ignored. llama.cpp
-runs with 32 slots and with as many slots as clients, and its best configuration per level is
-the one to beat. transformers runs one ``generate`` at a time (``transformers``) and with its
-own continuous batching (``transformers-batched``, 32 requests per step). Run
-benchmarks/peers/build_llama_server.sh first. The load generator is tgi_server.benchmark.
-Ours runs with its prefix cache and without (``ours-no-prefix-cache``; the report counts each
-run's cache hits), and with the GGUF's int4/int8 codes kept (``ours-int4``) where this CPU
-would serve them dense.
+serves the same weights (llama.cpp also in F16 and BF16, converted from the GGUF by
+``precisions.py``), on the same route (OpenAI chat, the GGUF's own chat template), with EOS
+ignored. llama.cpp runs with 32 slots and with as many slots as clients, and its best
+configuration per level is the one to beat. transformers runs one ``generate`` at a time
+(``transformers``) and with its own continuous batching (``transformers-batched``, 32 requests
+per step). Run benchmarks/peers/build_llama_server.sh first. The load generator is
+tgi_server.benchmark. Ours runs with its prefix cache and without (``ours-no-prefix-cache``; the
+report counts each run's cache hits), and with the GGUF's int4/int8 codes kept (``ours-int4``)
+where this CPU would serve them dense.
 """
 
 from __future__ import annotations
