@@ -25,6 +25,12 @@ def test_a_uniform_four_bit_file_is_int4_with_its_head_as_stored() -> None:
     )
 
 
+def test_f32_projection_biases_leave_the_matrices_quantized() -> None:
+    types = {**_gguf({"attn_q": "Q4_1", "ffn_down": "Q4_1"}), "blk.0.attn_q.bias": "F32"}
+    plan = gguf_plan(types)
+    assert plan is not None and (plan.linears, plan.head) == (INT4, INT8)
+
+
 def test_a_mixed_file_keeps_its_widest_tensors_precision() -> None:
     # Q4_K_M: most projections Q4_K, some attn_v / ffn_down Q6_K.
     plan = gguf_plan(_gguf({"attn_q": "Q4_K", "attn_v": "Q6_K", "ffn_down": "Q4_K"}, "Q6_K"))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gguf
 import pytest
@@ -30,8 +31,9 @@ from tgi_hpu_kernels.device.cpu_native import NativeKernels
 from tgi_hpu_kernels.device.native_build import build_library, find_compiler, load_library
 from tgi_hpu_kernels.layers import LMHead, QuantizedLinear, QuantizedLMHead, WeightQuantization
 from tgi_hpu_kernels.layers.quantized import QuantizedWeight, dequantize, quantize_rows
+from tgi_hpu_kernels.models.llama import LlamaModel
 from tgi_hpu_kernels.runner import TorchModelRunner
-from tgi_hpu_kernels.testing import save_tiny_checkpoint
+from tgi_hpu_kernels.testing import save_tiny_checkpoint, teacher_forced_logits
 
 ROWS = (1, 3, 16, 33, 64, 200)  # both sides of QUANTIZED_NATIVE_MAX_ROWS
 SCHEMES = [
@@ -319,11 +321,13 @@ _GGUF_NAMES = {
 }
 
 
-def _write_quantized_gguf(path: Path, model: torch.nn.Module, *, dense: bool = False) -> None:
-    """Projections in Q4_1, the (tied) embedding in Q8_0, norms in F32 (``dense``: all F32);
-    Q/K rows are left unpermuted: both loads below read the same file the same way."""
+def _write_quantized_gguf(
+    path: Path, model: torch.nn.Module, arch: str = "llama", *, dense: bool = False
+) -> None:
+    """Projections in Q4_1, the (tied) embedding in Q8_0, norms and biases in F32 (``dense``:
+    all F32); Q/K rows are left unpermuted: both loads below read the same file the same way."""
     config: Any = model.config
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
@@ -342,10 +346,10 @@ def _write_quantized_gguf(path: Path, model: torch.nn.Module, *, dense: bool = F
             qtype, gguf_name = gguf.GGMLQuantizationType.F32, "output_norm.weight"
         elif name.startswith("model.layers."):
             _, _, layer, rest = name.split(".", 3)
-            module = rest.rsplit(".", 1)[0]
-            quantized = "norm" not in module and not dense
+            module, kind = rest.rsplit(".", 1)
+            quantized = "norm" not in module and kind == "weight" and not dense
             qtype = gguf.GGMLQuantizationType.Q4_1 if quantized else gguf.GGMLQuantizationType.F32
-            gguf_name = f"blk.{layer}.{_GGUF_NAMES[module]}.weight"
+            gguf_name = f"blk.{layer}.{_GGUF_NAMES[module]}.{kind}"
         else:
             continue  # lm_head: tied, stored by llama.cpp as nothing
         writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
@@ -398,3 +402,67 @@ def test_gguf_weights_overrides_the_devices_choice_and_refuses_where_there_is_no
     _write_quantized_gguf(dense_file, model, dense=True)
     with pytest.raises(ValueError, match=r"tiny-f32.gguf holds no quantized projections or head$"):
         make_runner(dense_file, gguf_weights="quantized")
+
+
+def _bf16_runner(make_runner: MakeRunner, model_id: Path, **settings: object) -> TorchModelRunner:
+    runner = make_runner(model_id, dtype="bfloat16", **settings)
+    native = cast(CpuDevice, runner.device).native
+    if native is None or not native.fast_bf16:
+        pytest.skip("the fused decoder stack needs the AVX512-BF16 native kernels")
+    return runner
+
+
+@pytest.fixture(scope="module")
+def q4_1_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2 (q/k/v biases) as a Q4_1 GGUF: int4 group 32 projections, Q8_0 head."""
+    folder = tmp_path_factory.mktemp("tiny-qwen2-q4_1")
+    path = folder / "tiny-qwen2-q4_1.gguf"
+    _write_quantized_gguf(path, save_tiny_checkpoint(folder / "hf", "qwen2"), "qwen2")
+    return path
+
+
+@needs_compiler
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_bfloat16_fused_stack_gives_the_per_op_bits_on_quantized_weights(
+    q4_1_qwen2: Path,
+    tiny_checkpoint: TinyCheckpoint,
+    make_runner: MakeRunner,
+    bits: int,
+    batch: int,
+) -> None:
+    """bf16 steps of Qwen2 layers (q/k/v biases) with int4 group 32 codes (a Q4_1 GGUF) or
+    int8 per channel (``--quantize bitsandbytes``): one native call per layer, never the
+    per-op quantized kernel, and the bits of the kernels called one by one."""
+    model_id, weights = (
+        (q4_1_qwen2, {"gguf_weights": "quantized"})  # this CPU would dequantize it in bf16
+        if bits == 4
+        else (tiny_checkpoint("qwen2")[0], {"quantize": "bitsandbytes"})
+    )
+    gen = torch.Generator().manual_seed(batch)
+    sequences = torch.randint(3, 128, (batch, 16), generator=gen).tolist()
+    results = []
+    for fused in (True, False):
+        runner = _bf16_runner(make_runner, model_id, fused=fused, **weights)
+        assert runner.weights.startswith(f"int{bits} ")
+        with torch.profiler.profile() as profile:
+            results.append(teacher_forced_logits(runner, sequences, 8, block_size=4))
+        ran = {event.key for event in profile.key_averages()}
+        assert ("native::decoder_layer" in ran) == fused
+        assert (f"native::linear_q{bits}_f32" in ran) != fused
+    assert torch.equal(results[0], results[1])
+
+
+def test_a_stack_mixing_dense_and_quantized_projections_is_not_fused(
+    tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner
+) -> None:
+    runner = _bf16_runner(make_runner, tiny_checkpoint("qwen2")[0], quantize="bitsandbytes")
+    stack = cast(CpuDevice, runner.device)._fused
+    assert stack is not None
+    specs = cast(LlamaModel, runner._model.model)._layer_specs()
+    hidden = torch.zeros(1, specs[0].input_norm.shape[0], dtype=torch.bfloat16)
+    assert stack.layout(specs, hidden) == "quantized"
+    width = specs[0].num_heads * specs[0].head_dim
+    dense_o = torch.zeros(hidden.shape[1], width, dtype=torch.bfloat16)
+    mixed = [replace(specs[0], o_weight=dense_o), *specs[1:]]
+    assert stack.layout(mixed, hidden) is None

@@ -73,8 +73,9 @@ def _meminfo_bytes(field: str) -> int | None:
 class CpuDevice(Device):
     """Runs on host memory. With a C compiler at hand, attention, the elementwise kernels and
     decode-sized bf16 matmuls run on the native kernels (``cpu_native.py``), and bf16 decode
-    steps of up to 32 rows run each layer in one native call (``cpu_fused.py``); otherwise
-    torch ops (oneDNN for bf16 matmuls).
+    steps of up to 32 rows (12 with AMX and dense weights) run each layer in one native call
+    (``cpu_fused.py``), int4/int8 weights included; otherwise torch ops (oneDNN for bf16
+    matmuls).
 
     Args:
         static_shapes: pad to the buckets as HPU and CUDA do (tests of that path).
@@ -228,16 +229,20 @@ class CpuDevice(Device):
         kv: KVCache,
     ) -> tuple[Tensor, Tensor] | None:
         # Decode-sized bf16 steps: one native call per layer instead of a dozen (a third of
-        # a small batch's step was Python and per-call argument handling).
+        # a small batch's step was Python and per-call argument handling). Up to the row
+        # limit of the projections' kernel: the bf16 one's (with AMX, as far as the saved
+        # Python pays for it), or the quantized one's.
         fused = self._fused
         if (
             fused is None
             or attn.paged is None
             or hidden.dtype != torch.bfloat16
-            or hidden.shape[0] > self.fused_max_rows
             or kv.keys[0].dtype != torch.bfloat16
-            or not fused.supports(layers, hidden)
         ):
+            return None
+        layout = fused.layout(layers, hidden)
+        max_rows = QUANTIZED_NATIVE_MAX_ROWS if layout == "quantized" else self.fused_max_rows
+        if layout is None or hidden.shape[0] > max_rows:
             return None
         return fused.run(layers, hidden, rope, attn, kv)
 

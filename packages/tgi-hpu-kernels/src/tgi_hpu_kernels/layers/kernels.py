@@ -39,18 +39,19 @@ class DecoderLayerSpec:
     """One pre-norm decoder layer as a fused kernel sees it: RMSNorm, merged QKV projection,
     rotary, attention, output projection, RMSNorm, merged gate/up projection, SiLU-and-mul,
     down projection, with residual adds (Llama, Mistral, Qwen2). Tensors are the layer's own
-    parameters; biases are None where the layer has none."""
+    parameters; a projection's weight is its dense matrix or, in a weight-only quantized
+    model, its codes and scales; biases are None where the layer has none."""
 
     layer_idx: int
     input_norm: Tensor
-    qkv_weight: Tensor
+    qkv_weight: Tensor | QuantizedWeight
     qkv_bias: Tensor | None
-    o_weight: Tensor
+    o_weight: Tensor | QuantizedWeight
     o_bias: Tensor | None
     post_norm: Tensor
-    gate_up_weight: Tensor
+    gate_up_weight: Tensor | QuantizedWeight
     gate_up_bias: Tensor | None
-    down_weight: Tensor
+    down_weight: Tensor | QuantizedWeight
     down_bias: Tensor | None
     eps: float
     num_heads: int
@@ -58,6 +59,15 @@ class DecoderLayerSpec:
     head_dim: int
     scale: float
     sliding_window: int | None
+
+    def projections(self) -> tuple[tuple[Tensor | QuantizedWeight, Tensor | None], ...]:
+        """(weight, bias) of the QKV, output, gate/up and down projections, in that order."""
+        return (
+            (self.qkv_weight, self.qkv_bias),
+            (self.o_weight, self.o_bias),
+            (self.gate_up_weight, self.gate_up_bias),
+            (self.down_weight, self.down_bias),
+        )
 
 
 class LayerKernels(Protocol):

@@ -261,7 +261,6 @@ def load_model(
     _check_gguf_weights(settings, source, types)
     if plan is not None:
         apply_plan(model, plan)  # before the hooks below, which attach to the layers
-        model.model.fuse_layers = False  # the fused stack reads dense weights
     if group is not None:
         add_row_parallel_reduce(model, group.all_reduce, cls.tp_layout)
         add_vocab_parallel(model, group, vocab_size)

@@ -92,7 +92,12 @@ def gguf_plan(types: Mapping[str, str]) -> QuantizationPlan | None:
     """The stored precision of a GGUF's projections and head. Mixed files (Q4_K_M keeps some
     tensors in Q6_K) take the widest type's scheme for every projection, so no tensor loses
     precision; a dense (F16/F32) projection keeps them all dense."""
-    kinds = {kind for name, kind in types.items() if name.split(".")[-2] in _PROJECTIONS}
+    # Matrices only: a projection's bias (Qwen2's attn_q.bias) is F32 in every file.
+    kinds = {
+        kind
+        for name, kind in types.items()
+        if name.endswith(".weight") and name.split(".")[-2] in _PROJECTIONS
+    }
     head_type = types.get("output.weight", types.get("token_embd.weight"))
     linears, head = _gguf_scheme(kinds), _gguf_scheme({head_type} if head_type else set())
     if linears is None and head is None:

@@ -25,6 +25,7 @@ from tgi_hpu_kernels.layers import (
     Linear,
     LMHead,
     QuantizedLinear,
+    QuantizedWeight,
     RMSNorm,
     RotaryEmbedding,
     VocabEmbedding,
@@ -119,14 +120,14 @@ class LlamaDecoderLayer(nn.Module):
         return DecoderLayerSpec(
             layer_idx=attn.attn.layer_idx,
             input_norm=self.input_layernorm.weight,
-            qkv_weight=attn.qkv_proj.weight,
+            qkv_weight=_weight(attn.qkv_proj),
             qkv_bias=attn.qkv_proj.bias,
-            o_weight=attn.o_proj.weight,
+            o_weight=_weight(attn.o_proj),
             o_bias=attn.o_proj.bias,
             post_norm=self.post_attention_layernorm.weight,
-            gate_up_weight=mlp.gate_up_proj.weight,
+            gate_up_weight=_weight(mlp.gate_up_proj),
             gate_up_bias=mlp.gate_up_proj.bias,
-            down_weight=mlp.down_proj.weight,
+            down_weight=_weight(mlp.down_proj),
             down_bias=mlp.down_proj.bias,
             eps=self.input_layernorm.eps,
             num_heads=attn.num_heads,
@@ -135,6 +136,20 @@ class LlamaDecoderLayer(nn.Module):
             scale=attn.attn.scale,
             sliding_window=attn.attn.sliding_window,
         )
+
+
+def _weight(projection: nn.Module) -> Tensor | QuantizedWeight:
+    """A projection's weights as a fused stack reads them: dense, or codes and scales."""
+    if isinstance(projection, QuantizedLinear):
+        return projection.quantized()
+    return cast(Linear, projection).weight
+
+
+def _stored(projection: nn.Module) -> Tensor:
+    """The tensor holding a projection's weights (a new one when the model is moved)."""
+    if isinstance(projection, QuantizedLinear):
+        return projection.codes
+    return cast(Linear, projection).weight
 
 
 class LlamaModel(nn.Module):
@@ -147,13 +162,16 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
         self._kernels = backend
         self._specs: list[DecoderLayerSpec] = []
+        self._specs_of: Tensor | None = None  # the first projection's stored weights
         self.fuse_layers = True  # False: never the device's fused stack (tensor parallelism)
 
     def _layer_specs(self) -> list[DecoderLayerSpec]:
         """The layers' specs, rebuilt when the parameters were replaced (``.to()`` etc.)."""
         layers = [cast(LlamaDecoderLayer, layer) for layer in self.layers]
-        if not self._specs or self._specs[0].qkv_weight is not layers[0].self_attn.qkv_proj.weight:
+        stored = _stored(layers[0].self_attn.qkv_proj)
+        if self._specs_of is not stored:
             self._specs = [layer.spec() for layer in layers]
+            self._specs_of = stored
         return self._specs
 
     def forward(
