@@ -133,6 +133,7 @@ def test_amx_hands_matmuls_over_4_rows_to_onednn(flags: str, limit: int, fused: 
     assert (device.native_linear_max_rows, device.fused_max_rows) == (limit, fused)
     assert f"matmuls up to {limit} rows, oneDNN" in device.kernels
     assert f"fused decode up to {fused} rows" in device.kernels
+    assert ("(32 with int4/int8 weights)" in device.kernels) == (fused != 32)
     assert ("oneDNN (AMX) above" in device.kernels) == (limit == 4)
     weight = torch.randn(96, 64, dtype=torch.bfloat16)
     for rows in (limit, limit + 1):

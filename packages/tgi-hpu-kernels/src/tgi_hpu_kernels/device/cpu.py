@@ -331,6 +331,8 @@ class CpuDevice(Device):
         kernels = f"avx512_bf16 matmuls up to {self.native_linear_max_rows} rows, {onednn} above"
         if self._fused:
             kernels += f", fused decode up to {self.fused_max_rows} rows"
+            if self.fused_max_rows != QUANTIZED_NATIVE_MAX_ROWS:
+                kernels += f" ({QUANTIZED_NATIVE_MAX_ROWS} with int4/int8 weights)"
         return f"native kernels ({kernels})"
 
     def describe(self) -> str:
