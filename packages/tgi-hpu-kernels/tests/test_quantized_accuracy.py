@@ -26,28 +26,18 @@ pytestmark = pytest.mark.slow
 TOKENS, PREFILL, BLOCK_SIZE = 512, 480, 16
 
 
-class _GgufAs(CpuDevice):
-    """The CPU with a GGUF's weights dense or kept quantized, whatever this CPU prefers."""
-
-    def __init__(self, quantized: bool) -> None:
-        super().__init__()
-        self._keep = quantized
-
-    def serves_gguf_quantized(self, dtype: torch.dtype) -> bool:
-        return self._keep
-
-
-def _runner(quantize: str | None, *, gguf_quantized: bool) -> TorchModelRunner:
+def _runner(quantize: str | None, *, gguf_weights: str) -> TorchModelRunner:
+    """``gguf_weights``: the GGUF dense or kept quantized, whatever this CPU prefers."""
     settings = RunnerSettings(
         dtype="bfloat16",
         device="cpu",
         block_size=BLOCK_SIZE,
         max_total_tokens=TOKENS + 1,
         quantize=quantize,
+        gguf_weights=gguf_weights,
         warmup_enabled=False,
     )
-    device = _GgufAs(gguf_quantized)
-    return TorchModelRunner(settings, device=device, num_kv_blocks=TOKENS // BLOCK_SIZE + 2)
+    return TorchModelRunner(settings, device=CpuDevice(), num_kv_blocks=TOKENS // BLOCK_SIZE + 2)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +47,7 @@ def text_and_reference() -> tuple[list[int], torch.Tensor]:
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_MODEL_FILE)
     ids = tokenizer(english_text(80))["input_ids"][:TOKENS]
     assert len(ids) == TOKENS
-    dense = _runner(None, gguf_quantized=False)
+    dense = _runner(None, gguf_weights="dense")
     assert dense.weights == "dense"
     return ids, teacher_forced_logits(dense, [ids], PREFILL, BLOCK_SIZE)[0]
 
@@ -79,7 +69,7 @@ def _schemes(runner: TorchModelRunner) -> set[str]:
 
 def test_int8_agrees_with_bf16(text_and_reference: tuple[list[int], torch.Tensor]) -> None:
     ids, reference = text_and_reference
-    runner = _runner("bitsandbytes", gguf_quantized=True)
+    runner = _runner("bitsandbytes", gguf_weights="auto")
     assert _schemes(runner) == {str(WeightQuantization(8))}  # the LM head stays dense
     ours, base = _score(runner, ids, reference)
     report = f"top-1 {ours.top1:.4f}, perplexity {ours.perplexity:.3f} vs {base.perplexity:.3f}"
@@ -92,7 +82,7 @@ def test_int4_gguf_as_stored_agrees_with_bf16(
     text_and_reference: tuple[list[int], torch.Tensor],
 ) -> None:
     ids, reference = text_and_reference
-    runner = _runner(None, gguf_quantized=True)
+    runner = _runner(None, gguf_weights="quantized")
     assert _schemes(runner) == {str(WeightQuantization(4, 32)), str(WeightQuantization(8, 32))}
     ours, base = _score(runner, ids, reference)
     report = f"top-1 {ours.top1:.4f}, perplexity {ours.perplexity:.3f} vs {base.perplexity:.3f}"

@@ -117,11 +117,7 @@ class TorchModelRunner:
             backend=self._device,
             device=self._device.torch_device,
             group=group,
-            gguf_quantized=settings.gguf_weights == "quantized"
-            or (
-                settings.gguf_weights == "auto"
-                and self._device.serves_gguf_quantized(torch_dtype(settings.dtype))
-            ),
+            gguf_quantized=self._device.serves_gguf_quantized(torch_dtype(settings.dtype)),
             nested_model=nested_model,
             history_inputs=history_inputs,
         )

@@ -205,7 +205,8 @@ def load_model(
         group: this rank's tensor-parallel group: the model is built with its share of the
             heads, MLP and vocabulary rows and loads its weight slices (``LoadedModel.config``
             is that share but for ``vocab_size``, the full width of the gathered logits).
-        gguf_quantized: serve a quantized GGUF's layers quantized (else dequantized).
+        gguf_quantized: the device's choice for a quantized GGUF, quantized layers (else
+            dequantized), which ``settings.gguf_weights`` overrides unless it is auto.
         nested_model: the checkpoint is multimodal: serve the text model it describes.
         history_inputs: the checkpoint is multimodal and transformers serves it whole, with
             its images (``models/transformers_recompute.py``).
@@ -252,7 +253,10 @@ def load_model(
     prequantized = checkpoint_quantization(full_config, settings.quantize, num_shard)
     types = None if reader is None else {t.name: t.tensor_type.name for t in reader.tensors}
     weight_only = settings.quantize if settings.quantize in WEIGHT_ONLY else None
-    keep_gguf = gguf_quantized and settings.quantize is None  # not under fp8 either
+    choice = settings.gguf_weights
+    keep_gguf = settings.quantize is None and (  # not under fp8 either
+        choice == "quantized" or (choice == "auto" and gguf_quantized)
+    )
     plan = (
         plan_quantization(weight_only, types if keep_gguf else None)
         if prequantized is None
