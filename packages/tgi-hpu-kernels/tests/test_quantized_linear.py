@@ -26,8 +26,12 @@ from tgi_core.contract import (
     SamplingParams,
     StepPlan,
 )
-from tgi_hpu_kernels.device.cpu import QUANTIZED_NATIVE_MAX_ROWS, CpuDevice
-from tgi_hpu_kernels.device.cpu_native import NativeKernels
+from tgi_hpu_kernels.device.cpu import (
+    QUANTIZED_AMX_MIN_ROWS,
+    QUANTIZED_NATIVE_MAX_ROWS,
+    CpuDevice,
+)
+from tgi_hpu_kernels.device.cpu_native import NativeKernels, native_kernels
 from tgi_hpu_kernels.device.native_build import build_library, find_compiler, load_library
 from tgi_hpu_kernels.layers import LMHead, QuantizedLinear, QuantizedLMHead, WeightQuantization
 from tgi_hpu_kernels.layers.quantized import QuantizedWeight, dequantize, quantize_rows
@@ -126,6 +130,40 @@ def test_avx2_kernels_match_dequantized_matmul(
     torch.testing.assert_close(
         avx2_kernels.dequantize(layer.quantized()), dequantize(layer.quantized())
     )
+
+
+@needs_compiler
+@pytest.mark.parametrize("scheme", SCHEMES, ids=str)
+def test_amx_kernel_is_exact_to_float32_rounding_for_bf16_rows(scheme: WeightQuantization) -> None:
+    """With AMX, bf16 rows from QUANTIZED_AMX_MIN_ROWS on multiply the codes on the tiles:
+    float32 rounding from the float64 product, each row's bits independent of the batch.
+    Without AMX, bf16 rows stay on the float32 kernels."""
+    native, device = native_kernels(), CpuDevice()
+    assert native is not None
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(QUANTIZED_AMX_MIN_ROWS, 64, dtype=torch.bfloat16)
+    amx_text = f"int4/int8 on AMX tiles from {QUANTIZED_AMX_MIN_ROWS} rows"
+    assert (amx_text in device.kernels) == native.amx
+    if not native.amx:
+        assert not device.quantized_amx(x)
+        with pytest.raises(ValueError, match="AMX"):
+            native.quantized_linear(x, _random_layer(scheme, gen).quantized(), None)
+        return
+    assert device.quantized_amx(x) and not device.quantized_amx(x[:-1])
+    assert not device.quantized_amx(x.float())
+    for rows in (QUANTIZED_AMX_MIN_ROWS, 16, 33, 200):
+        weight = _random_layer(scheme, gen, remainder=rows % 4).quantized()  # partial tiles
+        x = torch.randn(rows, weight.in_features, generator=gen).to(torch.bfloat16)
+        bias = torch.randn(weight.out_features, generator=gen)
+        expected = x.double() @ dequantize(weight).double().T + bias.double()
+        out = native.quantized_linear(x, weight, bias)
+        relative = float((out.double() - expected).abs().max() / expected.abs().max())
+        assert relative < 1e-5, f"{scheme}, {rows} rows: {relative:.3g}"
+        first = native.quantized_linear(x[:QUANTIZED_AMX_MIN_ROWS], weight, bias)
+        assert torch.equal(first, out[:QUANTIZED_AMX_MIN_ROWS])
+        with torch.profiler.profile() as profile:
+            device.quantized_linear(x, weight, bias)
+        assert f"native::linear_q{weight.bits}_amx" in {e.key for e in profile.key_averages()}
 
 
 def _round_trip(w: Tensor, bits: int, group: int) -> tuple[Tensor, Tensor]:
@@ -422,7 +460,7 @@ def q4_1_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @needs_compiler
-@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("batch", [1, 5, QUANTIZED_AMX_MIN_ROWS + 1])
 @pytest.mark.parametrize("bits", [4, 8])
 def test_bfloat16_fused_stack_gives_the_per_op_bits_on_quantized_weights(
     q4_1_qwen2: Path,
@@ -433,7 +471,8 @@ def test_bfloat16_fused_stack_gives_the_per_op_bits_on_quantized_weights(
 ) -> None:
     """bf16 steps of Qwen2 layers (q/k/v biases) with int4 group 32 codes (a Q4_1 GGUF) or
     int8 per channel (``--quantize bitsandbytes``): one native call per layer, never the
-    per-op quantized kernel, and the bits of the kernels called one by one."""
+    per-op quantized kernel, and the bits of the kernels called one by one (on AMX the tile
+    kernel's from QUANTIZED_AMX_MIN_ROWS rows, which prefill calls too)."""
     model_id, weights = (
         (q4_1_qwen2, {"gguf_weights": "quantized"})  # this CPU would dequantize it in bf16
         if bits == 4
@@ -441,15 +480,18 @@ def test_bfloat16_fused_stack_gives_the_per_op_bits_on_quantized_weights(
     )
     gen = torch.Generator().manual_seed(batch)
     sequences = torch.randint(3, 128, (batch, 16), generator=gen).tolist()
-    results = []
+    results, calls = [], []
     for fused in (True, False):
         runner = _bf16_runner(make_runner, model_id, fused=fused, **weights)
         assert runner.weights.startswith(f"int{bits} ")
+        amx = cast(CpuDevice, runner.device).quantized_amx(torch.empty(batch, 1).bfloat16())
+        kernel = f"native::linear_q{bits}_{'amx' if amx else 'f32'}"
         with torch.profiler.profile() as profile:
             results.append(teacher_forced_logits(runner, sequences, 8, block_size=4))
-        ran = {event.key for event in profile.key_averages()}
+        ran = {event.key: event.count for event in profile.key_averages()}
         assert ("native::decoder_layer" in ran) == fused
-        assert (f"native::linear_q{bits}_f32" in ran) != fused
+        calls.append(ran.get(kernel, 0))
+    assert calls[0] < calls[1]  # the fused steps' projections are not per-op calls
     assert torch.equal(results[0], results[1])
 
 

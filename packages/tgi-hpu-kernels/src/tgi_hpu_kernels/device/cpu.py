@@ -57,6 +57,9 @@ NATIVE_LINEAR_MAX_ROWS_AMX = 4
 FUSED_MAX_ROWS_AMX = 12
 # Rows up to which the quantized kernel beats dequantize-then-GEMM (measured: README).
 QUANTIZED_NATIVE_MAX_ROWS = 32
+# Rows from which, with AMX and bf16 activations, the tile kernel beats it (and the GEMM):
+# SmolLM2 int4 decode even at 12 rows, 1.1x at 16, 1.15x at 32; prefill 1.6x (README).
+QUANTIZED_AMX_MIN_ROWS = 12
 _BMM_PREFILL_CELLS = 512 * 512
 
 
@@ -244,7 +247,8 @@ class CpuDevice(Device):
         max_rows = QUANTIZED_NATIVE_MAX_ROWS if layout == "quantized" else self.fused_max_rows
         if layout is None or hidden.shape[0] > max_rows:
             return None
-        return fused.run(layers, hidden, rope, attn, kv)
+        quantized_amx = layout == "quantized" and self.quantized_amx(hidden)
+        return fused.run(layers, hidden, rope, attn, kv, quantized_amx=quantized_amx)
 
     def _native_for(self, x: Tensor) -> NativeKernels | None:
         native = self._native
@@ -276,12 +280,15 @@ class CpuDevice(Device):
         return native.linear(x, weight, bias)
 
     def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
-        # Decode-sized steps: the native kernel reads the codes once and dots each dequantized
-        # row with every input row. Prefill-sized ones: one dense float32 copy of the weights,
-        # then a BLAS GEMM, which the per-row dots cannot match at hundreds of rows.
+        # bf16 rows from QUANTIZED_AMX_MIN_ROWS on, with AMX: the tile kernel, at any size.
+        # Otherwise decode-sized steps: the native kernel reads the codes once and dots each
+        # dequantized row with every input row. Prefill-sized ones: one dense float32 copy of
+        # the weights, then a BLAS GEMM, which the per-row dots cannot match at hundreds of rows.
         native = self._native
         if native is None or x.dim() != 2 or not x.shape[0]:
             return super().quantized_linear(x, weight, bias)
+        if self.quantized_amx(x):
+            return native.quantized_linear(x.contiguous(), weight, bias).to(x.dtype)
         rows = x.float().contiguous()
         if x.shape[0] <= QUANTIZED_NATIVE_MAX_ROWS:
             out = native.quantized_linear(rows, weight, bias)
@@ -289,6 +296,17 @@ class CpuDevice(Device):
             dense_bias = None if bias is None else bias.float()
             out = nnf.linear(rows, native.dequantize(weight), dense_bias)
         return out.to(x.dtype)
+
+    def quantized_amx(self, x: Tensor) -> bool:
+        """Whether ``quantized_linear`` (and the fused layer's projections) take ``x``'s rows
+        to the AMX tile kernel."""
+        native = self._native
+        return (
+            native is not None
+            and native.amx
+            and x.dtype == torch.bfloat16
+            and x.shape[0] >= QUANTIZED_AMX_MIN_ROWS
+        )
 
     def silu_and_mul(self, x: Tensor) -> Tensor:
         native = self._native_for(x)
@@ -333,6 +351,8 @@ class CpuDevice(Device):
             kernels += f", fused decode up to {self.fused_max_rows} rows"
             if self.fused_max_rows != QUANTIZED_NATIVE_MAX_ROWS:
                 kernels += f" ({QUANTIZED_NATIVE_MAX_ROWS} with int4/int8 weights)"
+        if native.amx:
+            kernels += f", int4/int8 on AMX tiles from {QUANTIZED_AMX_MIN_ROWS} rows"
         return f"native kernels ({kernels})"
 
     def describe(self) -> str:

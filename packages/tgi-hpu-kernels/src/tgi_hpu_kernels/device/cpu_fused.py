@@ -74,6 +74,7 @@ class _StepArgs(ctypes.Structure):  # StepArgs in csrc/layer.c
         *((name, _I32) for name in ("hidden", "heads", "kv_heads", "head_dim", "inter")),
         ("block_size", _I32),
         ("num_threads", _I32),
+        ("quant_amx", _I32),
     ]
 
 
@@ -189,8 +190,12 @@ class FusedStack:
         rope: tuple[Tensor, Tensor],
         attn: AttentionMetadata,
         kv: KVCache,
+        *,
+        quantized_amx: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """The last layer's (output, residual) for embeddings ``hidden`` ``[rows, size]``."""
+        """The last layer's (output, residual) for embeddings ``hidden`` ``[rows, size]``;
+        ``quantized_amx``: quantized projections take the AMX kernel, as the per-op path's
+        ``CpuDevice.quantized_linear`` does for these rows."""
         paged = attn.paged
         assert paged is not None, "the fused stack reads the paged cache in place"
         first = layers[0]
@@ -230,6 +235,7 @@ class FusedStack:
             inter,
             kv.block_size,
             torch.get_num_threads(),
+            quantized_amx,
         )
         residual = torch.empty_like(hidden)
         outputs = (torch.empty_like(hidden), torch.empty_like(hidden))

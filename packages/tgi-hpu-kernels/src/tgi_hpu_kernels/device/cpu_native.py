@@ -51,10 +51,13 @@ _SIGNATURES = {
     "rotary": [_P, _I64, _P, _P, _INT, _INT, _INT, _INT],
 }
 _LINEAR_ARGTYPES = [_P, _I64, _P, _P, _P, _I64, _INT, _INT, _INT, _INT]
-# float32 x, codes, scales(, mins), bias, y; rows, outputs, inputs, group, threads
+# x (float32, or bf16 for the AMX ones), codes, scales(, mins), bias, y; rows, outputs,
+# inputs, group, threads
 _QUANT_ARGTYPES = {
     "linear_q4_f32": [_P, _I64, _P, _P, _P, _P, _P, _I64, *[_INT] * 5],
     "linear_q8_f32": [_P, _I64, _P, _P, _P, _P, _I64, *[_INT] * 5],
+    "linear_q4_amx": [_P, _I64, _P, _P, _P, _P, _P, _I64, *[_INT] * 5],
+    "linear_q8_amx": [_P, _I64, _P, _P, _P, _P, _I64, *[_INT] * 5],
     "dequantize_q4_f32": [_P, _P, _P, _P, *[_INT] * 4],
     "dequantize_q8_f32": [_P, _P, _P, *[_INT] * 4],
 }
@@ -73,6 +76,8 @@ class NativeKernels:
         self._functions["linear", "bf16"] = _bind(library, "linear_bf16", _LINEAR_ARGTYPES)
         self._quant = {name: _bind(library, name, types) for name, types in _QUANT_ARGTYPES.items()}
         self.fast_bf16 = bool(_bind(library, "cpu_kernels_fast_bf16", [])())
+        # Built with AMX and granted the tiles by the kernel (asked for here, once).
+        self.amx = bool(_bind(library, "cpu_kernels_amx", [])())
 
     def _call(self, name: str, dtype: torch.dtype, *args: Any) -> None:
         function = self._functions[name, _DTYPES[dtype]]
@@ -232,16 +237,23 @@ class NativeKernels:
 
     def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
         """float32 ``x @ dequantize(weight).T + bias`` of ``[rows, inputs]`` rows (last
-        dimension contiguous), each weight row dequantized once and dotted with every row."""
+        dimension contiguous). float32 rows: each weight row dequantized once and dotted with
+        every row. bf16 rows (``amx`` only): AMX tiles multiply them by the codes, and each
+        group's sums are scaled in float32 (``linear_quant_amx.c``)."""
         rows, inputs = x.shape
-        if x.dtype != torch.float32 or x.stride(1) != 1 or inputs != weight.in_features:
-            raise ValueError("quantized_linear takes float32 rows of the weight's input size")
+        kernel = {torch.float32: "f32", torch.bfloat16: "amx"}.get(x.dtype)
+        if kernel is None or x.stride(1) != 1 or inputs != weight.in_features:
+            raise ValueError(
+                "quantized_linear takes float32 or bf16 rows of the weight's input size"
+            )
+        if kernel == "amx" and not self.amx:
+            raise ValueError("bf16 rows need the AMX kernel, which this CPU's build lacks")
         out = torch.empty((rows, weight.out_features), dtype=torch.float32)
         # Held for the whole call: a converted bias is a temporary the kernel still reads.
         bias32 = None if bias is None else bias.float().contiguous()
         mins = () if weight.mins is None else (weight.mins.data_ptr(),)
         self._call_quant(
-            f"linear_q{weight.bits}_f32",
+            f"linear_q{weight.bits}_{kernel}",
             *(x.data_ptr(), x.stride(0), weight.codes.data_ptr(), weight.scales.data_ptr()),
             *mins,
             *(None if bias32 is None else bias32.data_ptr(), out.data_ptr(), weight.out_features),

@@ -26,7 +26,14 @@ __all__ = ["SOURCES", "build_library", "find_compiler", "load_library"]
 _FOLDER = Path(__file__).with_name("csrc")
 SOURCES = tuple(
     _FOLDER / name
-    for name in ("attention.c", "elementwise.c", "linear.c", "linear_quant.c", "layer.c")
+    for name in (
+        "attention.c",
+        "elementwise.c",
+        "linear.c",
+        "linear_quant.c",
+        "linear_quant_amx.c",
+        "layer.c",
+    )
 )
 _HEADERS = (_FOLDER / "common.h",)
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
