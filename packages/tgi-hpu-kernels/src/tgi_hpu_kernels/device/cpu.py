@@ -288,7 +288,7 @@ class CpuDevice(Device):
         if native is None or x.dim() != 2 or not x.shape[0]:
             return super().quantized_linear(x, weight, bias)
         if self.quantized_amx(x):
-            return native.quantized_linear(x.contiguous(), weight, bias).to(x.dtype)
+            return native.quantized_linear(x.contiguous(), weight, bias)
         rows = x.float().contiguous()
         if x.shape[0] <= QUANTIZED_NATIVE_MAX_ROWS:
             out = native.quantized_linear(rows, weight, bias)

@@ -236,10 +236,11 @@ class NativeKernels:
         return out
 
     def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
-        """float32 ``x @ dequantize(weight).T + bias`` of ``[rows, inputs]`` rows (last
-        dimension contiguous). float32 rows: each weight row dequantized once and dotted with
-        every row. bf16 rows (``amx`` only): AMX tiles multiply them by the codes, and each
-        group's sums are scaled in float32 (``linear_quant_amx.c``)."""
+        """``x @ dequantize(weight).T + bias`` of ``[rows, inputs]`` rows (last dimension
+        contiguous). float32 rows: each weight row dequantized once and dotted with every row,
+        float32 out. bf16 rows (``amx`` only): AMX tiles multiply them by the codes, each
+        group's sums are scaled in float32, and the sums are rounded once to bf16 out
+        (``linear_quant_amx.c``)."""
         rows, inputs = x.shape
         kernel = {torch.float32: "f32", torch.bfloat16: "amx"}.get(x.dtype)
         if kernel is None or x.stride(1) != 1 or inputs != weight.in_features:
@@ -248,7 +249,7 @@ class NativeKernels:
             )
         if kernel == "amx" and not self.amx:
             raise ValueError("bf16 rows need the AMX kernel, which this CPU's build lacks")
-        out = torch.empty((rows, weight.out_features), dtype=torch.float32)
+        out = torch.empty((rows, weight.out_features), dtype=x.dtype)
         # Held for the whole call: a converted bias is a temporary the kernel still reads.
         bias32 = None if bias is None else bias.float().contiguous()
         mins = () if weight.mins is None else (weight.mins.data_ptr(),)

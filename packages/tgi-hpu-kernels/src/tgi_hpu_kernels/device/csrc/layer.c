@@ -14,13 +14,13 @@ int linear_q4_f32(const float *x, int64_t x_stride, const uint8_t *q, const floa
 int linear_q8_f32(const float *x, int64_t x_stride, const int8_t *q, const float *scales,
                   const float *bias, float *y, int64_t y_stride, int rows, int outputs,
                   int inputs, int group, int num_threads);
-/* And their AMX forms for bf16 rows (linear_quant_amx.c). */
+/* And their AMX forms for bf16 rows, with bf16 outputs (linear_quant_amx.c). */
 int linear_q4_amx(const uint16_t *x, int64_t x_stride, const uint8_t *q, const float *scales,
-                  const float *mins, const float *bias, float *y, int64_t y_stride, int rows,
+                  const float *mins, const float *bias, uint16_t *y, int64_t y_stride, int rows,
                   int outputs, int inputs, int group, int num_threads);
 int linear_q8_amx(const uint16_t *x, int64_t x_stride, const int8_t *q, const float *scales,
-                  const float *bias, float *y, int64_t y_stride, int rows, int outputs, int inputs,
-                  int group, int num_threads);
+                  const float *bias, uint16_t *y, int64_t y_stride, int rows, int outputs,
+                  int inputs, int group, int num_threads);
 
 /* One projection's weights: dense bf16 [outputs, inputs] (bits 0; bf16 bias), or int4 codes
  * with mins (bits 4) / int8 codes (bits 8), float32 scales per `group` inputs and a float32
@@ -61,7 +61,7 @@ typedef struct {
 } StepArgs;
 
 /* y = x @ w^T + bias for the step's rows. A quantized projection does what the per-op path
- * does (x.float(), the float32 kernel, .to(bfloat16); or the AMX kernel on the bf16 rows),
+ * does (x.float(), the float32 kernel, .to(bfloat16); or the AMX kernel, bf16 in and out),
  * so both give the same bits. */
 static int project(const StepArgs *s, const Projection *p, const uint16_t *x, int64_t x_stride,
                    uint16_t *y, int outputs, int inputs) {
@@ -69,26 +69,21 @@ static int project(const StepArgs *s, const Projection *p, const uint16_t *x, in
     if (p->bits == 0)
         return linear_bf16(x, x_stride, p->weight, p->bias, y, outputs, rows, outputs, inputs,
                            threads);
-    if (!s->wide_in || !s->wide_out || (p->bits != 4 && p->bits != 8)) return -1;
-    int status;
-    if (s->quant_amx) {
-        status = p->bits == 4 ? linear_q4_amx(x, x_stride, p->weight, p->scales, p->mins, p->bias,
-                                              s->wide_out, outputs, rows, outputs, inputs,
-                                              p->group, threads)
-                              : linear_q8_amx(x, x_stride, p->weight, p->scales, p->bias,
-                                              s->wide_out, outputs, rows, outputs, inputs,
-                                              p->group, threads);
-    } else {
-        for (int64_t r = 0; r < rows; r++)
-            for (int i = 0; i < inputs; i++)
-                s->wide_in[r * inputs + i] = bf16_to_f32(x[r * x_stride + i]);
-        status = p->bits == 4 ? linear_q4_f32(s->wide_in, inputs, p->weight, p->scales, p->mins,
-                                              p->bias, s->wide_out, outputs, rows, outputs,
-                                              inputs, p->group, threads)
-                              : linear_q8_f32(s->wide_in, inputs, p->weight, p->scales, p->bias,
-                                              s->wide_out, outputs, rows, outputs, inputs,
-                                              p->group, threads);
-    }
+    if (p->bits != 4 && p->bits != 8) return -1;
+    if (s->quant_amx)
+        return p->bits == 4 ? linear_q4_amx(x, x_stride, p->weight, p->scales, p->mins, p->bias, y,
+                                            outputs, rows, outputs, inputs, p->group, threads)
+                            : linear_q8_amx(x, x_stride, p->weight, p->scales, p->bias, y, outputs,
+                                            rows, outputs, inputs, p->group, threads);
+    if (!s->wide_in || !s->wide_out) return -1;
+    for (int64_t r = 0; r < rows; r++)
+        for (int i = 0; i < inputs; i++)
+            s->wide_in[r * inputs + i] = bf16_to_f32(x[r * x_stride + i]);
+    const int status =
+        p->bits == 4 ? linear_q4_f32(s->wide_in, inputs, p->weight, p->scales, p->mins, p->bias,
+                                     s->wide_out, outputs, rows, outputs, inputs, p->group, threads)
+                     : linear_q8_f32(s->wide_in, inputs, p->weight, p->scales, p->bias, s->wide_out,
+                                     outputs, rows, outputs, inputs, p->group, threads);
     const int64_t count = (int64_t)rows * outputs;
     for (int64_t i = 0; i < count; i++) y[i] = f32_to_bf16(s->wide_out[i]);
     return status;

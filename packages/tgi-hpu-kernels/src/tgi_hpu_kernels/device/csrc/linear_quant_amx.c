@@ -1,5 +1,5 @@
 /* Weight-only quantized linear layers on AMX tiles (Intel Sapphire Rapids and later), for bf16
- * activations: y[M, O] = x[M, I] @ dequant(w)[O, I]^T (+ bias), float32 out. Same weight
+ * activations: y[M, O] = x[M, I] @ dequant(w)[O, I]^T (+ float32 bias), rounded once to bf16. Same weight
  * layouts as linear_quant.c (int4 codes with (scale, min) per group, int8 codes with a scale).
  *
  * Exact where a bf16 GEMM on dequantized weights is not: the codes themselves (0..15, or
@@ -143,7 +143,7 @@ static inline __attribute__((always_inline)) void dot_tiles(const uint16_t *code
 
 /* Up to CHUNK_ROWS rows of linear_quant_amx. */
 static int linear_quant_chunk(int bits, const uint16_t *x, int64_t x_stride, const void *q,
-                              const float *scales, const float *mins, const float *bias, float *y,
+                              const float *scales, const float *mins, const float *bias, uint16_t *y,
                               int64_t y_stride, int rows, int outputs, int inputs, int group,
                               int num_threads) {
     const int tiles = (rows + TILE - 1) / TILE, blocks = inputs / KB, groups = inputs / group;
@@ -201,9 +201,9 @@ static int linear_quant_chunk(int bits, const uint16_t *x, int64_t x_stride, con
                 }
                 for (int t = 0; t < pass; t++)
                     for (int m = 0; m < TILE && (t0 + t) * TILE + m < rows; m++) {
-                        float *out = y + (int64_t)((t0 + t) * TILE + m) * y_stride + o0;
+                        uint16_t *out = y + (int64_t)((t0 + t) * TILE + m) * y_stride + o0;
                         for (int r = 0; r < count; r++)
-                            out[r] = acc[t][r][m] + (bias ? bias[o0 + r] : 0.0f);
+                            out[r] = f32_to_bf16(acc[t][r][m] + (bias ? bias[o0 + r] : 0.0f));
                     }
             }
         }
@@ -221,7 +221,7 @@ done:
 }
 
 static int linear_quant_amx(int bits, const uint16_t *x, int64_t x_stride, const void *q,
-                            const float *scales, const float *mins, const float *bias, float *y,
+                            const float *scales, const float *mins, const float *bias, uint16_t *y,
                             int64_t y_stride, int rows, int outputs, int inputs, int group,
                             int num_threads) {
     if (rows <= 0 || outputs <= 0 || inputs <= 0 || inputs % KB || !group || group % KB ||
@@ -241,7 +241,7 @@ int cpu_kernels_amx(void) { return amx_permitted(); }
 
 #else
 static int linear_quant_amx(int bits, const uint16_t *x, int64_t x_stride, const void *q,
-                            const float *scales, const float *mins, const float *bias, float *y,
+                            const float *scales, const float *mins, const float *bias, uint16_t *y,
                             int64_t y_stride, int rows, int outputs, int inputs, int group,
                             int num_threads) {
     (void)bits, (void)x, (void)x_stride, (void)q, (void)scales, (void)mins, (void)bias, (void)y;
@@ -253,14 +253,14 @@ int cpu_kernels_amx(void) { return 0; }
 #endif
 
 int linear_q4_amx(const uint16_t *x, int64_t x_stride, const uint8_t *q, const float *scales,
-                  const float *mins, const float *bias, float *y, int64_t y_stride, int rows,
+                  const float *mins, const float *bias, uint16_t *y, int64_t y_stride, int rows,
                   int outputs, int inputs, int group, int num_threads) {
     return linear_quant_amx(4, x, x_stride, q, scales, mins, bias, y, y_stride, rows, outputs,
                             inputs, group, num_threads);
 }
 
 int linear_q8_amx(const uint16_t *x, int64_t x_stride, const int8_t *q, const float *scales,
-                  const float *bias, float *y, int64_t y_stride, int rows, int outputs, int inputs,
+                  const float *bias, uint16_t *y, int64_t y_stride, int rows, int outputs, int inputs,
                   int group, int num_threads) {
     return linear_quant_amx(8, x, x_stride, q, scales, NULL, bias, y, y_stride, rows, outputs,
                             inputs, group, num_threads);
