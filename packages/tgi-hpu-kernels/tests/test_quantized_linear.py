@@ -28,6 +28,7 @@ from tgi_core.contract import (
 )
 from tgi_hpu_kernels.device.cpu import (
     QUANTIZED_AMX_MIN_ROWS,
+    QUANTIZED_AMX_SPLIT_MIN_ROWS,
     QUANTIZED_NATIVE_MAX_ROWS,
     CpuDevice,
 )
@@ -134,9 +135,12 @@ def test_avx2_kernels_match_dequantized_matmul(
 
 @needs_compiler
 @pytest.mark.parametrize("scheme", SCHEMES, ids=str)
-def test_amx_kernel_is_exact_to_float32_rounding_for_bf16_rows(scheme: WeightQuantization) -> None:
-    """With AMX, bf16 rows from QUANTIZED_AMX_MIN_ROWS on multiply the codes on the tiles:
-    the float64 product rounded to bf16 (float32 sums, one rounding to bf16 at the end), each
+def test_amx_kernels_round_the_float64_product_once_for_bf16_rows(
+    scheme: WeightQuantization,
+) -> None:
+    """With AMX, bf16 rows from QUANTIZED_AMX_MIN_ROWS on multiply the codes on the tiles,
+    from QUANTIZED_AMX_SPLIT_MIN_ROWS on the weights split in two bf16 halves: either way the
+    float64 product rounded once to bf16 (float32 sums; the split weights to 2^-18), each
     row's bits independent of the batch. Without AMX, bf16 rows stay on the float32 kernels."""
     native, device = native_kernels(), CpuDevice()
     assert native is not None
@@ -151,12 +155,14 @@ def test_amx_kernel_is_exact_to_float32_rounding_for_bf16_rows(scheme: WeightQua
         return
     assert device.quantized_amx(x) and not device.quantized_amx(x[:-1])
     assert not device.quantized_amx(x.float())
-    for rows in (QUANTIZED_AMX_MIN_ROWS, 16, 33, 200):
+    split_at = QUANTIZED_AMX_SPLIT_MIN_ROWS
+    for rows in (QUANTIZED_AMX_MIN_ROWS, 16, 33, split_at, split_at + 37):
         weight = _random_layer(scheme, gen, remainder=rows % 4).quantized()  # partial tiles
         x = torch.randn(rows, weight.in_features, generator=gen).to(torch.bfloat16)
         bias = torch.randn(weight.out_features, generator=gen)
         expected = x.double() @ dequantize(weight).double().T + bias.double()
-        out = native.quantized_linear(x, weight, bias)
+        split = rows >= split_at
+        out = native.quantized_linear(x, weight, bias, split=split)
         assert out.dtype == torch.bfloat16
         # Half a bf16 ulp (at most 2^-9 relative, 2^-8 with margin) and float32 sums' error.
         error = (out.double() - expected).abs() - 2**-8 * expected.abs()
@@ -164,11 +170,13 @@ def test_amx_kernel_is_exact_to_float32_rounding_for_bf16_rows(scheme: WeightQua
         assert relative < 1e-5, f"{scheme}, {rows} rows: {relative:.3g}"
         rounded = expected.to(torch.bfloat16)  # a float32 sum can only flip a near-tie
         assert float((out != rounded).float().mean()) < 0.01
-        first = native.quantized_linear(x[:QUANTIZED_AMX_MIN_ROWS], weight, bias)
-        assert torch.equal(first, out[:QUANTIZED_AMX_MIN_ROWS])
+        fewest = split_at if split else QUANTIZED_AMX_MIN_ROWS
+        first = native.quantized_linear(x[:fewest], weight, bias, split=split)
+        assert torch.equal(first, out[:fewest])
         with torch.profiler.profile() as profile:
             device.quantized_linear(x, weight, bias)
-        assert f"native::linear_q{weight.bits}_amx" in {e.key for e in profile.key_averages()}
+        kernel = f"native::linear_q{weight.bits}_amx{'_split' if split else ''}"
+        assert kernel in {e.key for e in profile.key_averages()}
 
 
 def _round_trip(w: Tensor, bits: int, group: int) -> tuple[Tensor, Tensor]:

@@ -58,6 +58,8 @@ _QUANT_ARGTYPES = {
     "linear_q8_f32": [_P, _I64, _P, _P, _P, _P, _I64, *[_INT] * 5],
     "linear_q4_amx": [_P, _I64, _P, _P, _P, _P, _P, _I64, *[_INT] * 5],
     "linear_q8_amx": [_P, _I64, _P, _P, _P, _P, _I64, *[_INT] * 5],
+    "linear_q4_amx_split": [_P, _I64, _P, _P, _P, _P, _P, _I64, *[_INT] * 5],
+    "linear_q8_amx_split": [_P, _I64, _P, _P, _P, _P, _I64, *[_INT] * 5],
     "dequantize_q4_f32": [_P, _P, _P, _P, *[_INT] * 4],
     "dequantize_q8_f32": [_P, _P, _P, *[_INT] * 4],
 }
@@ -235,12 +237,15 @@ class NativeKernels:
         )
         return out
 
-    def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
+    def quantized_linear(
+        self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None, *, split: bool = False
+    ) -> Tensor:
         """``x @ dequantize(weight).T + bias`` of ``[rows, inputs]`` rows (last dimension
         contiguous). float32 rows: each weight row dequantized once and dotted with every row,
-        float32 out. bf16 rows (``amx`` only): AMX tiles multiply them by the codes, each
-        group's sums are scaled in float32, and the sums are rounded once to bf16 out
-        (``linear_quant_amx.c``)."""
+        float32 out. bf16 rows (``amx`` only), bf16 out: AMX tiles multiply them by the codes
+        and each group's float32 sums are scaled (``linear_quant_amx.c``), or with ``split``
+        by the weights as two bf16 halves, to 2^-18 of each weight (``_split.c``: faster for
+        prefill-sized batches)."""
         rows, inputs = x.shape
         kernel = {torch.float32: "f32", torch.bfloat16: "amx"}.get(x.dtype)
         if kernel is None or x.stride(1) != 1 or inputs != weight.in_features:
@@ -249,6 +254,8 @@ class NativeKernels:
             )
         if kernel == "amx" and not self.amx:
             raise ValueError("bf16 rows need the AMX kernel, which this CPU's build lacks")
+        if split:
+            kernel += "_split"
         out = torch.empty((rows, weight.out_features), dtype=x.dtype)
         # Held for the whole call: a converted bias is a temporary the kernel still reads.
         bias32 = None if bias is None else bias.float().contiguous()

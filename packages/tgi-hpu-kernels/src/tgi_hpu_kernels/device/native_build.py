@@ -32,10 +32,11 @@ SOURCES = tuple(
         "linear.c",
         "linear_quant.c",
         "linear_quant_amx.c",
+        "linear_quant_amx_split.c",
         "layer.c",
     )
 )
-_HEADERS = (_FOLDER / "common.h",)
+_HEADERS = (_FOLDER / "common.h", _FOLDER / "amx.h")
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
 
 

@@ -15,44 +15,12 @@
  * a time, ROW_TILES tiles per pass so the converted codes serve several before L1 drops them.
  * Each output is summed in a fixed order whatever the number of rows (batch invariance).
  */
-#include "common.h"
+#include "amx.h"
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__) && \
-    defined(__AVX512BF16__)
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-#define TILE 16           /* rows of every tile, and columns of C */
-#define KB 32             /* bf16 inputs per tile row (64 bytes) */
+#if HAVE_AMX
 #define ROW_TILES 16      /* 16-row tiles of x per pass over a block of codes */
 #define CHUNK_ROWS 256    /* rows per packing of x: 2 bytes x inputs each, kept within L2 */
 #define IN_FLIGHT 4       /* C tiles summed at once: one alone waits on each product's latency */
-#define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
-
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} TileConfig;
-
-/* Linux hands AMX state to a process only on request (once; later calls are no-ops). */
-static int amx_permitted(void) {
-    static int state; /* 0 unknown, 1 granted, -1 refused */
-    if (!state) state = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) ? -1 : 1;
-    return state == 1;
-}
-
-static void configure_tiles(void) {
-    TileConfig config = {0};
-    config.palette = 1;
-    for (int t = 0; t < 7; t++) { /* 0-3: C, 4: A, 5-6: B; each 16 rows of 64 bytes */
-        config.rows[t] = TILE;
-        config.colsb[t] = 64;
-    }
-    _tile_loadconfig(&config);
-}
 
 /* bf16 of 0..15, looked up by vpermw: the int4 codes' values. */
 static inline __m512i q4_to_bf16(__m256i codes) {
@@ -96,7 +64,7 @@ static void pack_rows(const uint16_t *x, int64_t x_stride, int rows, int inputs,
             const int row = t * TILE + m;
             const uint32_t *src = (const uint32_t *)(x + (int64_t)row * x_stride);
             for (int b = 0; b < blocks; b++) {
-                uint32_t *dst = (uint32_t *)(packed + ((int64_t)t * blocks + b) * TILE * KB);
+                uint32_t *dst = (uint32_t *)(packed + ((int64_t)t * blocks + b) * BLOCK_ELEMS);
                 for (int p = 0; p < KB / 2; p++) dst[p * TILE + m] = row < rows ? src[b * 16 + p] : 0;
             }
             if (!sums) continue;
@@ -124,11 +92,11 @@ static inline __attribute__((always_inline)) void dot_tiles(const uint16_t *code
     _tile_zero(3);
 #define DOT(i, b_tile)                                                         \
     if (n > i) {                                                               \
-        _tile_loadd(b_tile, xb + i * tile_stride + (int64_t)(b0 + j) * TILE * KB, 64); \
+        _tile_loadd(b_tile, xb + i * tile_stride + (int64_t)(b0 + j) * BLOCK_ELEMS, 64); \
         _tile_dpbf16ps(i, 4, b_tile);                                          \
     }
     for (int j = 0; j < count; j++) {
-        _tile_loadd(4, codes + j * TILE * KB, 64);
+        _tile_loadd(4, codes + j * BLOCK_ELEMS, 64);
         DOT(0, 5)
         DOT(1, 6)
         DOT(2, 5)
@@ -149,7 +117,7 @@ static int linear_quant_chunk(int bits, const uint16_t *x, int64_t x_stride, con
     const int tiles = (rows + TILE - 1) / TILE, blocks = inputs / KB, groups = inputs / group;
     const int per_group = group / KB, out_blocks = (outputs + TILE - 1) / TILE;
     const int64_t row_bytes = bits == 4 ? inputs / 2 : inputs;
-    uint16_t *packed = aligned_alloc(64, (size_t)tiles * blocks * TILE * KB * sizeof(uint16_t));
+    uint16_t *packed = aligned_alloc(64, (size_t)tiles * blocks * BLOCK_ELEMS * sizeof(uint16_t));
     float *sums = mins ? malloc((size_t)tiles * groups * TILE * sizeof(float)) : NULL;
     int status = 0;
     if (!packed || (mins && !sums)) {
@@ -159,9 +127,9 @@ static int linear_quant_chunk(int bits, const uint16_t *x, int64_t x_stride, con
     pack_rows(x, x_stride, rows, inputs, group, packed, mins ? sums : NULL, num_threads);
 #pragma omp parallel num_threads(num_threads)
     {
-        configure_tiles();
+        configure_tiles(7); /* 0-3: C, 4: A, 5-6: B */
         /* One group's converted codes, and the block's float32 sums for a pass of row tiles. */
-        uint16_t *codes = aligned_alloc(64, (size_t)per_group * TILE * KB * sizeof(uint16_t));
+        uint16_t *codes = aligned_alloc(64, (size_t)per_group * BLOCK_ELEMS * sizeof(uint16_t));
         float acc[ROW_TILES][TILE][TILE] __attribute__((aligned(64)));
         float c[IN_FLIGHT][TILE][TILE] __attribute__((aligned(64)));
 #pragma omp for schedule(static)
@@ -175,7 +143,7 @@ static int linear_quant_chunk(int bits, const uint16_t *x, int64_t x_stride, con
                 for (int g = 0; g < groups; g++) {
                     for (int j = 0; j < per_group; j++)
                         convert_block(bits, qb, row_bytes, g * per_group + j, count,
-                                      codes + j * TILE * KB);
+                                      codes + j * BLOCK_ELEMS);
                     __m512 scale[TILE], low[TILE];
                     for (int r = 0; r < TILE; r++) {
                         const int64_t at = (int64_t)(o0 + (r < count ? r : count - 1)) * groups + g;
@@ -184,8 +152,8 @@ static int linear_quant_chunk(int bits, const uint16_t *x, int64_t x_stride, con
                     }
                     for (int t = 0; t < pass; t += IN_FLIGHT) {
                         const int n = pass - t < IN_FLIGHT ? pass - t : IN_FLIGHT;
-                        const uint16_t *xb = packed + (int64_t)(t0 + t) * blocks * TILE * KB;
-                        dot_tiles(codes, xb, (int64_t)blocks * TILE * KB, g * per_group, per_group, n, c);
+                        const uint16_t *xb = packed + (int64_t)(t0 + t) * blocks * BLOCK_ELEMS;
+                        dot_tiles(codes, xb, (int64_t)blocks * BLOCK_ELEMS, g * per_group, per_group, n, c);
                         for (int i = 0; i < n; i++) {
                             const __m512 sum =
                                 mins ? _mm512_loadu_ps(sums + ((int64_t)(t0 + t + i) * groups + g) * TILE)
@@ -224,9 +192,7 @@ static int linear_quant_amx(int bits, const uint16_t *x, int64_t x_stride, const
                             const float *scales, const float *mins, const float *bias, uint16_t *y,
                             int64_t y_stride, int rows, int outputs, int inputs, int group,
                             int num_threads) {
-    if (rows <= 0 || outputs <= 0 || inputs <= 0 || inputs % KB || !group || group % KB ||
-        inputs % group)
-        return -1;
+    if (!amx_shapes_ok(rows, outputs, inputs, group)) return -1;
     if (!amx_permitted()) return -2;
     int status = 0;
     for (int r0 = 0; r0 < rows && !status; r0 += CHUNK_ROWS)
