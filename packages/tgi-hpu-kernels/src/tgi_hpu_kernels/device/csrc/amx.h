@@ -44,6 +44,14 @@ static inline void configure_tiles(int count) {
     _tile_loadconfig(&config);
 }
 
+/* C tiles 0..n-1 (n <= 4) to c[0..n-1]: tile numbers are immediates, hence the branches. */
+static inline void store_c_tiles(int n, float (*c)[TILE][TILE]) {
+    _tile_stored(0, c[0], 64);
+    if (n > 1) _tile_stored(1, c[1], 64);
+    if (n > 2) _tile_stored(2, c[2], 64);
+    if (n > 3) _tile_stored(3, c[3], 64);
+}
+
 /* The shapes both kernels take: whole 32-input blocks and groups. */
 static inline int amx_shapes_ok(int rows, int outputs, int inputs, int group) {
     return rows > 0 && outputs > 0 && inputs > 0 && inputs % KB == 0 && group > 0 &&

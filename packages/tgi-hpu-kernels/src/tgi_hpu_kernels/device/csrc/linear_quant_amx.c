@@ -1,11 +1,12 @@
-/* Weight-only quantized linear layers on AMX tiles (Intel Sapphire Rapids and later), for bf16
- * activations: y[M, O] = x[M, I] @ dequant(w)[O, I]^T (+ float32 bias), rounded once to bf16. Same weight
- * layouts as linear_quant.c (int4 codes with (scale, min) per group, int8 codes with a scale).
+/* The AMX quantized linear for decode-sized batches (12 to 95 rows, cpu.py; more rows take
+ * linear_quant_amx_split.c): y[M, O] = x[M, I] @ dequant(w)[O, I]^T (+ float32 bias), bf16 x,
+ * rounded once to bf16; the weight layouts of linear_quant.c (int4 codes with (scale, min)
+ * per group, int8 codes with a scale).
  *
  * Exact where a bf16 GEMM on dequantized weights is not: the codes themselves (0..15, or
  * -127..127) are bf16 numbers, so the tiles multiply the bf16 activations by the codes with
  * float32 sums, one group of inputs at a time, and each group's sum is scaled in float32:
- *   y[m, o] = sum_g scale[o, g] * (sum_{k in g} x[m, k] q[o, k]) + min[o, g] * sum_{k in g} x[m, k].
+ *   y[m, o] = sum_g scale[o, g] * sum_{k in g} x[m, k] q[o, k] + min[o, g] * sum_{k in g} x[m, k]
  * Only float32 rounding separates it from x @ dequant(w)^T in float32, where rounding the
  * dequantized weights to bf16 would cost about 1e-3 of relative error.
  *
@@ -44,7 +45,8 @@ static void convert_block(int bits, const uint8_t *q, int64_t row_bytes, int b, 
             out = q4_to_bf16(_mm256_set_m128i(hi, lo));
         } else {
             const __m256i codes = _mm256_loadu_si256((const __m256i *)(row + (int64_t)b * 32));
-            const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(codes)));
+            const __m512 lo =
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(codes)));
             const __m512 hi =
                 _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(codes, 1)));
             out = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
@@ -65,7 +67,8 @@ static void pack_rows(const uint16_t *x, int64_t x_stride, int rows, int inputs,
             const uint32_t *src = (const uint32_t *)(x + (int64_t)row * x_stride);
             for (int b = 0; b < blocks; b++) {
                 uint32_t *dst = (uint32_t *)(packed + ((int64_t)t * blocks + b) * BLOCK_ELEMS);
-                for (int p = 0; p < KB / 2; p++) dst[p * TILE + m] = row < rows ? src[b * 16 + p] : 0;
+                for (int p = 0; p < KB / 2; p++)
+                    dst[p * TILE + m] = row < rows ? src[b * 16 + p] : 0;
             }
             if (!sums) continue;
             for (int g = 0; g < groups; g++) {
@@ -103,17 +106,14 @@ static inline __attribute__((always_inline)) void dot_tiles(const uint16_t *code
         DOT(3, 6)
     }
 #undef DOT
-    _tile_stored(0, c[0], 64);
-    if (n > 1) _tile_stored(1, c[1], 64);
-    if (n > 2) _tile_stored(2, c[2], 64);
-    if (n > 3) _tile_stored(3, c[3], 64);
+    store_c_tiles(n, c);
 }
 
 /* Up to CHUNK_ROWS rows of linear_quant_amx. */
 static int linear_quant_chunk(int bits, const uint16_t *x, int64_t x_stride, const void *q,
-                              const float *scales, const float *mins, const float *bias, uint16_t *y,
-                              int64_t y_stride, int rows, int outputs, int inputs, int group,
-                              int num_threads) {
+                              const float *scales, const float *mins, const float *bias,
+                              uint16_t *y, int64_t y_stride, int rows, int outputs, int inputs,
+                              int group, int num_threads) {
     const int tiles = (rows + TILE - 1) / TILE, blocks = inputs / KB, groups = inputs / group;
     const int per_group = group / KB, out_blocks = (outputs + TILE - 1) / TILE;
     const int64_t row_bytes = bits == 4 ? inputs / 2 : inputs;
@@ -153,11 +153,12 @@ static int linear_quant_chunk(int bits, const uint16_t *x, int64_t x_stride, con
                     for (int t = 0; t < pass; t += IN_FLIGHT) {
                         const int n = pass - t < IN_FLIGHT ? pass - t : IN_FLIGHT;
                         const uint16_t *xb = packed + (int64_t)(t0 + t) * blocks * BLOCK_ELEMS;
-                        dot_tiles(codes, xb, (int64_t)blocks * BLOCK_ELEMS, g * per_group, per_group, n, c);
+                        dot_tiles(codes, xb, (int64_t)blocks * BLOCK_ELEMS, g * per_group,
+                                  per_group, n, c);
                         for (int i = 0; i < n; i++) {
-                            const __m512 sum =
-                                mins ? _mm512_loadu_ps(sums + ((int64_t)(t0 + t + i) * groups + g) * TILE)
-                                     : _mm512_setzero_ps();
+                            const int64_t at = ((int64_t)(t0 + t + i) * groups + g) * TILE;
+                            const __m512 sum = mins ? _mm512_loadu_ps(sums + at)
+                                                    : _mm512_setzero_ps();
                             for (int r = 0; r < TILE; r++) {
                                 __m512 a = _mm512_load_ps(acc[t + i][r]);
                                 a = _mm512_fmadd_ps(_mm512_load_ps(c[i][r]), scale[r], a);
@@ -226,8 +227,8 @@ int linear_q4_amx(const uint16_t *x, int64_t x_stride, const uint8_t *q, const f
 }
 
 int linear_q8_amx(const uint16_t *x, int64_t x_stride, const int8_t *q, const float *scales,
-                  const float *bias, uint16_t *y, int64_t y_stride, int rows, int outputs, int inputs,
-                  int group, int num_threads) {
+                  const float *bias, uint16_t *y, int64_t y_stride, int rows, int outputs,
+                  int inputs, int group, int num_threads) {
     return linear_quant_amx(8, x, x_stride, q, scales, NULL, bias, y, y_stride, rows, outputs,
                             inputs, group, num_threads);
 }

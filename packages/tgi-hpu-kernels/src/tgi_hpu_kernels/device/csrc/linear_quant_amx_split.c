@@ -108,9 +108,7 @@ static inline __attribute__((always_inline)) void dot_rows(const uint16_t *a, in
         ROW(2, 5)
     }
 #undef ROW
-    _tile_stored(0, c[0], 64);
-    if (n > 1) _tile_stored(1, c[1], 64);
-    if (n > 2) _tile_stored(2, c[2], 64);
+    store_c_tiles(n, c);
 }
 
 /* Up to a chunk of rows (x and y already offset to its first row). */
