@@ -57,8 +57,8 @@ NATIVE_LINEAR_MAX_ROWS_AMX = 4
 FUSED_MAX_ROWS_AMX = 12
 # Rows up to which the quantized kernel beats dequantize-then-GEMM (measured: README).
 QUANTIZED_NATIVE_MAX_ROWS = 32
-# Rows from which, with AMX and bf16 activations, the tile kernel beats it (and the GEMM):
-# SmolLM2 int4 decode even at 12 rows, 1.1x at 16, 1.15x at 32; prefill 1.6x (README).
+# Rows from which, with AMX and bf16 activations, the tile kernels beat both: whole SmolLM2
+# int4 decode steps even at 12 rows, 1.1x at 16, 1.15x at 32 (README).
 QUANTIZED_AMX_MIN_ROWS = 12
 # Rows from which its split-weight form (two bf16 halves, no per-group scaling) is faster:
 # SmolLM2's projections even at 64 rows, 1.15-1.3x at 96, 1.3-1.7x at 256 (README).
