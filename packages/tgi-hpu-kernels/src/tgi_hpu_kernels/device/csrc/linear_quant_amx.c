@@ -11,16 +11,16 @@
  * dequantized weights to bf16 would cost about 1e-3 of relative error.
  *
  * Tiles: A = 16 output rows x 32 codes (the weights' natural order, converted to bf16 in an L1
- * buffer), B = 32 inputs x 16 activation rows (x transposed in pairs, packed once per call),
- * C = 16 x 16 float32 (outputs x rows). Each 16-output block runs on one thread; rows go 16 at
- * a time, ROW_TILES tiles per pass so the converted codes serve several before L1 drops them.
+ * buffer), B = 32 inputs x 16 activation rows (x transposed in pairs, packed once per chunk
+ * of CHUNK_ROWS), C = 16 x 16 float32 (outputs x rows). Each 16-output block runs on one
+ * thread; each group's converted codes serve every row tile of the chunk.
  * Each output is summed in a fixed order whatever the number of rows (batch invariance).
  */
 #include "amx.h"
 
 #if HAVE_AMX
-#define ROW_TILES 16      /* 16-row tiles of x per pass over a block of codes */
 #define CHUNK_ROWS 256    /* rows per packing of x: 2 bytes x inputs each, kept within L2 */
+#define ROW_TILES (CHUNK_ROWS / TILE) /* a chunk's row tiles, each converted code serves all */
 #define IN_FLIGHT 4       /* C tiles summed at once: one alone waits on each product's latency */
 
 /* bf16 of 0..15, looked up by vpermw: the int4 codes' values. */
@@ -128,7 +128,7 @@ static int linear_quant_chunk(int bits, const uint16_t *x, int64_t x_stride, con
 #pragma omp parallel num_threads(num_threads)
     {
         configure_tiles(7); /* 0-3: C, 4: A, 5-6: B */
-        /* One group's converted codes, and the block's float32 sums for a pass of row tiles. */
+        /* One group's converted codes, and the block's float32 sums for the chunk's rows. */
         uint16_t *codes = aligned_alloc(64, (size_t)per_group * BLOCK_ELEMS * sizeof(uint16_t));
         float acc[ROW_TILES][TILE][TILE] __attribute__((aligned(64)));
         float c[IN_FLIGHT][TILE][TILE] __attribute__((aligned(64)));
@@ -137,44 +137,40 @@ static int linear_quant_chunk(int bits, const uint16_t *x, int64_t x_stride, con
             if (!codes) continue;
             const int o0 = ob * TILE, count = outputs - o0 < TILE ? outputs - o0 : TILE;
             const uint8_t *qb = (const uint8_t *)q + (int64_t)o0 * row_bytes;
-            for (int t0 = 0; t0 < tiles; t0 += ROW_TILES) {
-                const int pass = tiles - t0 < ROW_TILES ? tiles - t0 : ROW_TILES;
-                memset(acc, 0, sizeof acc);
-                for (int g = 0; g < groups; g++) {
-                    for (int j = 0; j < per_group; j++)
-                        convert_block(bits, qb, row_bytes, g * per_group + j, count,
-                                      codes + j * BLOCK_ELEMS);
-                    __m512 scale[TILE], low[TILE];
-                    for (int r = 0; r < TILE; r++) {
-                        const int64_t at = (int64_t)(o0 + (r < count ? r : count - 1)) * groups + g;
-                        scale[r] = _mm512_set1_ps(scales[at]);
-                        low[r] = _mm512_set1_ps(mins ? mins[at] : 0.0f);
-                    }
-                    for (int t = 0; t < pass; t += IN_FLIGHT) {
-                        const int n = pass - t < IN_FLIGHT ? pass - t : IN_FLIGHT;
-                        const uint16_t *xb = packed + (int64_t)(t0 + t) * blocks * BLOCK_ELEMS;
-                        dot_tiles(codes, xb, (int64_t)blocks * BLOCK_ELEMS, g * per_group,
-                                  per_group, n, c);
-                        for (int i = 0; i < n; i++) {
-                            const int64_t at = ((int64_t)(t0 + t + i) * groups + g) * TILE;
-                            const __m512 sum = mins ? _mm512_loadu_ps(sums + at)
-                                                    : _mm512_setzero_ps();
-                            for (int r = 0; r < TILE; r++) {
-                                __m512 a = _mm512_load_ps(acc[t + i][r]);
-                                a = _mm512_fmadd_ps(_mm512_load_ps(c[i][r]), scale[r], a);
-                                if (mins) a = _mm512_fmadd_ps(sum, low[r], a);
-                                _mm512_store_ps(acc[t + i][r], a);
-                            }
+            memset(acc, 0, sizeof acc);
+            for (int g = 0; g < groups; g++) {
+                for (int j = 0; j < per_group; j++)
+                    convert_block(bits, qb, row_bytes, g * per_group + j, count,
+                                  codes + j * BLOCK_ELEMS);
+                __m512 scale[TILE], low[TILE];
+                for (int r = 0; r < TILE; r++) {
+                    const int64_t at = (int64_t)(o0 + (r < count ? r : count - 1)) * groups + g;
+                    scale[r] = _mm512_set1_ps(scales[at]);
+                    low[r] = _mm512_set1_ps(mins ? mins[at] : 0.0f);
+                }
+                for (int t = 0; t < tiles; t += IN_FLIGHT) {
+                    const int n = tiles - t < IN_FLIGHT ? tiles - t : IN_FLIGHT;
+                    const uint16_t *xb = packed + (int64_t)t * blocks * BLOCK_ELEMS;
+                    dot_tiles(codes, xb, (int64_t)blocks * BLOCK_ELEMS, g * per_group, per_group,
+                              n, c);
+                    for (int i = 0; i < n; i++) {
+                        const int64_t at = ((int64_t)(t + i) * groups + g) * TILE;
+                        const __m512 sum = mins ? _mm512_loadu_ps(sums + at) : _mm512_setzero_ps();
+                        for (int r = 0; r < TILE; r++) {
+                            __m512 a = _mm512_load_ps(acc[t + i][r]);
+                            a = _mm512_fmadd_ps(_mm512_load_ps(c[i][r]), scale[r], a);
+                            if (mins) a = _mm512_fmadd_ps(sum, low[r], a);
+                            _mm512_store_ps(acc[t + i][r], a);
                         }
                     }
                 }
-                for (int t = 0; t < pass; t++)
-                    for (int m = 0; m < TILE && (t0 + t) * TILE + m < rows; m++) {
-                        uint16_t *out = y + (int64_t)((t0 + t) * TILE + m) * y_stride + o0;
-                        for (int r = 0; r < count; r++)
-                            out[r] = f32_to_bf16(acc[t][r][m] + (bias ? bias[o0 + r] : 0.0f));
-                    }
             }
+            for (int t = 0; t < tiles; t++)
+                for (int m = 0; m < TILE && t * TILE + m < rows; m++) {
+                    uint16_t *out = y + (int64_t)(t * TILE + m) * y_stride + o0;
+                    for (int r = 0; r < count; r++)
+                        out[r] = f32_to_bf16(acc[t][r][m] + (bias ? bias[o0 + r] : 0.0f));
+                }
         }
         if (!codes) {
 #pragma omp atomic write
