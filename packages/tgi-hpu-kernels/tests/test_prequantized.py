@@ -47,13 +47,14 @@ def _nibble(words: torch.Tensor, rows: np.ndarray, cols: np.ndarray, shift: np.n
 
 
 def _gptq_reference(parts: dict[str, torch.Tensor], group: int) -> torch.Tensor:
-    """AutoGPTQ v1: q[i, o] is nibble i % 8 of qweight[i // 8, o]; w = (q - (z + 1)) * s."""
+    """AutoGPTQ v1: q[i, o] is nibble i % 8 of qweight[i // 8, o]; w = (q - (z + 1) % 16) * s
+    (a stored 15 is a zero point of 0)."""
     inputs, outputs = parts["qweight"].shape[0] * 8, parts["qweight"].shape[1]
     i, o = np.arange(inputs), np.arange(outputs)
     q = _nibble(parts["qweight"], i // 8, o, 4 * (i % 8)[:, None])
     z = _nibble(parts["qzeros"], np.arange(inputs // group), o // 8, 4 * (o % 8)[None, :])
     s = parts["scales"].float().numpy()
-    w = (q - (z[i // group] + 1.0)) * s[i // group]
+    w = (q - (z[i // group] + 1) % 16.0) * s[i // group]
     return torch.from_numpy(np.ascontiguousarray(w.T, dtype=np.float32))
 
 
@@ -87,8 +88,8 @@ def _random_linear(
         parts = {"qweight": qweight, "qzeros": _pack(zeros, list(range(8)))}
         parts["g_idx"] = torch.arange(inputs, dtype=torch.int32) // group
         unpacked = _gptq_reference({**parts, "scales": torch.ones(groups, outputs)}, group)
-    offset = 1.0 if method == "gptq" else 0.0
-    expected = codes.T - np.repeat(zeros + offset, group, axis=0).T  # [out, in]
+    real_zeros = (zeros + 1) % 16 if method == "gptq" else zeros  # GPTQ v1's offset
+    expected = codes.T - np.repeat(real_zeros, group, axis=0).T  # [out, in]
     assert torch.equal(unpacked, torch.from_numpy(expected.astype(np.float32)))  # the packing
     return {**parts, "scales": scales}
 

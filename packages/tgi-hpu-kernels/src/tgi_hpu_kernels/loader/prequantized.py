@@ -6,9 +6,11 @@ the lowest bits first) and fp16 ``scales``, one (scale, zero) per ``group_size``
 
 - GPTQ (AutoGPTQ's and transformers' layout): ``qweight`` [in / 8, out] packed along the
   inputs, ``qzeros`` [in / group, out / 8], ``scales`` [in / group, out], ``g_idx`` [in];
-  ``w = (q - (z + 1)) * s``: AutoGPTQ's ``QuantLinear.pack`` stores ``zeros - 1`` and its
-  dequantization adds the 1 back (auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py, ``zeros -=
-  1`` / ``zeros = zeros + 1``); that is the "gptq" checkpoint_format, "gptq_v2" drops the offset.
+  ``w = (q - ((z + 1) mod 16)) * s``: AutoGPTQ's ``QuantLinear.pack`` stores ``zeros - 1``
+  (a zero point of 0 wraps to 15) and its torch dequantization adds the 1 back in four bits
+  (auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py, ``zeros -= 1`` / ``zeros = zeros + 1``,
+  ``bitwise_and(zeros, 2**bits - 1)``; TGI-Gaudi's GPTQ layer likewise); that is the "gptq"
+  checkpoint_format, "gptq_v2" drops the offset.
 - AWQ (AutoAWQ's GEMM layout): ``qweight`` [in, out / 8] packed along the outputs, ``qzeros``
   [in / group, out / 8] likewise, ``scales`` [in / group, out]; ``w = (q - z) * s``. Nibble
   ``i`` of word ``c`` holds output ``8c + [0, 2, 4, 6, 1, 3, 5, 7][i]`` (AutoAWQ's
@@ -180,7 +182,8 @@ def _packed_rows(fmt: _Format, prefix: str, parts: Mapping[str, Tensor]) -> Pack
     if fmt.method == "gptq":
         inputs, outputs = qweight.shape[0] * 8, qweight.shape[1]
         codes = _unpack(qweight).transpose(1, 2).reshape(inputs, outputs)  # [in, out]
-        zeros = _unpack(qzeros).flatten(1).to(torch.float32) + 1  # the v1 offset (above)
+        # the v1 offset (above), in four bits: a zero point of 0 was stored as 15 (-1)
+        zeros = ((_unpack(qzeros).flatten(1) + 1) & 0xF).to(torch.float32)
     else:
         inputs, outputs = qweight.shape[0], qweight.shape[1] * 8
         order = list(_AWQ_REVERSE_ORDER)
