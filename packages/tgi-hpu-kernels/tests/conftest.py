@@ -13,6 +13,9 @@ import torch
 
 from tgi_core.settings.slices import RunnerSettings
 from tgi_hpu_kernels.device.cpu import CpuDevice
+from tgi_hpu_kernels.layers import QuantizedKernels, QuantizedWeight, TorchLayerKernels
+from tgi_hpu_kernels.layers.quantized import to_uint4_words
+from tgi_hpu_kernels.layers.uint4_words import Uint4Words
 from tgi_hpu_kernels.parallel import TensorParallelGroup, local_shards
 from tgi_hpu_kernels.runner import TorchModelRunner
 from tgi_hpu_kernels.testing import Family, save_tiny_checkpoint
@@ -50,12 +53,32 @@ def runner_settings(folder: Path, **settings: object) -> RunnerSettings:
     return RunnerSettings(**values)  # type: ignore[arg-type]
 
 
+class GaudiLayoutCpu(CpuDevice):
+    """The CPU device under Gaudi's weight-only contract (``device/hpu.py``): int4 only, with
+    integer zero points, each layer repacked into uint4 words at load, and the words read
+    back by ``dequantize_words`` where Gaudi calls ``torch.ops.hpu.convert_from_uint4``."""
+
+    @property
+    def quantized_kernels(self) -> QuantizedKernels:
+        return QuantizedKernels("hpu", frozenset((4,)), integer_zero_points=True)
+
+    def pack_quantized(self, weight: QuantizedWeight) -> Uint4Words:
+        return to_uint4_words(weight, torch.bfloat16)
+
+    def quantized_linear(
+        self, x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        assert weight.uint4 is not None, "a layer was not repacked"
+        return TorchLayerKernels.quantized_linear(self, x, weight, bias)
+
+
 @pytest.fixture
 def make_runner() -> MakeRunner:
     """``make_runner(folder, static=False, native=True, fused=True, num_kv_blocks=64,
-    group=None, **settings)`` on the CPU, float32 unless ``dtype`` says otherwise;
-    ``native=False`` runs torch ops only, ``fused=False`` the native kernels one op at a time;
-    ``group``: rank 0's tensor-parallel group (``sharded_runner`` starts the other ranks)."""
+    group=None, gaudi_layout=False, **settings)`` on the CPU, float32 unless ``dtype`` says
+    otherwise; ``native=False`` runs torch ops only, ``fused=False`` the native kernels one op
+    at a time; ``group``: rank 0's tensor-parallel group (``sharded_runner`` starts the other
+    ranks); ``gaudi_layout``: quantized weights as Gaudi holds them (``GaudiLayoutCpu``)."""
 
     def make(
         folder: Path,
@@ -65,11 +88,13 @@ def make_runner() -> MakeRunner:
         fused: bool = True,
         num_kv_blocks: int | None = 64,
         group: TensorParallelGroup | None = None,
+        gaudi_layout: bool = False,
         **settings: object,
     ) -> TorchModelRunner:
+        cls = GaudiLayoutCpu if gaudi_layout else CpuDevice
         return TorchModelRunner(
             runner_settings(folder, **settings),
-            device=CpuDevice(static_shapes=static, use_native=native, use_fused=fused),
+            device=cls(static_shapes=static, use_native=native, use_fused=fused),
             num_kv_blocks=num_kv_blocks,
             group=group,
         )

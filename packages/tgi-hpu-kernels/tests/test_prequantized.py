@@ -185,6 +185,28 @@ def test_checkpoint_loads_exactly_and_matches_its_dense_model(
     assert (logits - dense).abs().max() <= 1e-3 * dense.abs().max()
 
 
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_gaudi_repacks_the_checkpoint_into_uint4_words(
+    tiny_checkpoint, make_runner, tmp_path, method
+):
+    folder = tmp_path / method
+    reference, dense_folder = _write_checkpoint(tiny_checkpoint("llama")[0], folder, method, 32)
+    gaudi = make_runner(folder, gaudi_layout=True)
+    modules = dict(gaudi._model.named_modules())
+    for layer in range(2):
+        for merged, sources in MERGED.items():
+            module = modules[f"model.layers.{layer}.{merged}"]
+            assert module.codes.numel() == 0 and module.uint4_qweight is not None
+            parent = f"model.layers.{layer}.{merged.split('.')[0]}"
+            expected = torch.cat([reference[f"{parent}.{source}"] for source in sources])
+            # the same integer codes and zero points; the scales rounded to bf16 (INC's)
+            error = (dequantize(module.quantized()) - expected).abs().max()
+            assert error <= 2**-8 * expected.abs().max()
+    logits = gaudi.compute_logits(_plan(), every_token=True)
+    dense = make_runner(dense_folder).compute_logits(_plan(), every_token=True)
+    assert (logits - dense).abs().max() <= 1e-2 * dense.abs().max()
+
+
 @pytest.mark.parametrize(
     ("method", "config", "match"),
     [

@@ -311,6 +311,23 @@ def test_quantize_serves_quantized_projections(
     assert _cosine(_logits(runner), dense) > min_cosine
 
 
+def test_gaudi_serves_nf4_as_integer_zero_point_uint4_words(
+    tiny_llama: Path, make_runner: MakeRunner
+) -> None:
+    dense = _logits(make_runner(tiny_llama))
+    runner = make_runner(tiny_llama, quantize="bitsandbytes-nf4", gaudi_layout=True)
+    scheme = WeightQuantization(4, 64, integer_zeros=True)
+    for layer in range(2):
+        for name in PROJECTIONS:
+            module = _modules(runner)[f"model.layers.{layer}.{name}"]
+            assert type(module) is QuantizedLinear and module.scheme == scheme, name
+            assert module.codes.numel() == 0 and module.uint4_qweight is not None, name
+    assert runner.weights == f"{scheme} projections, dense LM head (--quantize bitsandbytes-nf4)"
+    assert _cosine(_logits(runner), dense) > 0.95
+    with pytest.raises(ValueError, match=r"^--quantize bitsandbytes: no weight-only int8 kernels"):
+        make_runner(tiny_llama, quantize="bitsandbytes", gaudi_layout=True)
+
+
 def test_quantize_refuses_inputs_that_do_not_fill_the_groups(
     tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner
 ) -> None:

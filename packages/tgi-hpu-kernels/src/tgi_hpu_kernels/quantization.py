@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.layers.quantized import QuantizedKernels
 from tgi_hpu_kernels.loader.quantize import PREQUANTIZED, WEIGHT_ONLY
 
 __all__ = [
@@ -51,14 +52,15 @@ _HP_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp3
 _FP8_DEVICES = ("hpu", "cpu")  # INC's FP8: Gaudi matmuls, or QDQ on the CPU
 
 
-def check_quantize(settings: RunnerSettings, device_name: str, quantized_kernels: bool) -> None:
-    """Refuses, before anything loads, a ``--quantize`` (or ``--gguf-weights quantized``) this
-    device cannot serve.
+def check_quantize(settings: RunnerSettings, kernels: QuantizedKernels) -> None:
+    """Refuses, before anything loads, a ``--quantize`` (or ``--gguf-weights quantized``) the
+    device (``kernels``: what its weight-only kernels take) cannot serve.
 
     Raises:
         ValueError: one line naming the method and the device.
     """
-    if settings.gguf_weights == "quantized" and not quantized_kernels:
+    device_name = kernels.device
+    if settings.gguf_weights == "quantized" and not kernels.bits:
         raise ValueError(
             f"--gguf-weights quantized: no weight-only int8/int4 kernels on {device_name}"
         )
@@ -74,8 +76,9 @@ def check_quantize(settings: RunnerSettings, device_name: str, quantized_kernels
         if settings.quant_config:
             raise ValueError(f"{where} and QUANT_CONFIG both ask for FP8: set one of them")
     elif method in (*WEIGHT_ONLY, *PREQUANTIZED):
-        if not quantized_kernels:
-            raise ValueError(f"{where}: no weight-only int8/int4 kernels on {device_name}")
+        bits = WEIGHT_ONLY[method].bits if method in WEIGHT_ONLY else 4
+        if bits not in kernels.bits:
+            raise ValueError(f"{where}: no weight-only int{bits} kernels on {device_name}")
     else:
         raise ValueError(f"{where}: no {method} kernels on {device_name}")
 

@@ -102,7 +102,7 @@ class TorchModelRunner:
         self._device = device or select_device(settings.device, settings)
         settings, medusa = with_medusa(settings)
         self._settings = settings = resolve_dtype(settings, self._device)
-        check_quantize(settings, self._device.name, self._device.quantized_kernels)
+        check_quantize(settings, self._device.quantized_kernels)
         if settings.speculate and self._device.needs_static_shapes:
             raise ValueError(
                 f"--speculate runs on packed steps; {self._device.name} runs static shapes "
@@ -118,6 +118,7 @@ class TorchModelRunner:
             device=self._device.torch_device,
             group=group,
             gguf_quantized=self._device.serves_gguf_quantized(torch_dtype(settings.dtype)),
+            quantized_kernels=self._device.quantized_kernels,
             nested_model=nested_model,
             history_inputs=history_inputs,
         )

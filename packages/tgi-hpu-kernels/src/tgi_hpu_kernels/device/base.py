@@ -21,6 +21,7 @@ from torch.nn import functional as nnf
 from tgi_core.settings.slices import DType
 from tgi_hpu_kernels.attention import PagedRows
 from tgi_hpu_kernels.layers.kernels import TorchLayerKernels
+from tgi_hpu_kernels.layers.quantized import QuantizedKernels
 
 __all__ = [
     "Device",
@@ -338,10 +339,10 @@ class Device(TorchLayerKernels, ABC):
         return None
 
     @property
-    def quantized_kernels(self) -> bool:
-        """Whether weight-only int8/int4 layers run on a kernel of this device (without one,
-        ``--quantize`` of those methods is refused: dequantizing every step is no service)."""
-        return False
+    def quantized_kernels(self) -> QuantizedKernels:
+        """The weight-only int8/int4 layers a kernel of this device runs (a width without
+        one is refused at start-up: dequantizing every step is no service)."""
+        return QuantizedKernels(self.name)
 
     def serves_gguf_quantized(self, dtype: torch.dtype) -> bool:
         """Whether a quantized GGUF runs faster kept quantized than dequantized to ``dtype``."""

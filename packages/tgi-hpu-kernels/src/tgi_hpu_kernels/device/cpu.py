@@ -42,7 +42,7 @@ from tgi_hpu_kernels.device.cpu_native import (
 )
 from tgi_hpu_kernels.kv_cache import KVCache
 from tgi_hpu_kernels.layers.kernels import DecoderLayerSpec
-from tgi_hpu_kernels.layers.quantized import QuantizedWeight
+from tgi_hpu_kernels.layers.quantized import QuantizedKernels, QuantizedWeight
 
 __all__ = ["CpuDevice"]
 
@@ -326,8 +326,9 @@ class CpuDevice(Device):
         return native.rotary_(x, cos, signed_sin)
 
     @property
-    def quantized_kernels(self) -> bool:
-        return True  # native ones; torch's dequantize-then-matmul without a C compiler
+    def quantized_kernels(self) -> QuantizedKernels:
+        # native ones; torch's dequantize-then-matmul without a C compiler
+        return QuantizedKernels(self.name, frozenset((4, 8)))
 
     def serves_gguf_quantized(self, dtype: torch.dtype) -> bool:
         # Measured without native bf16 (README): int4/int8 codes beat float32 weights at

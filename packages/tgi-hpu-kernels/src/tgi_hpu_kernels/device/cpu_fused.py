@@ -90,7 +90,8 @@ def _quantized_ok(weight: QuantizedWeight) -> bool:
     """int4 with mins or int8 without, in ``linear_quant.c``'s layout and groups."""
     parts = (weight.codes, weight.scales, *(() if weight.mins is None else (weight.mins,)))
     return (
-        weight.codes.dtype == _CODE_DTYPES.get(weight.bits)
+        weight.uint4 is None  # not repacked for another device's kernels
+        and weight.codes.dtype == _CODE_DTYPES.get(weight.bits)
         and (weight.mins is not None) == (weight.bits == 4)
         and all(t.is_contiguous() for t in parts)
         and all(t.dtype == torch.float32 for t in parts[1:])

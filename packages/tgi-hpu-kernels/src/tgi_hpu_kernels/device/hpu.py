@@ -11,6 +11,14 @@ backend is built. How the Gaudi switches are honoured:
 - USE_FLASH_ATTENTION (``use_flash_attention``): prefill attention uses FusedSDPA; otherwise
   torch's SDPA math. FLASH_ATTENTION_RECOMPUTE (``flash_attention_recompute``) is FusedSDPA's
   recompute mode (less memory for long prompts).
+
+Weight-only int4 (``--quantize gptq|awq|bitsandbytes-nf4|bitsandbytes-fp4``, a 4-bit GGUF
+with ``--gguf-weights quantized``) runs as TGI-Gaudi's GPTQ/AWQ layers and INC's
+``HPUWeightOnlyLinear`` do: each loaded layer is repacked once into Gaudi's uint4 words
+(``layers/uint4_words.py``, bf16 scales as INC's), and every call dequantizes them with
+``torch.ops.hpu.convert_from_uint4`` and multiplies. Its zero points are integers, so int4
+groups are quantized with integer zero points here; it has no int8 counterpart, so
+``bitsandbytes``, ``eetq`` and 8-bit GGUFs are refused at start-up.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from tgi_hpu_kernels.device.base import (
     prefill_attention_bmm,
     sdpa_attention,
 )
+from tgi_hpu_kernels.layers.quantized import QuantizedKernels, QuantizedWeight, to_uint4_words
+from tgi_hpu_kernels.layers.uint4_words import Uint4Words
 
 __all__ = ["HpuDevice", "hpu_available"]
 
@@ -167,6 +177,21 @@ class HpuDevice(Device):
         softcap: float | None = None,
     ) -> Tensor:
         return decode_attention_bmm(query, key, value, mask, scale, softcap=softcap)
+
+    @property
+    def quantized_kernels(self) -> QuantizedKernels:
+        return QuantizedKernels(self.name, frozenset((4,)), integer_zero_points=True)
+
+    def pack_quantized(self, weight: QuantizedWeight) -> Uint4Words:
+        return to_uint4_words(weight, torch.bfloat16)
+
+    def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
+        words = weight.uint4
+        if words is None:  # not repacked (a layer built outside the loader)
+            return super().quantized_linear(x, weight, bias)
+        dense = torch.ops.hpu.convert_from_uint4(words.qweight, words.scales, words.qzeros, x.dtype)
+        out: Tensor = torch.matmul(x, dense)
+        return out if bias is None else out + bias
 
     def step_runner(self, module: nn.Module) -> StepRunner:
         if not self._enable_graphs:

@@ -7,6 +7,7 @@ from tgi_hpu_kernels.layers.linear import Linear
 from tgi_hpu_kernels.layers.mlp import GatedMLP
 from tgi_hpu_kernels.layers.norm import RMSNorm
 from tgi_hpu_kernels.layers.quantized import (
+    QuantizedKernels,
     QuantizedLinear,
     QuantizedLMHead,
     QuantizedWeight,
@@ -20,6 +21,7 @@ __all__ = [
     "LMHead",
     "LayerKernels",
     "Linear",
+    "QuantizedKernels",
     "QuantizedLMHead",
     "QuantizedLinear",
     "QuantizedWeight",

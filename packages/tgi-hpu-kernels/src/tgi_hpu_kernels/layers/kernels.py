@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tgi_hpu_kernels.attention import AttentionMetadata
     from tgi_hpu_kernels.kv_cache import KVCache
     from tgi_hpu_kernels.layers.quantized import QuantizedWeight
+    from tgi_hpu_kernels.layers.uint4_words import Uint4Words
 
 __all__ = [
     "DecoderLayerSpec",
@@ -92,6 +93,11 @@ class LayerKernels(Protocol):
         """``x @ dequantize(weight).T + bias`` in ``x``'s dtype (``layers/quantized.py``)."""
         ...
 
+    def pack_quantized(self, weight: QuantizedWeight) -> Uint4Words | None:
+        """A loaded weight in the layout this device's ``quantized_linear`` reads instead of
+        the codes (Gaudi's), made once; None: it reads the codes."""
+        ...
+
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         """``x / sqrt(mean(x^2) + eps) * weight`` over the last dimension."""
         ...
@@ -150,6 +156,9 @@ class TorchLayerKernels:
         from tgi_hpu_kernels.layers.quantized import dequantize
 
         return nnf.linear(x, dequantize(weight).to(x.dtype), bias)
+
+    def pack_quantized(self, weight: QuantizedWeight) -> Uint4Words | None:
+        return None
 
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         return rms_norm_torch(x, weight, eps)

@@ -7,6 +7,10 @@ Q4_1, which holds Q4_1 blocks exactly and Q4_0 or 4-bit bitsandbytes weights clo
 per byte, in llama.cpp's block layout (byte j of each 32-weight block holds weights j and
 j + 16), so a native kernel unpacks a block with two masks.
 
+A device whose kernel reads another layout (Gaudi's ``uint4_words.py``) takes the loaded
+codes once (``QuantizedLinear.repack``); int4 groups then need integer zero points,
+``w = (q - z) * scale``, which ``WeightQuantization.integer_zeros`` quantizes to.
+
 Checkpoint tensors arrive dense (float32 from a GGUF, the checkpoint's dtype otherwise) and
 are quantized row block by row block as they load (``QuantizedLinear.load_rows``): the dense
 matrix never exists in the model. A pre-quantized GPTQ or AWQ checkpoint's rows arrive in this
@@ -17,7 +21,7 @@ the CPU, a dequantize then matmul elsewhere).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -25,14 +29,17 @@ from torch import Tensor, nn
 
 from tgi_hpu_kernels.layers.kernels import LayerKernels, TorchLayerKernels
 from tgi_hpu_kernels.layers.linear import Linear
+from tgi_hpu_kernels.layers.uint4_words import Uint4Words, dequantize_words, pack_nibbles
 
 __all__ = [
+    "QuantizedKernels",
     "QuantizedLMHead",
     "QuantizedLinear",
     "QuantizedWeight",
     "WeightQuantization",
     "dequantize",
     "quantize_rows",
+    "to_uint4_words",
 ]
 
 BLOCK = 32  # the native kernels' unit: every group is a whole number of blocks
@@ -40,17 +47,30 @@ BLOCK = 32  # the native kernels' unit: every group is a whole number of blocks
 
 @dataclass(frozen=True)
 class WeightQuantization:
-    """A scheme: ``bits`` per weight, ``group`` inputs per scale (None: one per row)."""
+    """A scheme: ``bits`` per weight, ``group`` inputs per scale (None: one per row);
+    ``integer_zeros``: int4 groups whose min is a whole number of steps below zero."""
 
     bits: Literal[4, 8]
     group: int | None = None
+    integer_zeros: bool = False
 
     def __str__(self) -> str:
         per = "per channel" if self.group is None else f"group {self.group}"
-        return f"int{self.bits} ({per})"
+        zeros = ", integer zero points" if self.integer_zeros and self.bits == 4 else ""
+        return f"int{self.bits} ({per}{zeros})"
 
     def group_for(self, in_features: int) -> int:
         return in_features if self.group is None else self.group
+
+
+@dataclass(frozen=True)
+class QuantizedKernels:
+    """What a device's weight-only kernels take: the code widths (none: ``--quantize`` of
+    these methods is refused there), and whether int4 groups need integer zero points."""
+
+    device: str
+    bits: frozenset[int] = frozenset()
+    integer_zero_points: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,10 +84,19 @@ class QuantizedWeight:
     codes: Tensor  # int8 [out, in], or uint8 [out, in / 2] (int4)
     scales: Tensor  # float32 [out, in / group]
     mins: Tensor | None  # float32 [out, in / group] (int4 only)
+    # the same weights in Gaudi's layout, once the device took them (``repack``); the codes,
+    # scales and mins are then empty
+    uint4: Uint4Words | None = None
 
 
-def quantize_rows(w: Tensor, bits: int, group: int) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Dense ``[rows, inputs]`` -> (codes, scales, mins) of the scheme; float32 math."""
+def quantize_rows(
+    w: Tensor, bits: int, group: int, *, integer_zeros: bool = False
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Dense ``[rows, inputs]`` -> (codes, scales, mins) of the scheme; float32 math.
+
+    int4 spans each group's [min, max]; with ``integer_zeros`` it spans [min(min, 0),
+    max(max, 0)] and moves the min to a whole number ``z`` of steps below zero, so that
+    ``w = (q - z) * scale`` (asymmetric round-to-nearest, as INC's RTN)."""
     rows, inputs = w.shape
     grouped = w.detach().to(torch.float32).reshape(rows, inputs // group, group)
     if bits == 8:
@@ -76,26 +105,63 @@ def quantize_rows(w: Tensor, bits: int, group: int) -> tuple[Tensor, Tensor, Ten
         codes = torch.round(grouped / safe[..., None]).clamp_(-127, 127).to(torch.int8)
         return codes.reshape(rows, inputs), scales, None
     low, high = grouped.amin(-1), grouped.amax(-1)
+    if integer_zeros:
+        low, high = low.clamp(max=0), high.clamp(min=0)
     scales = (high - low) / 15
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    if integer_zeros:
+        low = -torch.round(-low / safe).clamp_(0, 15) * scales
     q = torch.round((grouped - low[..., None]) / safe[..., None]).clamp_(0, 15).to(torch.uint8)
     blocks = q.reshape(rows, inputs // BLOCK, 2, BLOCK // 2)
     packed = blocks[:, :, 0] | (blocks[:, :, 1] << 4)
     return packed.reshape(rows, inputs // 2), scales, low
 
 
+def _codes(weight: QuantizedWeight) -> Tensor:
+    """int4 codes ``[out, in]`` (uint8), unpacked from the block layout."""
+    packed = weight.codes.reshape(weight.out_features, weight.in_features // BLOCK, BLOCK // 2)
+    return torch.stack((packed & 0x0F, packed >> 4), dim=2).reshape(weight.out_features, -1)
+
+
 def dequantize(weight: QuantizedWeight) -> Tensor:
     """The dense float32 ``[out, in]`` matrix (torch ops; the reference and the fallback)."""
+    if weight.uint4 is not None:
+        return dequantize_words(weight.uint4)
     rows, inputs, group = weight.out_features, weight.in_features, weight.group
-    if weight.bits == 8:
-        codes = weight.codes.to(torch.float32)
-    else:
-        packed = weight.codes.reshape(rows, inputs // BLOCK, BLOCK // 2)
-        codes = torch.stack((packed & 0x0F, packed >> 4), dim=2).to(torch.float32)
+    codes = (weight.codes if weight.bits == 8 else _codes(weight)).to(torch.float32)
     grouped = codes.reshape(rows, inputs // group, group) * weight.scales[..., None]
     if weight.mins is not None:
         grouped = grouped + weight.mins[..., None]
     return grouped.reshape(rows, inputs)
+
+
+def to_uint4_words(weight: QuantizedWeight, scale_dtype: torch.dtype) -> Uint4Words:
+    """An int4 weight with integer zero points in Gaudi's layout (``uint4_words.py``), its
+    scales in ``scale_dtype``; packed on the CPU (as INC packs), returned on the weight's device.
+
+    Raises:
+        ValueError: int8 codes, outputs not a multiple of 8, or a group whose min is not a
+            whole number of steps from 0 to 15 below zero (a Q4_1 block's, say: quantize
+            with ``integer_zeros``).
+    """
+    if weight.bits != 4 or weight.mins is None:
+        raise ValueError(f"Gaudi's uint4 layout holds int4 weights, not int{weight.bits}")
+    if weight.out_features % 8:
+        raise ValueError(f"Gaudi's uint4 layout packs 8 outputs a word, not {weight.out_features}")
+    device = weight.codes.device
+    scales, mins = weight.scales.cpu(), weight.mins.cpu()
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    steps = -mins / safe
+    zeros = torch.round(steps)
+    whole = (steps - zeros).abs() <= 1e-3
+    if not bool((whole & (zeros >= 0) & (zeros <= 15)).all()):
+        raise ValueError("int4 groups need integer zero points (0..15) in Gaudi's uint4 layout")
+    codes = _codes(replace(weight, codes=weight.codes.cpu()))
+    return Uint4Words(
+        qweight=pack_nibbles(codes.t()).to(device),
+        qzeros=pack_nibbles(zeros.to(torch.uint8).t()).to(device),
+        scales=scales.t().to(scale_dtype).contiguous().to(device),
+    )
 
 
 class QuantizedLinear(nn.Module):
@@ -105,6 +171,9 @@ class QuantizedLinear(nn.Module):
     codes: Tensor
     scales: Tensor
     mins: Tensor | None
+    uint4_qweight: Tensor | None
+    uint4_qzeros: Tensor | None
+    uint4_scales: Tensor | None
 
     def __init__(
         self,
@@ -131,6 +200,8 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("scales", torch.zeros(groups, dtype=torch.float32))
         mins = torch.zeros(groups, dtype=torch.float32) if scheme.bits == 4 else None
         self.register_buffer("mins", mins)
+        for name in ("uint4_qweight", "uint4_qzeros", "uint4_scales"):
+            self.register_buffer(name, None)  # filled by ``repack`` on Gaudi
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self._kernels = kernels or TorchLayerKernels()
 
@@ -158,7 +229,9 @@ class QuantizedLinear(nn.Module):
             )
         if start < 0 or start + rows > self.out_features:
             raise ValueError(f"rows [{start}, {start + rows}) exceed {self.out_features} outputs")
-        codes, scales, mins = quantize_rows(dense, self.scheme.bits, self.group)
+        codes, scales, mins = quantize_rows(
+            dense, self.scheme.bits, self.group, integer_zeros=self.scheme.integer_zeros
+        )
         self.codes[start : start + rows] = codes
         self.scales[start : start + rows] = scales
         if mins is not None and self.mins is not None:
@@ -189,7 +262,25 @@ class QuantizedLinear(nn.Module):
         if mins is not None and self.mins is not None:
             self.mins[start : start + rows] = mins
 
+    @torch.no_grad()
+    def repack(self) -> bool:
+        """Once loaded: hands the weights to the device's own layout, where it has one
+        (``LayerKernels.pack_quantized``), and empties the codes, scales and mins; whether
+        it did."""
+        words = self._kernels.pack_quantized(self.quantized())
+        if words is None:
+            return False
+        self.uint4_qweight, self.uint4_qzeros = words.qweight, words.qzeros
+        self.uint4_scales = words.scales
+        self.codes, self.scales = self.codes[:0], self.scales[:0]
+        self.mins = None if self.mins is None else self.mins[:0]
+        return True
+
     def quantized(self) -> QuantizedWeight:
+        words = None
+        if self.uint4_qweight is not None:
+            assert self.uint4_qzeros is not None and self.uint4_scales is not None
+            words = Uint4Words(self.uint4_qweight, self.uint4_qzeros, self.uint4_scales)
         return QuantizedWeight(
             bits=self.scheme.bits,
             group=self.group,
@@ -198,6 +289,7 @@ class QuantizedLinear(nn.Module):
             codes=self.codes,
             scales=self.scales,
             mins=self.mins,
+            uint4=words,
         )
 
     def forward(self, x: Tensor) -> Tensor:

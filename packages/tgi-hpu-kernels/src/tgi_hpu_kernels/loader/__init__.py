@@ -18,6 +18,7 @@ import torch
 
 from tgi_core.nested_model import NestedTextModel
 from tgi_core.settings.slices import RunnerSettings
+from tgi_hpu_kernels.layers.quantized import QuantizedKernels
 from tgi_hpu_kernels.layers.rotary import RopeConfig, RotaryEmbedding
 from tgi_hpu_kernels.loader.gguf_weights import gguf_config, iter_gguf_tensors, open_gguf
 from tgi_hpu_kernels.loader.prequantized import (
@@ -29,8 +30,10 @@ from tgi_hpu_kernels.loader.quantize import (
     WEIGHT_ONLY,
     QuantizationPlan,
     apply_plan,
+    fit_plan,
     gguf_plan,
     plan_quantization,
+    repack_layers,
 )
 from tgi_hpu_kernels.loader.safetensors_weights import iter_safetensors, read_hf_config
 from tgi_hpu_kernels.loader.source import (
@@ -183,6 +186,27 @@ def _check_gguf_weights(
         )
 
 
+def _quantization_plan(
+    settings: RunnerSettings,
+    prequantized: Mapping[str, Any] | None,
+    gguf_types: Mapping[str, str] | None,
+    gguf_quantized: bool,
+    kernels: QuantizedKernels | None,
+) -> QuantizationPlan | None:
+    """What ``load_model`` quantizes (its arguments of the same names say how)."""
+    plan: QuantizationPlan | None
+    if prequantized is not None:
+        plan = prequantized_plan(prequantized)  # the checkpoint's own 4-bit codes
+    else:
+        weight_only = settings.quantize if settings.quantize in WEIGHT_ONLY else None
+        choice = settings.gguf_weights
+        keep_gguf = settings.quantize is None and (  # not under fp8 either
+            choice == "quantized" or (choice == "auto" and gguf_quantized)
+        )
+        plan = plan_quantization(weight_only, gguf_types if keep_gguf else None)
+    return plan if plan is None or kernels is None else fit_plan(plan, kernels)
+
+
 def load_model(
     settings: RunnerSettings,
     *,
@@ -190,6 +214,7 @@ def load_model(
     device: torch.device,
     group: TensorParallelGroup | None = None,
     gguf_quantized: bool = True,
+    quantized_kernels: QuantizedKernels | None = None,
     nested_model: NestedTextModel | None = None,
     history_inputs: HistoryInputs | None = None,
 ) -> LoadedModel:
@@ -207,6 +232,8 @@ def load_model(
             is that share but for ``vocab_size``, the full width of the gathered logits).
         gguf_quantized: the device's choice for a quantized GGUF, quantized layers (else
             dequantized), which ``settings.gguf_weights`` overrides unless it is auto.
+        quantized_kernels: what the device's weight-only kernels take (``fit_plan``; None:
+            any width, read from the codes).
         nested_model: the checkpoint is multimodal: serve the text model it describes.
         history_inputs: the checkpoint is multimodal and transformers serves it whole, with
             its images (``models/transformers_recompute.py``).
@@ -252,17 +279,8 @@ def load_model(
     num_shard = 1 if group is None else group.num_shard
     prequantized = checkpoint_quantization(full_config, settings.quantize, num_shard)
     types = None if reader is None else {t.name: t.tensor_type.name for t in reader.tensors}
-    weight_only = settings.quantize if settings.quantize in WEIGHT_ONLY else None
-    choice = settings.gguf_weights
-    keep_gguf = settings.quantize is None and (  # not under fp8 either
-        choice == "quantized" or (choice == "auto" and gguf_quantized)
-    )
-    plan = (
-        plan_quantization(weight_only, types if keep_gguf else None)
-        if prequantized is None
-        else prequantized_plan(prequantized)  # the checkpoint's own 4-bit codes
-    )
     _check_gguf_weights(settings, source, types)
+    plan = _quantization_plan(settings, prequantized, types, gguf_quantized, quantized_kernels)
     if plan is not None:
         apply_plan(model, plan)  # before the hooks below, which attach to the layers
     if group is not None:
@@ -291,6 +309,7 @@ def load_model(
         model.load_weights(prequantized_weights(prequantized, weights))
     else:
         model.load_weights(weights)
+    repack_layers(model)
     model.eval()
     return LoadedModel(
         model=model,

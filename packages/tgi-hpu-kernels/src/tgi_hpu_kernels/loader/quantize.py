@@ -18,7 +18,7 @@ not bit for bit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from torch import nn
 from tgi_hpu_kernels.layers import (
     Linear,
     LMHead,
+    QuantizedKernels,
     QuantizedLinear,
     QuantizedLMHead,
     WeightQuantization,
@@ -36,8 +37,10 @@ __all__ = [
     "WEIGHT_ONLY",
     "QuantizationPlan",
     "apply_plan",
+    "fit_plan",
     "gguf_plan",
     "plan_quantization",
+    "repack_layers",
 ]
 
 WEIGHT_ONLY: Mapping[str, WeightQuantization] = {
@@ -111,6 +114,32 @@ def _gguf_scheme(kinds: set[str]) -> WeightQuantization | None:
     if not bits or None in bits:
         return None
     return WeightQuantization(4 if max(b or 0 for b in bits) == 4 else 8, _GGUF_GROUP)
+
+
+def fit_plan(plan: QuantizationPlan, kernels: QuantizedKernels) -> QuantizationPlan:
+    """``plan`` as the device's kernels take it: int4 groups with integer zero points where
+    they need them (Gaudi's), and an LM head of a width they lack kept dense.
+
+    Raises:
+        ValueError: projections of a width the device has no kernel for (one line).
+    """
+    linears, head = plan.linears, plan.head
+    if linears is not None and linears.bits not in kernels.bits:
+        raise ValueError(
+            f"{plan.origin}: no weight-only int{linears.bits} kernels on {kernels.device}"
+        )
+    if head is not None and head.bits not in kernels.bits:
+        head = None
+    if kernels.integer_zero_points:
+        linears = None if linears is None else replace(linears, integer_zeros=True)
+        head = None if head is None else replace(head, integer_zeros=True)
+    return replace(plan, linears=linears, head=head)
+
+
+def repack_layers(model: nn.Module) -> int:
+    """Hands every loaded quantized layer to its device's own layout, where it has one
+    (``QuantizedLinear.repack``); how many it repacked."""
+    return sum(module.repack() for module in model.modules() if isinstance(module, QuantizedLinear))
 
 
 def apply_plan(model: nn.Module, plan: QuantizationPlan) -> int:
