@@ -28,7 +28,7 @@ from tgi_core.contract import (
 )
 from tgi_hpu_kernels.device.cpu import (
     QUANTIZED_AMX_MIN_ROWS,
-    QUANTIZED_AMX_SPLIT_MIN_ROWS,
+    QUANTIZED_BF16_GEMM_MIN_ROWS,
     QUANTIZED_NATIVE_MAX_ROWS,
     CpuDevice,
 )
@@ -73,15 +73,27 @@ def _random_layer(
 
 
 def _check_fidelity(
-    linear: LinearFn, scheme: WeightQuantization, dtype: torch.dtype, bias: bool, seed: int
+    linear: LinearFn,
+    scheme: WeightQuantization,
+    dtype: torch.dtype,
+    bias: bool,
+    seed: int,
+    *,
+    rounds_weights: Callable[[Tensor], bool] = lambda x: False,
 ) -> None:
+    """``rounds_weights(x)``: the device dequantizes the weights to ``x``'s dtype for a GEMM
+    (bf16 prefill with AMX): the reference is then the matmul on those weights, the dense
+    bf16 model's (and TGI-Gaudi's); else on the float32 weights."""
     gen = torch.Generator().manual_seed(seed)
     for i, rows in enumerate(ROWS):
         layer = _random_layer(scheme, gen, remainder=i % 4)
         weight = layer.quantized()
         x = torch.randn(rows, weight.in_features, generator=gen).to(dtype)
         b = torch.randn(weight.out_features, generator=gen).to(dtype) if bias else None
-        expected = x.float() @ dequantize(weight).T + (0 if b is None else b.float())
+        dense = dequantize(weight)
+        if rounds_weights(x):
+            dense = dense.to(dtype).float()
+        expected = x.float() @ dense.T + (0 if b is None else b.float())
         out = linear(x, weight, b)
         assert out.dtype == dtype and out.shape == expected.shape
         # bf16 outputs are rounded to bf16 (half an ulp: up to 2^-8 relative) on top of REL.
@@ -106,7 +118,14 @@ def test_cpu_device_matches_dequantized_matmul(
     device = CpuDevice()
     if device._native is None:
         pytest.skip("no native kernels")
-    _check_fidelity(device.quantized_linear, scheme, dtype, bias, seed=SCHEMES.index(scheme))
+
+    def rounds_weights(x: Tensor) -> bool:
+        return device.quantized_amx(x) and x.shape[0] >= QUANTIZED_BF16_GEMM_MIN_ROWS
+
+    seed = SCHEMES.index(scheme)
+    _check_fidelity(
+        device.quantized_linear, scheme, dtype, bias, seed, rounds_weights=rounds_weights
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +157,10 @@ def test_avx2_kernels_match_dequantized_matmul(
 def test_amx_kernels_round_the_float64_product_once_for_bf16_rows(
     scheme: WeightQuantization,
 ) -> None:
-    """With AMX, bf16 rows from QUANTIZED_AMX_MIN_ROWS on multiply the codes on the tiles,
-    from QUANTIZED_AMX_SPLIT_MIN_ROWS on the weights split in two bf16 halves: either way the
-    float64 product rounded once to bf16 (float32 sums; the split weights to 2^-18), each
-    row's bits independent of the batch. Without AMX, bf16 rows stay on the float32 kernels."""
+    """With AMX, bf16 rows from QUANTIZED_AMX_MIN_ROWS up to QUANTIZED_BF16_GEMM_MIN_ROWS
+    multiply the codes on the tiles: the float64 product rounded once to bf16 (float32
+    sums), each row's bits independent of the batch. Without AMX, bf16 rows stay on the
+    float32 kernels."""
     native, device = native_kernels(), CpuDevice()
     assert native is not None
     gen = torch.Generator().manual_seed(11)
@@ -155,14 +174,12 @@ def test_amx_kernels_round_the_float64_product_once_for_bf16_rows(
         return
     assert device.quantized_amx(x) and not device.quantized_amx(x[:-1])
     assert not device.quantized_amx(x.float())
-    split_at = QUANTIZED_AMX_SPLIT_MIN_ROWS
-    for rows in (QUANTIZED_AMX_MIN_ROWS, 16, 33, split_at, split_at + 37):
+    for rows in (QUANTIZED_AMX_MIN_ROWS, 16, 33, QUANTIZED_BF16_GEMM_MIN_ROWS - 1, 300):
         weight = _random_layer(scheme, gen, remainder=rows % 4).quantized()  # partial tiles
         x = torch.randn(rows, weight.in_features, generator=gen).to(torch.bfloat16)
         bias = torch.randn(weight.out_features, generator=gen)
         expected = x.double() @ dequantize(weight).double().T + bias.double()
-        split = rows >= split_at
-        out = native.quantized_linear(x, weight, bias, split=split)
+        out = native.quantized_linear(x, weight, bias)  # 300: two chunks of x
         assert out.dtype == torch.bfloat16
         # Half a bf16 ulp (at most 2^-9 relative, 2^-8 with margin) and float32 sums' error.
         error = (out.double() - expected).abs() - 2**-8 * expected.abs()
@@ -170,13 +187,50 @@ def test_amx_kernels_round_the_float64_product_once_for_bf16_rows(
         assert relative < 1e-5, f"{scheme}, {rows} rows: {relative:.3g}"
         rounded = expected.to(torch.bfloat16)  # a float32 sum can only flip a near-tie
         assert float((out != rounded).float().mean()) < 0.01
-        fewest = split_at if split else QUANTIZED_AMX_MIN_ROWS
-        first = native.quantized_linear(x[:fewest], weight, bias, split=split)
-        assert torch.equal(first, out[:fewest])
+        first = native.quantized_linear(x[:QUANTIZED_AMX_MIN_ROWS], weight, bias)
+        assert torch.equal(first, out[:QUANTIZED_AMX_MIN_ROWS])
+        if rows < QUANTIZED_BF16_GEMM_MIN_ROWS:
+            with torch.profiler.profile() as profile:
+                device.quantized_linear(x, weight, bias)
+            assert f"native::linear_q{weight.bits}_amx" in {e.key for e in profile.key_averages()}
+
+
+@needs_compiler
+@pytest.mark.parametrize("scheme", SCHEMES, ids=str)
+def test_prefill_sized_bf16_rows_multiply_the_weights_rounded_to_bf16(
+    scheme: WeightQuantization, avx2_kernels: NativeKernels
+) -> None:
+    """With AMX, bf16 rows from QUANTIZED_BF16_GEMM_MIN_ROWS on: the weights dequantized to
+    bf16 (rounded as ``.to(torch.bfloat16)`` rounds them: what the dense bf16 model holds)
+    for oneDNN's GEMM, so each weight is within 2^-9 of its value. The bf16 dequantization
+    itself is checked on every build, the AVX-512 one and the portable one."""
+    native, device = native_kernels(), CpuDevice()
+    assert native is not None
+    gen = torch.Generator().manual_seed(13)
+    for kernels in (native, avx2_kernels):
+        weight = _random_layer(scheme, gen, remainder=1).quantized()
+        wide = kernels.dequantize(weight)
+        assert torch.equal(kernels.dequantize(weight, torch.bfloat16), wide.to(torch.bfloat16))
+    with pytest.raises(ValueError, match=r"float32 or bf16, not torch\.float16"):
+        native.dequantize(weight, torch.float16)
+    for rows in (QUANTIZED_BF16_GEMM_MIN_ROWS, 333):
+        weight = _random_layer(scheme, gen, remainder=rows % 4).quantized()
+        x = torch.randn(rows, weight.in_features, generator=gen).to(torch.bfloat16)
+        bias = torch.randn(weight.out_features, generator=gen).to(torch.bfloat16)
         with torch.profiler.profile() as profile:
-            device.quantized_linear(x, weight, bias)
-        kernel = f"native::linear_q{weight.bits}_amx{'_split' if split else ''}"
-        assert kernel in {e.key for e in profile.key_averages()}
+            out = device.quantized_linear(x, weight, bias)
+        dequantized = f"native::dequantize_q{weight.bits}_bf16" in {
+            e.key for e in profile.key_averages()
+        }
+        assert dequantized == native.amx
+        if not native.amx:
+            continue
+        assert out.dtype == torch.bfloat16
+        dense = dequantize(weight).double()
+        expected = x.double() @ dense.T + bias.double()
+        # each weight rounded to bf16 (2^-9 relative), float32 sums, the output rounded once
+        bound = 2**-9 * (x.double().abs() @ dense.abs().T) + 2**-8 * expected.abs() + 1e-4
+        assert bool(((out.double() - expected).abs() <= bound).all()), f"{scheme}, {rows} rows"
 
 
 def _round_trip(w: Tensor, bits: int, group: int) -> tuple[Tensor, Tensor]:

@@ -60,9 +60,9 @@ QUANTIZED_NATIVE_MAX_ROWS = 32
 # Rows from which, with AMX and bf16 activations, the tile kernels beat both: whole SmolLM2
 # int4 decode steps even at 12 rows, 1.1x at 16, 1.15x at 32 (README).
 QUANTIZED_AMX_MIN_ROWS = 12
-# Rows from which its split-weight form (two bf16 halves, no per-group scaling) is faster:
-# SmolLM2's projections even at 64 rows, 1.15-1.3x at 96, 1.3-1.7x at 256 (README).
-QUANTIZED_AMX_SPLIT_MIN_ROWS = 96
+# Rows from which the weights dequantized to bf16 and oneDNN's GEMM beat the tile kernel:
+# SmolLM2's projections even at 96 rows, 1.2x at 128, 1.7x at 512 (README).
+QUANTIZED_BF16_GEMM_MIN_ROWS = 96
 _BMM_PREFILL_CELLS = 512 * 512
 
 
@@ -283,8 +283,9 @@ class CpuDevice(Device):
         return native.linear(x, weight, bias)
 
     def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
-        # bf16 rows from QUANTIZED_AMX_MIN_ROWS on, with AMX: the tile kernels, exact, or
-        # from QUANTIZED_AMX_SPLIT_MIN_ROWS on with the weights split in two bf16 halves.
+        # bf16 rows from QUANTIZED_AMX_MIN_ROWS on, with AMX: the tile kernel, exact; from
+        # QUANTIZED_BF16_GEMM_MIN_ROWS on (prefill) the weights dequantized to bf16 for
+        # oneDNN's GEMM, which then computes what the dense bf16 model computes.
         # Otherwise decode-sized steps: the native kernel reads the codes once and dots each
         # dequantized row with every input row. Prefill-sized ones: one dense float32 copy of
         # the weights, then a BLAS GEMM, which the per-row dots cannot match at hundreds of rows.
@@ -292,8 +293,9 @@ class CpuDevice(Device):
         if native is None or x.dim() != 2 or not x.shape[0]:
             return super().quantized_linear(x, weight, bias)
         if self.quantized_amx(x):
-            split = x.shape[0] >= QUANTIZED_AMX_SPLIT_MIN_ROWS
-            return native.quantized_linear(x.contiguous(), weight, bias, split=split)
+            if x.shape[0] >= QUANTIZED_BF16_GEMM_MIN_ROWS:
+                return nnf.linear(x, native.dequantize(weight, torch.bfloat16), bias)
+            return native.quantized_linear(x.contiguous(), weight, bias)
         rows = x.float().contiguous()
         if x.shape[0] <= QUANTIZED_NATIVE_MAX_ROWS:
             out = native.quantized_linear(rows, weight, bias)
@@ -359,8 +361,8 @@ class CpuDevice(Device):
                 kernels += f" ({QUANTIZED_NATIVE_MAX_ROWS} with int4/int8 weights)"
         if native.amx:
             kernels += (
-                f", int4/int8 on AMX tiles from {QUANTIZED_AMX_MIN_ROWS} rows (split weights "
-                f"from {QUANTIZED_AMX_SPLIT_MIN_ROWS})"
+                f", int4/int8 on AMX tiles from {QUANTIZED_AMX_MIN_ROWS} rows (dequantized "
+                f"to bf16 for oneDNN from {QUANTIZED_BF16_GEMM_MIN_ROWS})"
             )
         return f"native kernels ({kernels})"
 

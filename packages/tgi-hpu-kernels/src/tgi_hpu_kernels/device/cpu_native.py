@@ -58,10 +58,10 @@ _QUANT_ARGTYPES = {
     "linear_q8_f32": [_P, _I64, _P, _P, _P, _P, _I64, *[_INT] * 5],
     "linear_q4_amx": [_P, _I64, _P, _P, _P, _P, _P, _I64, *[_INT] * 5],
     "linear_q8_amx": [_P, _I64, _P, _P, _P, _P, _I64, *[_INT] * 5],
-    "linear_q4_amx_split": [_P, _I64, _P, _P, _P, _P, _P, _I64, *[_INT] * 5],
-    "linear_q8_amx_split": [_P, _I64, _P, _P, _P, _P, _I64, *[_INT] * 5],
     "dequantize_q4_f32": [_P, _P, _P, _P, *[_INT] * 4],
     "dequantize_q8_f32": [_P, _P, _P, *[_INT] * 4],
+    "dequantize_q4_bf16": [_P, _P, _P, _P, *[_INT] * 4],
+    "dequantize_q8_bf16": [_P, _P, _P, *[_INT] * 4],
 }
 
 
@@ -237,15 +237,11 @@ class NativeKernels:
         )
         return out
 
-    def quantized_linear(
-        self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None, *, split: bool = False
-    ) -> Tensor:
+    def quantized_linear(self, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
         """``x @ dequantize(weight).T + bias`` of ``[rows, inputs]`` rows (last dimension
         contiguous). float32 rows: each weight row dequantized once and dotted with every row,
         float32 out. bf16 rows (``amx`` only), bf16 out: AMX tiles multiply them by the codes
-        and each group's float32 sums are scaled (``linear_quant_amx.c``), or with ``split``
-        by the weights as two bf16 halves, to 2^-18 of each weight (``_split.c``: faster for
-        prefill-sized batches)."""
+        and each group's float32 sums are scaled (``linear_quant_amx.c``)."""
         rows, inputs = x.shape
         kernel = {torch.float32: "f32", torch.bfloat16: "amx"}.get(x.dtype)
         if kernel is None or x.stride(1) != 1 or inputs != weight.in_features:
@@ -254,8 +250,6 @@ class NativeKernels:
             )
         if kernel == "amx" and not self.amx:
             raise ValueError("bf16 rows need the AMX kernel, which this CPU's build lacks")
-        if split:
-            kernel += "_split"
         out = torch.empty((rows, weight.out_features), dtype=x.dtype)
         # Held for the whole call: a converted bias is a temporary the kernel still reads.
         bias32 = None if bias is None else bias.float().contiguous()
@@ -269,12 +263,15 @@ class NativeKernels:
         )
         return out
 
-    def dequantize(self, weight: QuantizedWeight) -> Tensor:
-        """The dense float32 ``[outputs, inputs]`` matrix of ``weight``."""
-        out = torch.empty((weight.out_features, weight.in_features), dtype=torch.float32)
+    def dequantize(self, weight: QuantizedWeight, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The dense ``[outputs, inputs]`` matrix of ``weight``, float32, or bf16 rounded as
+        ``.to(torch.bfloat16)`` rounds it."""
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dequantize writes float32 or bf16, not {dtype}")
+        out = torch.empty((weight.out_features, weight.in_features), dtype=dtype)
         mins = () if weight.mins is None else (weight.mins.data_ptr(),)
         self._call_quant(
-            f"dequantize_q{weight.bits}_f32",
+            f"dequantize_q{weight.bits}_{'f32' if dtype == torch.float32 else 'bf16'}",
             *(weight.codes.data_ptr(), weight.scales.data_ptr(), *mins, out.data_ptr()),
             *(weight.out_features, weight.in_features, weight.group),
         )

@@ -32,11 +32,10 @@ SOURCES = tuple(
         "linear.c",
         "linear_quant.c",
         "linear_quant_amx.c",
-        "linear_quant_amx_split.c",
         "layer.c",
     )
 )
-_HEADERS = (_FOLDER / "common.h", _FOLDER / "amx.h")
+_HEADERS = (_FOLDER / "common.h",)
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
 
 

@@ -16,8 +16,9 @@
  * output is summed in a fixed order whatever the batch (batch invariance). Plain C: one
  * source serves every x86 (and other) CPU the library is built on.
  *
- * dequantize_* write the dense float32 matrix instead, for prefill steps, where a BLAS GEMM
- * on the dequantized weights beats dotting row by row.
+ * dequantize_*_f32 write the dense float32 matrix instead, for prefill steps, where a BLAS
+ * GEMM on the dequantized weights beats dotting row by row; dequantize_*_bf16 the same matrix
+ * rounded to bf16, for the bf16 GEMM of prefill-sized bf16 batches.
  */
 #include "common.h"
 
@@ -291,24 +292,53 @@ int linear_q8_f32(const float *x, int64_t x_stride, const int8_t *q, const float
                         group, num_threads);
 }
 
-int dequantize_q4_f32(const uint8_t *q, const float *scales, const float *mins, float *out,
-                      int outputs, int inputs, int group, int num_threads) {
+/* Every row of the codes dequantized to float32, written as float32 or (out_bf16) as bf16
+ * rounded to nearest even, torch's .to(torch.bfloat16): the bf16 GEMM's weights. */
+static int dequantize(const int bits, const void *q, const float *scales, const float *mins,
+                      void *out, int out_bf16, int outputs, int inputs, int group,
+                      int num_threads) {
     if (check(1, outputs, inputs, group) || !group) return -1;
     const int groups = inputs / group;
+    const int64_t row_bytes = bits == 4 ? inputs / 2 : inputs;
 #pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int o = 0; o < outputs; o++)
-        dequant_q4_row(q + (int64_t)o * (inputs / 2), scales + (int64_t)o * groups,
-                       mins + (int64_t)o * groups, inputs, group, out + (int64_t)o * inputs);
+    for (int o = 0; o < outputs; o++) {
+        float row[MAX_INPUTS] __attribute__((aligned(64)));
+        float *dst = out_bf16 ? row : (float *)out + (int64_t)o * inputs;
+        const uint8_t *codes = (const uint8_t *)q + (int64_t)o * row_bytes;
+        if (bits == 4)
+            dequant_q4_row(codes, scales + (int64_t)o * groups, mins + (int64_t)o * groups,
+                           inputs, group, dst);
+        else
+            dequant_q8_row((const int8_t *)codes, scales + (int64_t)o * groups, inputs, group, dst);
+        if (!out_bf16) continue;
+        uint16_t *b = (uint16_t *)out + (int64_t)o * inputs;
+#if HAVE_FAST_BF16
+        for (int i = 0; i < inputs; i += 32) /* inputs: a multiple of 32 (check) */
+            _mm512_storeu_si512((__m512i *)(b + i),
+                                (__m512i)_mm512_cvtne2ps_pbh(vload(row + i + 16), vload(row + i)));
+#else
+        for (int i = 0; i < inputs; i++) b[i] = f32_to_bf16(row[i]);
+#endif
+    }
     return 0;
+}
+
+int dequantize_q4_f32(const uint8_t *q, const float *scales, const float *mins, float *out,
+                      int outputs, int inputs, int group, int num_threads) {
+    return dequantize(4, q, scales, mins, out, 0, outputs, inputs, group, num_threads);
 }
 
 int dequantize_q8_f32(const int8_t *q, const float *scales, float *out, int outputs, int inputs,
                       int group, int num_threads) {
-    if (check(1, outputs, inputs, group) || !group) return -1;
-    const int groups = inputs / group;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int o = 0; o < outputs; o++)
-        dequant_q8_row(q + (int64_t)o * inputs, scales + (int64_t)o * groups, inputs, group,
-                       out + (int64_t)o * inputs);
-    return 0;
+    return dequantize(8, q, scales, NULL, out, 0, outputs, inputs, group, num_threads);
+}
+
+int dequantize_q4_bf16(const uint8_t *q, const float *scales, const float *mins, uint16_t *out,
+                       int outputs, int inputs, int group, int num_threads) {
+    return dequantize(4, q, scales, mins, out, 1, outputs, inputs, group, num_threads);
+}
+
+int dequantize_q8_bf16(const int8_t *q, const float *scales, uint16_t *out, int outputs,
+                       int inputs, int group, int num_threads) {
+    return dequantize(8, q, scales, NULL, out, 1, outputs, inputs, group, num_threads);
 }

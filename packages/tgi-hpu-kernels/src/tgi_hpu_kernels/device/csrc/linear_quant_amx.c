@@ -1,22 +1,77 @@
-/* The AMX quantized linear for decode-sized batches (12 to 95 rows, cpu.py; more rows take
- * linear_quant_amx_split.c): y[M, O] = x[M, I] @ dequant(w)[O, I]^T (+ float32 bias), bf16 x,
- * rounded once to bf16; the weight layouts of linear_quant.c (int4 codes with (scale, min)
- * per group, int8 codes with a scale).
+/* The AMX quantized linear for decode-sized batches (12 to 95 rows, cpu.py; prefill-sized
+ * ones dequantize the weights to bf16 for oneDNN's GEMM): y[M, O] = x[M, I] @ dequant(w)[O, I]^T
+ * (+ float32 bias), bf16 x, rounded once to bf16; the weight layouts of linear_quant.c (int4
+ * codes with (scale, min) per group, int8 codes with a scale).
  *
  * Exact where a bf16 GEMM on dequantized weights is not: the codes themselves (0..15, or
  * -127..127) are bf16 numbers, so the tiles multiply the bf16 activations by the codes with
  * float32 sums, one group of inputs at a time, and each group's sum is scaled in float32:
  *   y[m, o] = sum_g scale[o, g] * sum_{k in g} x[m, k] q[o, k] + min[o, g] * sum_{k in g} x[m, k]
- * Only float32 rounding separates it from x @ dequant(w)^T in float32, where rounding the
- * dequantized weights to bf16 would cost about 1e-3 of relative error.
+ * Only float32 rounding separates it from x @ dequant(w)^T in float32 (the bf16 GEMM rounds
+ * each weight to bf16 first, as the dense bf16 model holds it: about 1e-3 relative).
  *
- * Tiles: A = 16 output rows x 32 codes (the weights' natural order, converted to bf16 in an L1
- * buffer), B = 32 inputs x 16 activation rows (x transposed in pairs, packed once per chunk
- * of CHUNK_ROWS), C = 16 x 16 float32 (outputs x rows). Each 16-output block runs on one
- * thread; each group's converted codes serve every row tile of the chunk.
+ * Tiles (16 rows of 64 bytes, granted by Linux on request: amx_permitted): A = 16 output
+ * rows x 32 codes (the weights' natural order, converted to bf16 in an L1 buffer), B = 32
+ * inputs x 16 activation rows (x transposed in pairs, packed once per chunk of CHUNK_ROWS),
+ * C = 16 x 16 float32 (outputs x rows). Each 16-output block runs on one thread; each
+ * group's converted codes serve every row tile of the chunk.
  * Each output is summed in a fixed order whatever the number of rows (batch invariance).
  */
-#include "amx.h"
+#include "common.h"
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__) && \
+    defined(__AVX512BF16__)
+#define HAVE_AMX 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define TILE 16                 /* rows of every tile, and columns of C */
+#define KB 32                   /* bf16 inputs per tile row (64 bytes) */
+#define BLOCK_ELEMS (TILE * KB) /* one A or B tile's bf16 elements */
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+/* Linux hands AMX state to a process only on request (once; later calls are no-ops). */
+static inline int amx_permitted(void) {
+    static int state; /* 0 unknown, 1 granted, -1 refused */
+    if (!state) state = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) ? -1 : 1;
+    return state == 1;
+}
+
+/* The calling thread's tiles 0..count-1 as 16 rows of 64 bytes. */
+static inline void configure_tiles(int count) {
+    TileConfig config = {0};
+    config.palette = 1;
+    for (int t = 0; t < count; t++) {
+        config.rows[t] = TILE;
+        config.colsb[t] = 64;
+    }
+    _tile_loadconfig(&config);
+}
+
+/* C tiles 0..n-1 (n <= 4) to c[0..n-1]: tile numbers are immediates, hence the branches. */
+static inline void store_c_tiles(int n, float (*c)[TILE][TILE]) {
+    _tile_stored(0, c[0], 64);
+    if (n > 1) _tile_stored(1, c[1], 64);
+    if (n > 2) _tile_stored(2, c[2], 64);
+    if (n > 3) _tile_stored(3, c[3], 64);
+}
+
+/* The shapes the kernel takes: whole 32-input blocks and groups. */
+static inline int amx_shapes_ok(int rows, int outputs, int inputs, int group) {
+    return rows > 0 && outputs > 0 && inputs > 0 && inputs % KB == 0 && group > 0 &&
+           group % KB == 0 && inputs % group == 0;
+}
+#else
+#define HAVE_AMX 0
+#endif
 
 #if HAVE_AMX
 #define CHUNK_ROWS 256    /* rows per packing of x: 2 bytes x inputs each, kept within L2 */
