@@ -20,8 +20,8 @@ configuration per level is the one to beat. transformers runs one ``generate`` a
 (``transformers``) and with its own continuous batching (``transformers-batched``, 32 requests
 per step). Run benchmarks/peers/build_llama_server.sh first. The load generator is
 tgi_server.benchmark. Ours runs with its prefix cache and without (``ours-no-prefix-cache``; the
-report counts each run's cache hits), and with the GGUF's int4/int8 codes kept (``ours-int4``)
-where this CPU would serve them dense.
+report counts each run's cache hits), and with the GGUF's int4/int8 codes kept
+(``ours-int4``) or dequantized to the dtype (``ours-dense``), whatever this CPU would choose.
 """
 
 from __future__ import annotations

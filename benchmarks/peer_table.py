@@ -88,5 +88,7 @@ PEERS: dict[str, Peer] = {
 PEERS["ours-no-prefix-cache"] = replace(
     PEERS["ours"], env={**PEERS["ours"].env, "PREFIX_CACHING": "false"}
 )
-# The GGUF's int4/int8 codes kept, where the device would choose dense (issue #14).
+# The GGUF's int4/int8 codes kept, or dequantized to the dtype, whatever the device would
+# choose (issue #14).
 PEERS["ours-int4"] = replace(PEERS["ours"], env={**PEERS["ours"].env, "GGUF_WEIGHTS": "quantized"})
+PEERS["ours-dense"] = replace(PEERS["ours"], env={**PEERS["ours"].env, "GGUF_WEIGHTS": "dense"})

@@ -508,12 +508,17 @@ def test_a_q4_1_gguf_keeps_its_precision_and_its_logits(
 def test_gguf_weights_overrides_the_devices_choice_and_refuses_where_there_is_none(
     tiny_checkpoint: TinyCheckpoint, make_runner: MakeRunner, tmp_path: Path
 ) -> None:
-    """``--gguf-weights quantized`` keeps the codes where the device would dequantize (bf16
-    on a CPU with native bf16), ``dense`` dequantizes where it would keep them (float32);
-    a checkpoint with nothing to choose is refused in one line."""
+    """``auto`` keeps the codes unless bf16 is native without AMX (there the dense bf16
+    kernels win), ``--gguf-weights quantized`` keeps them whatever the device would do,
+    ``dense`` dequantizes where it would keep them (float32); a checkpoint with nothing to
+    choose is refused in one line."""
     folder, model = tiny_checkpoint("llama")
     path = tmp_path / "tiny-q4_1.gguf"
     _write_quantized_gguf(path, model)
+    auto = make_runner(path, dtype="bfloat16")
+    native = cast(CpuDevice, auto.device).native
+    keeps = native is not None and (not native.fast_bf16 or native.amx)
+    assert (type(_modules(auto)["model.layers.0.mlp.down_proj"]) is QuantizedLinear) == keeps
     kept = make_runner(path, dtype="bfloat16", gguf_weights="quantized")
     assert kept.weights.endswith("(GGUF Q4_1 projections, Q8_0 head)")
     assert type(_modules(kept)["model.layers.0.mlp.down_proj"]) is QuantizedLinear
@@ -558,7 +563,7 @@ def test_bfloat16_fused_stack_gives_the_per_op_bits_on_quantized_weights(
     per-op quantized kernel, and the bits of the kernels called one by one (on AMX the tile
     kernel's from QUANTIZED_AMX_MIN_ROWS rows, which prefill calls too)."""
     model_id, weights = (
-        (q4_1_qwen2, {"gguf_weights": "quantized"})  # this CPU would dequantize it in bf16
+        (q4_1_qwen2, {"gguf_weights": "quantized"})  # without AMX bf16 would dequantize it
         if bits == 4
         else (tiny_checkpoint("qwen2")[0], {"quantize": "bitsandbytes"})
     )

@@ -97,8 +97,9 @@ _MODEL_FIELDS = (
         "How a quantized GGUF's weights are held (ours; TGI has no GGUF): quantized keeps "
         "them in their stored int4/int8 codes (less memory traffic: the fastest single "
         "stream), dense dequantizes them to --dtype at load (the fastest large batches and "
-        "prefill where bf16 is native), auto lets the device choose (the CPU: quantized "
-        "unless bf16 is native). Refused for a checkpoint that is not a quantized GGUF.",
+        "prefill where bf16 is native without AMX), auto lets the device choose (the CPU: "
+        "quantized unless bf16 is native without AMX). Refused for a checkpoint that is not "
+        "a quantized GGUF.",
         to=("runner",),
     ),
     Spec(

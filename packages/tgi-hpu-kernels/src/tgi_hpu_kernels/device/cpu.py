@@ -333,10 +333,14 @@ class CpuDevice(Device):
         return QuantizedKernels(self.name, frozenset((4, 8)))
 
     def serves_gguf_quantized(self, dtype: torch.dtype) -> bool:
-        # Measured without native bf16 (README): int4/int8 codes beat float32 weights at
-        # every batch. With AVX512-BF16 the dense bf16 kernels and fused decode stay.
-        fast_bf16 = self._native is not None and self._native.fast_bf16
-        return self._native is not None and not (fast_bf16 and dtype == torch.bfloat16)
+        # Measured (README): without native bf16 int4/int8 codes beat float32 weights at
+        # every batch; with AMX int4 decodes faster at every batch and prefills level with
+        # dense bf16 (the same GEMM on weights dequantized to bf16). With AVX512-BF16 alone
+        # the dense bf16 kernels stay.
+        native = self._native
+        if native is None:
+            return False
+        return dtype != torch.bfloat16 or not native.fast_bf16 or native.amx
 
     def default_dtype(self) -> DType:
         return choose_dtype(self.features, None)
