@@ -333,14 +333,12 @@ class CpuDevice(Device):
         return QuantizedKernels(self.name, frozenset((4, 8)))
 
     def serves_gguf_quantized(self, dtype: torch.dtype) -> bool:
-        # Measured (README): without native bf16 int4/int8 codes beat float32 weights at
-        # every batch; with AMX int4 decodes faster at every batch and prefills level with
-        # dense bf16 (the same GEMM on weights dequantized to bf16). With AVX512-BF16 alone
-        # the dense bf16 kernels stay.
+        # Measured (README): the codes beat float32 weights at every batch, and with AMX
+        # dense bf16 ones too (prefill level); with AVX512-BF16 alone dense bf16 stays.
         native = self._native
-        if native is None:
-            return False
-        return dtype != torch.bfloat16 or not native.fast_bf16 or native.amx
+        return native is not None and (
+            dtype != torch.bfloat16 or not native.fast_bf16 or native.amx
+        )
 
     def default_dtype(self) -> DType:
         return choose_dtype(self.features, None)
