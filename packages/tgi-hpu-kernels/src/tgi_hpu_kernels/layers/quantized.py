@@ -272,8 +272,10 @@ class QuantizedLinear(nn.Module):
             return False
         self.uint4_qweight, self.uint4_qzeros = words.qweight, words.qzeros
         self.uint4_scales = words.scales
-        self.codes, self.scales = self.codes[:0], self.scales[:0]
-        self.mins = None if self.mins is None else self.mins[:0]
+        # new empty tensors, not views: a view would keep the codes' memory
+        self.codes = self.codes.new_empty((0, self.codes.shape[1]))
+        self.scales = self.scales.new_empty((0, self.scales.shape[1]))
+        self.mins = None if self.mins is None else self.mins.new_empty((0, self.mins.shape[1]))
         return True
 
     def quantized(self) -> QuantizedWeight:
