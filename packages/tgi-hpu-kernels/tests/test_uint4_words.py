@@ -33,9 +33,10 @@ def test_word_c_holds_values_8c_to_8c_plus_7_lowest_bits_first() -> None:
     assert words.dtype == torch.int32
     # 0x76543210, and 0x87654321 read as a signed int32
     assert words.tolist() == [[0x76543210, 0x87654321 - 2**32]]
-    assert torch.equal(unpack_nibbles(words), values)
+    assert torch.equal(unpack_nibbles(words).flatten(1), values)
     every = torch.randint(0, 16, (5, 64), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(unpack_nibbles(pack_nibbles(every.to(torch.uint8))), every.to(torch.uint8))
+    unpacked = unpack_nibbles(pack_nibbles(every.to(torch.uint8)))
+    assert unpacked.shape == (5, 8, 8) and torch.equal(unpacked.flatten(1), every.to(torch.uint8))
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])

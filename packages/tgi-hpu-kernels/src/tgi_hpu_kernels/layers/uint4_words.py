@@ -53,16 +53,17 @@ def pack_nibbles(values: Tensor) -> Tensor:
 
 
 def unpack_nibbles(words: Tensor) -> Tensor:
-    """int32 words ``[rows, m]`` -> their values ``[rows, 8m]`` (uint8), as packed."""
-    values = (words[..., None] >> _SHIFTS.to(words.device)) & 0xF
-    return values.reshape(words.shape[0], -1).to(torch.uint8)
+    """int32 words ``[..., m]`` -> each word's eight values ``[..., m, 8]`` (uint8), the
+    lowest bits first (GPTQ's and AWQ's checkpoints pack theirs so too)."""
+    shifted = words.to(torch.int32)[..., None] >> _SHIFTS.to(words.device)
+    return (shifted & 0xF).to(torch.uint8)
 
 
 def dequantize_words(words: Uint4Words) -> Tensor:
     """The dense float32 ``[out, in]`` matrix (``Linear``'s orientation): the reference of
     ``convert_from_uint4``, and the fallback where that op is absent."""
     group = words.group
-    q = unpack_nibbles(words.qweight).to(torch.float32)  # [in, out]
-    z = unpack_nibbles(words.qzeros).to(torch.float32).repeat_interleave(group, dim=0)
+    q = unpack_nibbles(words.qweight).flatten(1).to(torch.float32)  # [in, out]
+    z = unpack_nibbles(words.qzeros).flatten(1).to(torch.float32).repeat_interleave(group, dim=0)
     s = words.scales.to(torch.float32).repeat_interleave(group, dim=0)
     return ((q - z) * s).t()

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from tgi_hpu_kernels.layers import WeightQuantization
 from tgi_hpu_kernels.layers.quantized import BLOCK
+from tgi_hpu_kernels.layers.uint4_words import unpack_nibbles
 from tgi_hpu_kernels.loader.quantize import QuantizationPlan
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
 
 PREQUANTIZED_METHODS = ("gptq", "awq")
 _AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # word nibble holding output 8c + k
-_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
 _PARTS = ("qweight", "qzeros", "scales", "g_idx")
 
 
@@ -172,23 +172,18 @@ def _parse(config: Mapping[str, Any]) -> _Format:
     return _Format(method, None if group == -1 else group)
 
 
-def _unpack(words: Tensor) -> Tensor:
-    """int32 [..., n] -> the 4-bit values [..., n, 8], lowest bits first."""
-    return ((words.to(torch.int32)[..., None] >> _SHIFTS) & 0xF).to(torch.uint8)
-
-
 def _packed_rows(fmt: _Format, prefix: str, parts: Mapping[str, Tensor]) -> PackedRows:
     qweight, qzeros, scales = parts["qweight"], parts["qzeros"], parts["scales"]
     if fmt.method == "gptq":
         inputs, outputs = qweight.shape[0] * 8, qweight.shape[1]
-        codes = _unpack(qweight).transpose(1, 2).reshape(inputs, outputs)  # [in, out]
+        codes = unpack_nibbles(qweight).transpose(1, 2).reshape(inputs, outputs)  # [in, out]
         # the v1 offset (above), in four bits: a zero point of 0 was stored as 15 (-1)
-        zeros = ((_unpack(qzeros).flatten(1) + 1) & 0xF).to(torch.float32)
+        zeros = ((unpack_nibbles(qzeros).flatten(1) + 1) & 0xF).to(torch.float32)
     else:
         inputs, outputs = qweight.shape[0], qweight.shape[1] * 8
         order = list(_AWQ_REVERSE_ORDER)
-        codes = _unpack(qweight)[..., order].flatten(1)
-        zeros = _unpack(qzeros)[..., order].flatten(1).to(torch.float32)
+        codes = unpack_nibbles(qweight)[..., order].flatten(1)
+        zeros = unpack_nibbles(qzeros)[..., order].flatten(1).to(torch.float32)
     group = inputs if fmt.group is None else fmt.group
     groups = inputs // group
     if inputs % group or scales.shape != (groups, outputs) or zeros.shape != (groups, outputs):
