@@ -17,6 +17,7 @@ from tgi_hpu_kernels.layers.quantized import (
     to_uint4_words,
 )
 from tgi_hpu_kernels.layers.uint4_words import dequantize_words, pack_nibbles, unpack_nibbles
+from tgi_hpu_kernels.loader.quantize import repack_layers
 
 from .conftest import GaudiLayoutCpu
 
@@ -106,6 +107,21 @@ def test_a_repacked_layer_computes_what_its_codes_did(bias: bool) -> None:
     # without a device layout nothing moves
     plain = QuantizedLinear(128, 48, WeightQuantization(4, 64))
     assert not plain.repack() and plain.codes.numel() == 48 * 64
+
+
+def test_a_layer_the_words_cannot_hold_fails_the_load_naming_it() -> None:
+    device = GaudiLayoutCpu(use_native=False)
+    scheme = WeightQuantization(4, 32, integer_zeros=True)
+    model = torch.nn.ModuleDict(
+        {"up": QuantizedLinear(64, 16, scheme, kernels=device)}
+        | {"odd": QuantizedLinear(64, 12, scheme, kernels=device)}
+    )
+    for layer in model.values():
+        assert isinstance(layer, QuantizedLinear)
+        layer.load_rows(0, torch.randn(layer.out_features, 64))
+    with pytest.raises(ValueError, match=r"^odd: Gaudi's uint4 layout packs 8 outputs a word"):
+        repack_layers(model)
+    assert repack_layers(torch.nn.ModuleDict({"up": model["up"]})) == 0  # repacked already
 
 
 @pytest.mark.hpu

@@ -266,7 +266,9 @@ class QuantizedLinear(nn.Module):
     def repack(self) -> bool:
         """Once loaded: hands the weights to the device's own layout, where it has one
         (``LayerKernels.pack_quantized``), and empties the codes, scales and mins; whether
-        it did."""
+        it did (not twice)."""
+        if self.uint4_qweight is not None:
+            return False
         words = self._kernels.pack_quantized(self.quantized())
         if words is None:
             return False

@@ -138,8 +138,19 @@ def fit_plan(plan: QuantizationPlan, kernels: QuantizedKernels) -> QuantizationP
 
 def repack_layers(model: nn.Module) -> int:
     """Hands every loaded quantized layer to its device's own layout, where it has one
-    (``QuantizedLinear.repack``); how many it repacked."""
-    return sum(module.repack() for module in model.modules() if isinstance(module, QuantizedLinear))
+    (``QuantizedLinear.repack``); how many it repacked.
+
+    Raises:
+        ValueError: a layer the layout cannot hold (one line naming it).
+    """
+    count = 0
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedLinear):
+            try:
+                count += module.repack()
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+    return count
 
 
 def apply_plan(model: nn.Module, plan: QuantizationPlan) -> int:
