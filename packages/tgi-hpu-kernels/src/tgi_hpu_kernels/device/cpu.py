@@ -306,7 +306,7 @@ class CpuDevice(Device):
 
     def quantized_amx(self, x: Tensor) -> bool:
         """Whether ``quantized_linear`` (and the fused layer's projections) take ``x``'s rows
-        to the AMX tile kernel."""
+        to the AMX path: the tile kernel, or from QUANTIZED_BF16_GEMM_MIN_ROWS the bf16 GEMM."""
         native = self._native
         return (
             native is not None
